@@ -1,0 +1,16 @@
+//! # mqnet
+//!
+//! A networking core for message-queue clients, built by hand on a single-threaded mio reactor.
+//!
+//! Layers, bottom-up (each calls only the one below it):
+//!
+//! - [`net`]: length-prefixed frames, channels and the [`net::Selector`], the only code that touches
+//!   sockets.
+//! - [`client`]: the [`client::NetworkClient`]: per-node connection states, reconnect backoff,
+//!   connection-setup timeouts, in-flight requests with correlation checks, request timeouts.
+//!
+//! mqnet is Unix-only (it uses `MSG_NOSIGNAL` and `recv` into uninitialised buffer space).
+#![warn(missing_docs)]
+#![cfg(unix)]
+
+pub mod net;

@@ -1,0 +1,1132 @@
+//! The Selector: the only code in mqnet that touches sockets.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use super::channel::{Channel, ChannelState, SocketWriter};
+use super::error::{ChannelError, DisconnectReason, IoFault, SendError};
+use super::frame::{encode_header, FrameDecoder, FrameError, HEADER_LEN};
+use super::id::{ChannelId, ListenerId};
+use super::lru::Lru;
+use super::metrics::SelectorMetrics;
+use super::options::{SelectorConfig, SocketOptions};
+
+const WAKER_TOKEN: Token = Token(usize::MAX);
+
+/// Default accept backlog of [`Selector::listen`].
+pub const DEFAULT_BACKLOG: i32 = 1024;
+
+/// How [`Selector::close`] closes a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Close the socket now; staged sends are dropped. The channel is *not* reported as disconnected:
+    /// the caller closed it and already knows.
+    Immediate,
+    /// Stop reading and taking sends, keep writing staged sends for at most `timeout`, then close.
+    /// Reported once as disconnected with [`DisconnectReason::LocalClose`] when the close completes.
+    Graceful {
+        /// Longest time to keep flushing.
+        timeout: Duration,
+    },
+}
+
+/// A channel accepted by one of the Selector's listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The listener that accepted it.
+    pub listener: ListenerId,
+    /// The new channel.
+    pub channel: ChannelId,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+/// A channel the Selector closed, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disconnected {
+    /// The channel; its id is dead from now on.
+    pub channel: ChannelId,
+    /// Why it was closed.
+    pub reason: DisconnectReason,
+    /// Staged sends that had not fully left and were dropped with the channel.
+    pub unsent: usize,
+}
+
+/// A staged send whose last byte has been written to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedSend {
+    /// The channel it was sent on.
+    pub channel: ChannelId,
+    /// The sequence number [`Selector::send`] returned for it.
+    pub seq: u64,
+}
+
+/// A frame received whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The channel it arrived on.
+    pub channel: ChannelId,
+    /// The frame's payload, without its length prefix; split off the read buffer without a copy.
+    pub frame: Bytes,
+}
+
+/// A handle that wakes a [`Selector`] blocked in [`Selector::poll`] from another thread.
+#[derive(Debug, Clone)]
+pub struct SelectorWaker(Arc<Waker>);
+
+impl SelectorWaker {
+    /// Interrupts the Selector's current or next blocking poll; that poll then reports
+    /// [`Selector::woken`]. Wakes coalesce: several calls before a poll give one wake-up.
+    ///
+    /// # Errors
+    /// The OS error of the underlying eventfd write (practically never).
+    pub fn wake(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
+
+#[derive(Debug)]
+struct Listener {
+    id: ListenerId,
+    socket: TcpListener,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Channel(Box<Channel>),
+    Listener(Listener),
+}
+
+/// Reports collected by one poll. Cleared at the start of the next poll.
+#[derive(Debug, Default)]
+struct Outputs {
+    connected: Vec<ChannelId>,
+    accepted: Vec<Accepted>,
+    disconnected: Vec<Disconnected>,
+    completed_sends: Vec<CompletedSend>,
+    completed_receives: Vec<Received>,
+    woken: bool,
+}
+
+impl Outputs {
+    fn clear(&mut self) {
+        self.connected.clear();
+        self.accepted.clear();
+        self.disconnected.clear();
+        self.completed_sends.clear();
+        self.completed_receives.clear();
+        self.woken = false;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.connected.is_empty()
+            && self.accepted.is_empty()
+            && self.disconnected.is_empty()
+            && self.completed_sends.is_empty()
+            && self.completed_receives.is_empty()
+    }
+}
+
+/// A single-threaded, non-blocking socket multiplexer over mio, with length-prefixed framing.
+///
+/// # Contract
+///
+/// Callers [`connect`](Selector::connect), [`listen`](Selector::listen) and
+/// [`send`](Selector::send) (which only stages), then call [`poll`](Selector::poll), which does all
+/// the socket work. One `poll` runs, in this order:
+///
+/// 1. **Clear** every output of the previous poll, then carry in what happened between polls (a
+///    connect that completed immediately, a graceful close with nothing left to flush).
+/// 2. **Write** the staged sends of every channel that has some and is not blocked, with vectored
+///    writes across frame boundaries, until the socket says `WouldBlock`.
+/// 3. **Select**: wait in `epoll_wait` for at most the caller's timeout, shortened to the next idle
+///    expiry or graceful-close deadline, and to zero when step 1, 2 or 4 has something to report or
+///    a channel is left with work from the previous poll (read budget spent, unmuted with data
+///    buffered, accept budget spent).
+/// 4. **Handle readiness**: first channels carried over from the previous poll, then each event.
+///    Connecting sockets finish the non-blocking connect (`take_error`, then `peer_addr`; a spurious
+///    event leaves them connecting). Listeners accept up to `accept_budget` connections. Writable
+///    channels write. Readable, unmuted channels read until `WouldBlock` or until `read_budget` bytes
+///    (then they are revisited on the next poll without waiting for an event), and every complete
+///    frame is split off the read buffer and reported.
+/// 5. **Expire** channels idle longer than `connections_max_idle`, oldest first, and finish graceful
+///    closes whose deadline passed.
+///
+/// # Outputs
+///
+/// Every output describes what happened during the most recent `poll` and is cleared when the next
+/// `poll` starts: [`connected`](Selector::connected), [`accepted`](Selector::accepted),
+/// [`disconnected`](Selector::disconnected), [`completed_sends`](Selector::completed_sends),
+/// [`completed_receives`](Selector::completed_receives), [`woken`](Selector::woken).
+/// Receives of a channel come in arrival order; a channel may report receives and its disconnect in
+/// the same poll (the frames arrived before the failure). A channel the Selector closes on its own
+/// is reported in `disconnected` exactly once; a channel closed with [`CloseMode::Immediate`] is not
+/// reported.
+///
+/// Drop received frames (or [`drain_completed_receives`](Selector::drain_completed_receives) them)
+/// before the next poll when you can: a frame shares the channel's read buffer, and the buffer's
+/// space is reused without allocating only once no frame refers to it.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use bytes::Bytes;
+/// use mqnet::net::{Selector, SocketOptions};
+///
+/// let mut sel = Selector::new().unwrap();
+/// let listener = sel.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+/// let addr = sel.listener_addr(listener).unwrap();
+/// let client = sel.connect(addr, &SocketOptions::default()).unwrap();
+/// sel.send(client, Bytes::from_static(b"ping")).unwrap();
+///
+/// let deadline = Instant::now() + Duration::from_secs(10);
+/// let mut got = None;
+/// while got.is_none() && Instant::now() < deadline {
+///     sel.poll(Some(Duration::from_millis(100))).unwrap();
+///     got = sel.completed_receives().first().map(|r| r.frame.clone());
+/// }
+/// assert_eq!(got.as_deref(), Some(&b"ping"[..]));
+/// ```
+#[derive(Debug)]
+pub struct Selector {
+    poll: Poll,
+    events: Option<Events>,
+    config: SelectorConfig,
+    decoder: FrameDecoder,
+    slots: Slab<Slot>,
+    generations: Vec<u32>,
+    waker: SelectorWaker,
+    lru: Lru,
+    /// Channels with staged sends to try before selecting.
+    write_list: Vec<ChannelId>,
+    /// Channels to read (or deliver buffered frames of) without waiting for an event.
+    read_list: Vec<ChannelId>,
+    /// Listeners whose accept budget ran out.
+    accept_list: Vec<ListenerId>,
+    /// Channels closing gracefully.
+    closing: Vec<ChannelId>,
+    /// Scratch list swapped with the work lists, so iterating them allocates nothing.
+    scratch: Vec<ChannelId>,
+    /// Reports produced between polls, carried into the next poll's outputs.
+    carried_connected: Vec<ChannelId>,
+    carried_disconnected: Vec<Disconnected>,
+    out: Outputs,
+    metrics: SelectorMetrics,
+}
+
+impl Selector {
+    /// A Selector with the default configuration.
+    ///
+    /// # Errors
+    /// The OS error of creating the epoll instance or its waker.
+    pub fn new() -> io::Result<Self> {
+        Selector::with_config(SelectorConfig::default())
+    }
+
+    /// A Selector with `config`.
+    ///
+    /// # Errors
+    /// The OS error of creating the epoll instance or its waker.
+    pub fn with_config(config: SelectorConfig) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = SelectorWaker(Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?));
+        Ok(Selector {
+            events: Some(Events::with_capacity(config.events_capacity.max(1))),
+            decoder: FrameDecoder::new(config.max_frame_size),
+            poll,
+            config,
+            slots: Slab::new(),
+            generations: Vec::new(),
+            waker,
+            lru: Lru::default(),
+            write_list: Vec::new(),
+            read_list: Vec::new(),
+            accept_list: Vec::new(),
+            closing: Vec::new(),
+            scratch: Vec::new(),
+            carried_connected: Vec::new(),
+            carried_disconnected: Vec::new(),
+            out: Outputs::default(),
+            metrics: SelectorMetrics::default(),
+        })
+    }
+
+    /// The configuration this Selector runs with.
+    pub fn config(&self) -> &SelectorConfig {
+        &self.config
+    }
+
+    /// A handle other threads use to interrupt a blocking [`poll`](Selector::poll).
+    pub fn waker(&self) -> SelectorWaker {
+        self.waker.clone()
+    }
+
+    // ----- opening -------------------------------------------------------------------------------
+
+    fn next_generation(&mut self, slot: usize) -> u32 {
+        if slot >= self.generations.len() {
+            self.generations.resize(slot + 1, 0);
+        }
+        self.generations[slot]
+    }
+
+    fn slot_index(slot: usize) -> io::Result<u32> {
+        u32::try_from(slot).map_err(|_| io::Error::other("too many channels"))
+    }
+
+    /// Starts a non-blocking connect to `addr` with `options` set on the socket first.
+    ///
+    /// The channel exists from now on. A connect that completes at once is reported in
+    /// [`connected`](Selector::connected) by the next poll; one that completes later is reported by
+    /// the poll that sees it complete; one that fails later (refused, unreachable) is reported in
+    /// [`disconnected`](Selector::disconnected) with [`DisconnectReason::ConnectFailed`]. Sends may
+    /// be staged right away; they are written once the connection is up.
+    ///
+    /// # Errors
+    /// An OS error that happened synchronously (socket creation, an option, a connect that failed at
+    /// once); no channel was created then.
+    pub fn connect(&mut self, addr: SocketAddr, options: &SocketOptions) -> io::Result<ChannelId> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        options.apply(&socket)?;
+        let immediate = match socket.connect(&addr.into()) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => false,
+            Err(e) => {
+                self.metrics.connect_failures += 1;
+                return Err(e);
+            }
+        };
+        let mut stream = TcpStream::from_std(socket.into());
+        let entry = self.slots.vacant_entry();
+        let slot = entry.key();
+        let index = Self::slot_index(slot)?;
+        let generation = match self.generations.get(slot) {
+            Some(g) => *g,
+            None => 0,
+        };
+        self.poll.registry().register(
+            &mut stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let id = ChannelId { index, generation };
+        let state = if immediate {
+            ChannelState::Connected
+        } else {
+            ChannelState::Connecting
+        };
+        let mut ch = Box::new(Channel::new(id, stream, state));
+        ch.peer = Some(addr);
+        if immediate {
+            ch.established = true;
+        }
+        entry.insert(Slot::Channel(ch));
+        self.next_generation(slot);
+        if immediate {
+            self.metrics.connections_created += 1;
+            self.carried_connected.push(id);
+            self.lru.touch(slot, Instant::now());
+        }
+        log::debug!("{id}: connecting to {addr} (immediate: {immediate})");
+        Ok(id)
+    }
+
+    /// Binds a listening socket on `addr` with the default backlog (1024); accepted channels are
+    /// reported in [`accepted`](Selector::accepted).
+    ///
+    /// # Errors
+    /// The OS error of creating, binding or listening.
+    pub fn listen(&mut self, addr: SocketAddr) -> io::Result<ListenerId> {
+        self.listen_with_backlog(addr, DEFAULT_BACKLOG)
+    }
+
+    /// As [`listen`](Selector::listen), with an explicit accept backlog.
+    ///
+    /// # Errors
+    /// The OS error of creating, binding or listening.
+    pub fn listen_with_backlog(&mut self, addr: SocketAddr, backlog: i32) -> io::Result<ListenerId> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(backlog)?;
+        let mut listener = TcpListener::from_std(socket.into());
+        let entry = self.slots.vacant_entry();
+        let slot = entry.key();
+        let index = Self::slot_index(slot)?;
+        let generation = self.generations.get(slot).copied().unwrap_or(0);
+        self.poll
+            .registry()
+            .register(&mut listener, Token(slot), Interest::READABLE)?;
+        let id = ListenerId { index, generation };
+        entry.insert(Slot::Listener(Listener {
+            id,
+            socket: listener,
+        }));
+        self.next_generation(slot);
+        Ok(id)
+    }
+
+    /// The local address a listener is bound to (useful after binding port 0).
+    ///
+    /// # Errors
+    /// [`ChannelError::Unknown`] for a closed or unknown listener.
+    pub fn listener_addr(&self, id: ListenerId) -> Result<SocketAddr, ChannelError> {
+        match self.slots.get(id.index as usize) {
+            Some(Slot::Listener(l)) if l.id == id => {
+                l.socket.local_addr().map_err(|_| ChannelError::Unknown)
+            }
+            _ => Err(ChannelError::Unknown),
+        }
+    }
+
+    /// Stops listening; channels already accepted stay open.
+    ///
+    /// # Errors
+    /// [`ChannelError::Unknown`] for a closed or unknown listener.
+    pub fn close_listener(&mut self, id: ListenerId) -> Result<(), ChannelError> {
+        match self.slots.get(id.index as usize) {
+            Some(Slot::Listener(l)) if l.id == id => {}
+            _ => return Err(ChannelError::Unknown),
+        }
+        if let Slot::Listener(mut l) = self.slots.remove(id.index as usize) {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        self.retire_slot(id.index as usize);
+        Ok(())
+    }
+
+    // ----- channel access ------------------------------------------------------------------------
+
+    fn channel(&self, id: ChannelId) -> Option<&Channel> {
+        match self.slots.get(id.index as usize) {
+            Some(Slot::Channel(c)) if c.id == id => Some(c),
+            _ => None,
+        }
+    }
+
+    fn channel_mut(&mut self, id: ChannelId) -> Option<&mut Channel> {
+        match self.slots.get_mut(id.index as usize) {
+            Some(Slot::Channel(c)) if c.id == id => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether `id` names an open channel (connecting, connected or closing).
+    pub fn contains(&self, id: ChannelId) -> bool {
+        self.channel(id).is_some()
+    }
+
+    /// Whether the channel's connection is established and not closing.
+    pub fn is_connected(&self, id: ChannelId) -> bool {
+        self.channel(id).is_some_and(|c| c.is_connected())
+    }
+
+    /// Whether the channel takes more sends: open, not closing, and staged bytes below
+    /// `max_staged_bytes`. When `false` after a [`SendError::QueueFull`], poll until it is `true`.
+    pub fn is_writable(&self, id: ChannelId) -> bool {
+        self.channel(id).is_some_and(|c| {
+            !matches!(c.state, ChannelState::Closing { .. })
+                && c.sends.staged_bytes() < self.config.max_staged_bytes
+        })
+    }
+
+    /// Bytes staged on the channel and not yet written (0 for an unknown channel).
+    pub fn staged_bytes(&self, id: ChannelId) -> usize {
+        self.channel(id).map_or(0, |c| c.sends.staged_bytes())
+    }
+
+    /// Frames staged on the channel and not yet fully written (0 for an unknown channel).
+    pub fn staged_frames(&self, id: ChannelId) -> usize {
+        self.channel(id).map_or(0, |c| c.sends.len())
+    }
+
+    /// Whether the channel is muted.
+    pub fn is_muted(&self, id: ChannelId) -> bool {
+        self.channel(id).is_some_and(|c| c.muted)
+    }
+
+    /// The address the channel connects to (outbound) or was accepted from.
+    pub fn peer_addr(&self, id: ChannelId) -> Option<SocketAddr> {
+        self.channel(id).and_then(|c| c.peer)
+    }
+
+    /// Open channels and listeners.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no channel or listener is open.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    // ----- sending -------------------------------------------------------------------------------
+
+    /// Stages `payload` as one frame (the Selector writes its length prefix). Nothing is written
+    /// until the next [`poll`](Selector::poll). Returns the frame's sequence number on this channel,
+    /// which [`completed_sends`](Selector::completed_sends) reports once the frame has fully left.
+    ///
+    /// # Errors
+    /// [`SendError`]: unknown or closing channel, frame over `max_frame_size`, or staged bytes over
+    /// `max_staged_bytes` (back-pressure: poll, then retry when [`is_writable`](Selector::is_writable)).
+    /// Nothing is staged when it fails.
+    pub fn send(&mut self, id: ChannelId, payload: Bytes) -> Result<u64, SendError> {
+        let header = encode_header(payload.len(), self.config.max_frame_size)
+            .map_err(SendError::InvalidFrame)?;
+        self.stage(id, Some(header), payload)
+    }
+
+    /// Stages a buffer that already starts with its 4-byte length prefix (for callers that encode
+    /// straight into a send buffer). The prefix is checked against the bytes that follow.
+    ///
+    /// # Errors
+    /// As [`send`](Selector::send), and [`SendError::PrefixMismatch`] when the prefix is wrong.
+    pub fn send_prefixed(&mut self, id: ChannelId, frame: Bytes) -> Result<u64, SendError> {
+        let announced = match frame.get(..HEADER_LEN) {
+            Some(h) => i64::from(i32::from_be_bytes([h[0], h[1], h[2], h[3]])),
+            None => -1,
+        };
+        let actual = frame.len().saturating_sub(HEADER_LEN);
+        if announced != actual as i64 {
+            return Err(SendError::PrefixMismatch { announced, actual });
+        }
+        encode_header(actual, self.config.max_frame_size).map_err(SendError::InvalidFrame)?;
+        self.stage(id, None, frame)
+    }
+
+    fn stage(
+        &mut self,
+        id: ChannelId,
+        header: Option<[u8; HEADER_LEN]>,
+        body: Bytes,
+    ) -> Result<u64, SendError> {
+        let limit = self.config.max_staged_bytes;
+        let ch = match self.slots.get_mut(id.index as usize) {
+            Some(Slot::Channel(c)) if c.id == id => c,
+            _ => return Err(SendError::UnknownChannel),
+        };
+        if matches!(ch.state, ChannelState::Closing { .. }) {
+            return Err(SendError::Closing);
+        }
+        let staged = ch.sends.staged_bytes();
+        let len = body.len() + header.map_or(0, |h| h.len());
+        if staged > 0 && staged + len > limit {
+            return Err(SendError::QueueFull { staged, limit });
+        }
+        let seq = ch.sends.push(header, body);
+        if ch.is_connected() && !ch.write_blocked && !ch.in_write_list {
+            ch.in_write_list = true;
+            self.write_list.push(id);
+        }
+        Ok(seq)
+    }
+
+    // ----- mute, close ---------------------------------------------------------------------------
+
+    /// Stops reading the channel: no bytes are read from its socket and no buffered frame is
+    /// reported until [`unmute`](Selector::unmute). Writes continue. Muting a muted channel is a
+    /// no-op.
+    ///
+    /// # Errors
+    /// [`ChannelError::Unknown`] for a closed or unknown channel.
+    pub fn mute(&mut self, id: ChannelId) -> Result<(), ChannelError> {
+        let ch = self.channel_mut(id).ok_or(ChannelError::Unknown)?;
+        ch.muted = true;
+        Ok(())
+    }
+
+    /// Resumes reading a muted channel. Frames buffered while muted, and data that arrived on the
+    /// socket meanwhile, are read and reported by the next poll, which then does not block.
+    ///
+    /// # Errors
+    /// [`ChannelError::Unknown`] for a closed or unknown channel.
+    pub fn unmute(&mut self, id: ChannelId) -> Result<(), ChannelError> {
+        let ch = self.channel_mut(id).ok_or(ChannelError::Unknown)?;
+        if !ch.muted || matches!(ch.state, ChannelState::Closing { .. }) {
+            ch.muted = false;
+            return Ok(());
+        }
+        ch.muted = false;
+        let pending = ch.read_more || !ch.read_buf.is_empty();
+        if pending && !ch.in_read_list {
+            ch.in_read_list = true;
+            self.read_list.push(id);
+        }
+        Ok(())
+    }
+
+    /// Closes a channel. See [`CloseMode`] for what is flushed and what is reported.
+    ///
+    /// # Errors
+    /// [`ChannelError::Unknown`] for a closed or unknown channel.
+    pub fn close(&mut self, id: ChannelId, mode: CloseMode) -> Result<(), ChannelError> {
+        let now = Instant::now();
+        let ch = self.channel_mut(id).ok_or(ChannelError::Unknown)?;
+        match mode {
+            CloseMode::Immediate => {
+                self.remove_channel(id);
+            }
+            CloseMode::Graceful { timeout } => {
+                if matches!(ch.state, ChannelState::Closing { .. }) {
+                    return Ok(());
+                }
+                let connected = ch.is_connected();
+                ch.muted = true;
+                ch.state = ChannelState::Closing {
+                    deadline: now + timeout,
+                };
+                if ch.sends.is_empty() || !connected {
+                    let flushed = ch.sends.is_empty();
+                    let d = self.remove_channel(id);
+                    self.carried_disconnected.push(Disconnected {
+                        channel: id,
+                        reason: DisconnectReason::LocalClose { flushed },
+                        unsent: d,
+                    });
+                } else {
+                    self.lru.remove(id.index as usize);
+                    self.closing.push(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the channel, returns how many staged frames were dropped with it.
+    fn remove_channel(&mut self, id: ChannelId) -> usize {
+        let slot = id.index as usize;
+        let Some(Slot::Channel(c)) = self.slots.get(slot) else {
+            return 0;
+        };
+        if c.id != id {
+            return 0;
+        }
+        let Slot::Channel(mut ch) = self.slots.remove(slot) else {
+            return 0;
+        };
+        let _ = self.poll.registry().deregister(&mut ch.stream);
+        self.lru.remove(slot);
+        if ch.established {
+            self.metrics.connections_closed += 1;
+        }
+        let unsent = ch.sends.clear();
+        self.retire_slot(slot);
+        log::debug!("{id}: closed ({unsent} staged frames dropped)");
+        unsent
+    }
+
+    fn retire_slot(&mut self, slot: usize) {
+        if slot >= self.generations.len() {
+            self.generations.resize(slot + 1, 0);
+        }
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+    }
+
+    fn close_with(&mut self, id: ChannelId, reason: DisconnectReason) {
+        if self.channel(id).is_none() {
+            return;
+        }
+        let unsent = self.remove_channel(id);
+        log::debug!("{id}: disconnected: {reason}");
+        self.out.disconnected.push(Disconnected {
+            channel: id,
+            reason,
+            unsent,
+        });
+    }
+
+    // ----- outputs -------------------------------------------------------------------------------
+
+    /// Outbound channels whose connection was established during the last poll.
+    pub fn connected(&self) -> &[ChannelId] {
+        &self.out.connected
+    }
+
+    /// Channels accepted by listeners during the last poll.
+    pub fn accepted(&self) -> &[Accepted] {
+        &self.out.accepted
+    }
+
+    /// Channels the Selector closed during the last poll, each exactly once, with the reason.
+    pub fn disconnected(&self) -> &[Disconnected] {
+        &self.out.disconnected
+    }
+
+    /// Staged frames that fully left during the last poll, in send order per channel.
+    pub fn completed_sends(&self) -> &[CompletedSend] {
+        &self.out.completed_sends
+    }
+
+    /// Frames received whole during the last poll, in arrival order per channel.
+    pub fn completed_receives(&self) -> &[Received] {
+        &self.out.completed_receives
+    }
+
+    /// Takes the last poll's received frames out of the Selector.
+    pub fn drain_completed_receives(&mut self) -> std::vec::Drain<'_, Received> {
+        self.out.completed_receives.drain(..)
+    }
+
+    /// Swaps the last poll's received frames into `out` (cleared first) without allocating; the
+    /// Selector keeps `out`'s old buffer for its next poll.
+    pub fn swap_completed_receives(&mut self, out: &mut Vec<Received>) {
+        out.clear();
+        std::mem::swap(out, &mut self.out.completed_receives);
+    }
+
+    /// Whether the last poll was interrupted by a [`SelectorWaker`].
+    pub fn woken(&self) -> bool {
+        self.out.woken
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> SelectorMetrics {
+        self.metrics
+    }
+
+    // ----- poll ----------------------------------------------------------------------------------
+
+    /// Does all pending connect, accept, read and write work, waiting at most `timeout` for
+    /// readiness (`None`: until something happens). See the type-level docs for the exact order
+    /// and for when each output is cleared.
+    ///
+    /// # Errors
+    /// Only an error of the OS selector itself (`epoll_wait`); channel errors are reported per
+    /// channel in [`disconnected`](Selector::disconnected) and never fail the poll.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let started = Instant::now();
+        self.metrics.polls += 1;
+        self.out.clear();
+        self.out.connected.append(&mut self.carried_connected);
+        self.out
+            .disconnected
+            .append(&mut self.carried_disconnected);
+
+        // 2. Write staged sends.
+        self.flush_write_list(started);
+
+        // 3. Select.
+        let mut timeout = timeout;
+        let carried_work = !self.read_list.is_empty() || !self.accept_list.is_empty();
+        if carried_work || !self.out.is_empty() {
+            timeout = Some(Duration::ZERO);
+        } else if let Some(deadline) = self.next_deadline() {
+            let until = deadline.saturating_duration_since(started);
+            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+        }
+        let mut events = self
+            .events
+            .take()
+            .unwrap_or_else(|| Events::with_capacity(self.config.events_capacity.max(1)));
+        let select_start = Instant::now();
+        let res = self.poll.poll(&mut events, timeout);
+        let now = Instant::now();
+        self.metrics.selects += 1;
+        self.metrics.select_time += now - select_start;
+        match res {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
+            Err(e) => {
+                self.events = Some(events);
+                return Err(e);
+            }
+        }
+
+        // 4. Carried-over work, then events.
+        self.run_read_list(now);
+        self.run_accept_list(now);
+        for event in events.iter() {
+            let token = event.token();
+            if token == WAKER_TOKEN {
+                self.out.woken = true;
+                continue;
+            }
+            match self.slots.get(token.0) {
+                Some(Slot::Listener(l)) => {
+                    let id = l.id;
+                    self.accept(id, now);
+                }
+                Some(Slot::Channel(c)) => {
+                    let id = c.id;
+                    let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                    let writable =
+                        event.is_writable() || event.is_write_closed() || event.is_error();
+                    self.handle_channel(id, readable, writable, now);
+                }
+                None => {}
+            }
+        }
+        self.events = Some(events);
+
+        // 5. Idle expiry and graceful-close deadlines.
+        self.expire_idle(now);
+        self.finish_closing(now);
+
+        let total = Instant::now().saturating_duration_since(started);
+        self.metrics.io_time += total.saturating_sub(now - select_start);
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let idle = self
+            .config
+            .connections_max_idle
+            .and_then(|max| self.lru.oldest().map(|(_, last)| last + max));
+        let closing = self
+            .closing
+            .iter()
+            .filter_map(|id| match self.channel(*id)?.state {
+                ChannelState::Closing { deadline } => Some(deadline),
+                _ => None,
+            })
+            .min();
+        match (idle, closing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn flush_write_list(&mut self, now: Instant) {
+        let mut work = std::mem::take(&mut self.scratch);
+        std::mem::swap(&mut work, &mut self.write_list);
+        for id in work.drain(..) {
+            if let Some(ch) = self.channel_mut(id) {
+                ch.in_write_list = false;
+                self.write_channel(id, now);
+            }
+        }
+        self.scratch = work;
+    }
+
+    fn run_read_list(&mut self, now: Instant) {
+        let mut work = std::mem::take(&mut self.scratch);
+        std::mem::swap(&mut work, &mut self.read_list);
+        for id in work.drain(..) {
+            if let Some(ch) = self.channel_mut(id) {
+                ch.in_read_list = false;
+                self.read_channel(id, now);
+            }
+        }
+        self.scratch = work;
+    }
+
+    fn run_accept_list(&mut self, now: Instant) {
+        if self.accept_list.is_empty() {
+            return;
+        }
+        let list = std::mem::take(&mut self.accept_list);
+        for id in &list {
+            self.accept(*id, now);
+        }
+        // `accept` pushes listeners that are still over budget back onto `self.accept_list`.
+        drop(list);
+    }
+
+    fn handle_channel(&mut self, id: ChannelId, readable: bool, writable: bool, now: Instant) {
+        let Some(ch) = self.channel_mut(id) else {
+            return;
+        };
+        if ch.state == ChannelState::Connecting {
+            if !self.finish_connect(id, now) {
+                return;
+            }
+            // Connected now: write what was staged while connecting.
+            self.write_channel(id, now);
+        } else if writable {
+            if let Some(ch) = self.channel_mut(id) {
+                ch.write_blocked = false;
+            }
+            self.write_channel(id, now);
+        }
+        if readable {
+            self.read_channel(id, now);
+        }
+    }
+
+    /// mio's non-blocking connect steps: on readiness, `take_error`; then `peer_addr` tells connected
+    /// (Ok) from still connecting (`NotConnected`, a spurious event). Returns whether the channel is
+    /// connected now.
+    fn finish_connect(&mut self, id: ChannelId, now: Instant) -> bool {
+        let failure = {
+            let Some(ch) = self.channel_mut(id) else {
+                return false;
+            };
+            match ch.stream.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e),
+                Ok(None) => match ch.stream.peer_addr() {
+                    Ok(addr) => {
+                        ch.peer = Some(addr);
+                        ch.state = ChannelState::Connected;
+                        ch.established = true;
+                        None
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return false,
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => return false,
+                    Err(e) => Some(e),
+                },
+            }
+        };
+        if let Some(e) = failure {
+            self.metrics.connect_failures += 1;
+            self.close_with(id, DisconnectReason::ConnectFailed(IoFault::from(&e)));
+            return false;
+        }
+        self.metrics.connections_created += 1;
+        self.lru.touch(id.index as usize, now);
+        self.out.connected.push(id);
+        log::debug!("{id}: connected");
+        true
+    }
+
+    fn accept(&mut self, id: ListenerId, now: Instant) {
+        let opts = self.config.accepted_socket_options;
+        for _ in 0..self.config.accept_budget {
+            let accepted = match self.slots.get(id.index as usize) {
+                Some(Slot::Listener(l)) if l.id == id => l.socket.accept(),
+                _ => return,
+            };
+            let (mut stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the backlog; the next connection's event
+                    // brings us back.
+                    log::warn!("{id}: accept failed: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = opts.apply(&socket2::SockRef::from(&stream)) {
+                log::warn!("{id}: socket options on accepted connection from {peer}: {e}");
+            }
+            let entry = self.slots.vacant_entry();
+            let slot = entry.key();
+            let Ok(index) = Self::slot_index(slot) else {
+                return;
+            };
+            let generation = self.generations.get(slot).copied().unwrap_or(0);
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("{id}: registering accepted connection from {peer}: {e}");
+                continue;
+            }
+            let cid = ChannelId { index, generation };
+            let mut ch = Box::new(Channel::new(cid, stream, ChannelState::Connected));
+            ch.peer = Some(peer);
+            ch.established = true;
+            // Data that arrived before registration is reported: `EPOLL_CTL_ADD` checks the socket's
+            // current readiness. Nothing is read (or allocated) until then, so idle accepted
+            // connections hold no read buffer.
+            entry.insert(Slot::Channel(ch));
+            self.next_generation(slot);
+            self.metrics.connections_created += 1;
+            self.lru.touch(slot, now);
+            self.out.accepted.push(Accepted {
+                listener: id,
+                channel: cid,
+                peer,
+            });
+        }
+        if !self.accept_list.contains(&id) {
+            self.accept_list.push(id);
+        }
+    }
+
+    fn write_channel(&mut self, id: ChannelId, now: Instant) {
+        let slot = id.index as usize;
+        let Some(Slot::Channel(ch)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if ch.id != id || ch.sends.is_empty() || ch.state == ChannelState::Connecting {
+            return;
+        }
+        let sends = &mut self.out.completed_sends;
+        let metrics = &mut self.metrics;
+        let mut writer = SocketWriter(SockRef::from(&ch.stream));
+        let res = ch.sends.write_to(&mut writer, |seq| {
+            metrics.frames_out += 1;
+            sends.push(CompletedSend { channel: id, seq });
+        });
+        match res {
+            Ok(progress) => {
+                metrics.bytes_out += progress.bytes as u64;
+                ch.write_blocked = progress.blocked;
+                let closing = matches!(ch.state, ChannelState::Closing { .. });
+                let drained = ch.sends.is_empty();
+                if progress.bytes > 0 && !closing {
+                    self.lru.touch(slot, now);
+                }
+                if closing && drained {
+                    let unsent = self.remove_channel(id);
+                    self.out.disconnected.push(Disconnected {
+                        channel: id,
+                        reason: DisconnectReason::LocalClose { flushed: true },
+                        unsent,
+                    });
+                }
+            }
+            Err(e) => self.close_with(id, DisconnectReason::Io(IoFault::from(&e))),
+        }
+    }
+
+    fn read_channel(&mut self, id: ChannelId, now: Instant) {
+        let budget = self.config.read_budget;
+        let chunk = self.config.read_chunk.max(HEADER_LEN);
+        let decoder = self.decoder;
+        let slot = id.index as usize;
+        let Some(Slot::Channel(ch)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if ch.id != id || ch.state != ChannelState::Connected {
+            return;
+        }
+        if ch.muted {
+            ch.read_more = true;
+            return;
+        }
+        let mut read_total = 0usize;
+        let mut outcome: Option<DisconnectReason> = None;
+        let mut touched = false;
+        loop {
+            // Deliver every whole frame already buffered.
+            loop {
+                match decoder.decode(&mut ch.read_buf) {
+                    Ok(Some(frame)) => {
+                        self.metrics.frames_in += 1;
+                        self.out
+                            .completed_receives
+                            .push(Received { channel: id, frame });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        outcome = Some(DisconnectReason::InvalidFrame(e));
+                        break;
+                    }
+                }
+            }
+            if outcome.is_some() {
+                break;
+            }
+            if read_total >= budget {
+                ch.read_more = true;
+                if !ch.in_read_list {
+                    ch.in_read_list = true;
+                    self.read_list.push(id);
+                }
+                break;
+            }
+            // Size the next read: at least `chunk`; for a large frame, grow towards the bytes it
+            // still needs, but never more than twice what has arrived so far, so a peer that
+            // announces a large frame and sends nothing cannot make us commit memory for it.
+            let needed = match decoder.bytes_needed(&ch.read_buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    outcome = Some(DisconnectReason::InvalidFrame(e));
+                    break;
+                }
+            };
+            let want = chunk.max(needed.min(ch.read_buf.len().max(chunk)));
+            if ch.read_buf.capacity() - ch.read_buf.len() < want.min(chunk) {
+                ch.read_buf.reserve(want);
+            }
+            match ch.read_once(budget - read_total) {
+                Ok(0) => {
+                    outcome = Some(if ch.read_buf.is_empty() {
+                        DisconnectReason::PeerClosed
+                    } else {
+                        DisconnectReason::PeerClosedMidFrame {
+                            buffered: ch.read_buf.len(),
+                        }
+                    });
+                    break;
+                }
+                Ok(n) => {
+                    read_total += n;
+                    self.metrics.bytes_in += n as u64;
+                    touched = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ch.read_more = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    outcome = Some(DisconnectReason::Io(IoFault::from(&e)));
+                    break;
+                }
+            }
+        }
+        if touched {
+            self.lru.touch(slot, now);
+        }
+        if let Some(reason) = outcome {
+            self.close_with(id, reason);
+        }
+    }
+
+    fn expire_idle(&mut self, now: Instant) {
+        let Some(max_idle) = self.config.connections_max_idle else {
+            return;
+        };
+        while let Some((slot, last)) = self.lru.oldest() {
+            if now.saturating_duration_since(last) < max_idle {
+                break;
+            }
+            let id = match self.slots.get(slot) {
+                Some(Slot::Channel(c)) => c.id,
+                _ => {
+                    self.lru.remove(slot);
+                    continue;
+                }
+            };
+            self.close_with(id, DisconnectReason::IdleExpired);
+        }
+    }
+
+    fn finish_closing(&mut self, now: Instant) {
+        if self.closing.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.closing.len() {
+            let id = self.closing[i];
+            let state = self.channel(id).map(|c| (c.state, c.sends.is_empty()));
+            match state {
+                None => {
+                    self.closing.swap_remove(i);
+                }
+                Some((ChannelState::Closing { deadline }, empty)) if empty || now >= deadline => {
+                    self.closing.swap_remove(i);
+                    let unsent = self.remove_channel(id);
+                    self.out.disconnected.push(Disconnected {
+                        channel: id,
+                        reason: DisconnectReason::LocalClose { flushed: empty },
+                        unsent,
+                    });
+                }
+                Some(_) => i += 1,
+            }
+        }
+    }
+}
+
+impl From<FrameError> for DisconnectReason {
+    fn from(e: FrameError) -> Self {
+        DisconnectReason::InvalidFrame(e)
+    }
+}

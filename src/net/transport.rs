@@ -1,0 +1,88 @@
+//! The seam between the request layer and the socket layer.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::error::SendError;
+use super::id::ChannelId;
+use super::options::SocketOptions;
+use super::selector::{CompletedSend, Disconnected, Received, Selector};
+use super::CloseMode;
+
+/// What the [`NetworkClient`](crate::client::NetworkClient) needs from the layer below: the
+/// [`Selector`] in production, a simulated network in tests (so the client's state machines run on
+/// simulated time and faults can be injected deterministically).
+///
+/// The semantics are the Selector's: `send` only stages, `poll` does the work and replaces the
+/// output sets, a channel the transport closes on its own is reported in `disconnected` exactly
+/// once, a channel closed through `close` is not reported.
+pub trait Transport {
+    /// Starts a non-blocking connect.
+    ///
+    /// # Errors
+    /// A synchronous failure; no channel exists then.
+    fn connect(&mut self, addr: SocketAddr, options: &SocketOptions) -> io::Result<ChannelId>;
+    /// Stages one frame; returns its per-channel sequence number.
+    ///
+    /// # Errors
+    /// See [`SendError`].
+    fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, SendError>;
+    /// Closes a channel immediately; not reported as disconnected.
+    fn close(&mut self, channel: ChannelId);
+    /// Does the I/O, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// A failure of the poller itself.
+    fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    /// The current time on the transport's clock (the real clock for the Selector).
+    fn now(&self) -> Instant;
+    /// Channels connected in the last poll.
+    fn connected(&self) -> &[ChannelId];
+    /// Channels disconnected in the last poll.
+    fn disconnected(&self) -> &[Disconnected];
+    /// Sends completed in the last poll.
+    fn completed_sends(&self) -> &[CompletedSend];
+    /// Moves the last poll's receives into `out` (cleared first).
+    fn swap_completed_receives(&mut self, out: &mut Vec<Received>);
+}
+
+impl Transport for Selector {
+    fn connect(&mut self, addr: SocketAddr, options: &SocketOptions) -> io::Result<ChannelId> {
+        Selector::connect(self, addr, options)
+    }
+
+    fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, SendError> {
+        Selector::send(self, channel, frame)
+    }
+
+    fn close(&mut self, channel: ChannelId) {
+        let _ = Selector::close(self, channel, CloseMode::Immediate);
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        Selector::poll(self, timeout)
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn connected(&self) -> &[ChannelId] {
+        Selector::connected(self)
+    }
+
+    fn disconnected(&self) -> &[Disconnected] {
+        Selector::disconnected(self)
+    }
+
+    fn completed_sends(&self) -> &[CompletedSend] {
+        Selector::completed_sends(self)
+    }
+
+    fn swap_completed_receives(&mut self, out: &mut Vec<Received>) {
+        Selector::swap_completed_receives(self, out)
+    }
+}

@@ -14,3 +14,4 @@
 #![cfg(unix)]
 
 pub mod net;
+pub mod server;

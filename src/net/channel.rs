@@ -37,6 +37,9 @@ pub(crate) struct Channel {
     pub write_blocked: bool,
     /// Already queued on the Selector's pending-write list.
     pub in_write_list: bool,
+    /// A send was refused with `QueueFull` and no byte has been written since: the channel reports
+    /// itself not writable until a write makes progress.
+    pub send_refused: bool,
     /// Already queued on the Selector's pending-read list.
     pub in_read_list: bool,
     /// Whether this channel was counted in `connections_created`.
@@ -56,6 +59,7 @@ impl Channel {
             read_more: false,
             write_blocked: false,
             in_write_list: false,
+            send_refused: false,
             in_read_list: false,
             established: false,
             peer: None,

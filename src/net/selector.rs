@@ -432,11 +432,13 @@ impl Selector {
         self.channel(id).is_some_and(|c| c.is_connected())
     }
 
-    /// Whether the channel takes more sends: open, not closing, and staged bytes below
-    /// `max_staged_bytes`. When `false` after a [`SendError::QueueFull`], poll until it is `true`.
+    /// Whether the channel takes more sends: open, not closing, staged bytes below
+    /// `max_staged_bytes`, and no send refused with [`SendError::QueueFull`] since the channel last
+    /// wrote. It is `false` right after a `QueueFull`; poll until it is `true`, then retry.
     pub fn is_writable(&self, id: ChannelId) -> bool {
         self.channel(id).is_some_and(|c| {
             !matches!(c.state, ChannelState::Closing { .. })
+                && !c.send_refused
                 && c.sends.staged_bytes() < self.config.max_staged_bytes
         })
     }
@@ -522,6 +524,7 @@ impl Selector {
         let staged = ch.sends.staged_bytes();
         let len = body.len() + header.map_or(0, |h| h.len());
         if staged > 0 && staged + len > limit {
+            ch.send_refused = true;
             return Err(SendError::QueueFull { staged, limit });
         }
         let seq = ch.sends.push(header, body);
@@ -966,6 +969,9 @@ impl Selector {
             Ok(progress) => {
                 metrics.bytes_out += progress.bytes as u64;
                 ch.write_blocked = progress.blocked;
+                if progress.bytes > 0 {
+                    ch.send_refused = false;
+                }
                 let closing = matches!(ch.state, ChannelState::Closing { .. });
                 let drained = ch.sends.is_empty();
                 if progress.bytes > 0 && !closing {

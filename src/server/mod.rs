@@ -1,0 +1,667 @@
+//! The server role: a request/response server over the [`Selector`].
+//!
+//! A [`Server`] listens, accepts connections, reads request frames, hands each one to a handler and
+//! writes the responses back **in request order per connection**. It exists for the benchmark
+//! harness and for tests (a broker stand-in), and it is small enough to read in one sitting.
+//!
+//! Two handler modes:
+//!
+//! - **Inline** ([`Server::inline`], [`Handler`]): the handler returns the response while the poll
+//!   that received the request is running; it is staged at once. Requests of one connection are
+//!   handled in arrival order, so responses leave in request order.
+//! - **Deferred** ([`Server::deferred`], [`DeferredHandler`]): the handler gets a [`Responder`] and
+//!   answers later, from any thread; the reply travels back through a channel and wakes the poll
+//!   through the Selector's waker. As in Kafka's broker, a connection is muted once a request of it
+//!   is received and unmuted once its response has fully left, so each connection has at most one
+//!   request in process. The Selector delivers every whole frame it has buffered in one poll, so
+//!   several requests of one connection can arrive together: they wait in a per-connection queue
+//!   and are handed to the handler one at a time, in order.
+//!
+//! Protocol errors (a negative or oversized length prefix, garbage read as one) close only the
+//! offending connection; the Selector reports them, and the server counts them in
+//! [`ServerStats::invalid_frames`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::sync::atomic::AtomicBool;
+//! use std::time::{Duration, Instant};
+//! use bytes::Bytes;
+//! use mqnet::net::ChannelId;
+//! use mqnet::server::Server;
+//!
+//! let mut server = Server::inline(|_conn: ChannelId, req: Bytes| Some(req)).unwrap();
+//! let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+//! let client = std::thread::spawn(move || {
+//!     let mut s = std::net::TcpStream::connect(addr).unwrap();
+//!     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+//!     s.write_all(&[0, 0, 0, 4, b'p', b'i', b'n', b'g']).unwrap();
+//!     let mut buf = [0u8; 8];
+//!     s.read_exact(&mut buf).unwrap();
+//!     buf
+//! });
+//! let deadline = Instant::now() + Duration::from_secs(10);
+//! while !client.is_finished() && Instant::now() < deadline {
+//!     server.poll(Some(Duration::from_millis(10))).unwrap();
+//! }
+//! assert_eq!(&client.join().unwrap(), &[0, 0, 0, 4, b'p', b'i', b'n', b'g']);
+//! # let _ = AtomicBool::new(false);
+//! ```
+
+mod handler;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::net::frame::HEADER_LEN;
+use crate::net::{
+    ChannelId, CloseMode, DisconnectReason, ListenerId, Received, Selector, SelectorConfig,
+    SelectorWaker, SendError, DEFAULT_BACKLOG,
+};
+
+pub use handler::{DeferredHandler, Handler, Responder, ServerGone};
+use handler::{Completion, Reply, ReplyPath};
+
+/// The longest a [`Server::run_until`] poll blocks before it looks at its stop flag again.
+pub const RUN_TICK: Duration = Duration::from_millis(100);
+
+/// Configuration of a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The configuration of the server's Selector: maximum frame size (the server's
+    /// `socket.request.max.bytes`), staged-bytes bound per connection, read budget, idle expiry
+    /// (which also ends connections that stall mid-frame), socket options of accepted sockets.
+    pub selector: SelectorConfig,
+    /// Accept backlog of the listening sockets.
+    pub backlog: i32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            selector: SelectorConfig::default(),
+            backlog: DEFAULT_BACKLOG,
+        }
+    }
+}
+
+/// Counters of a [`Server`] since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections gone, for any reason.
+    pub closed: u64,
+    /// Request frames handed to the handler.
+    pub requests: u64,
+    /// Responses staged for sending.
+    pub responses: u64,
+    /// Requests finished without a response.
+    pub no_responses: u64,
+    /// Connections closed because the peer sent an invalid length prefix.
+    pub invalid_frames: u64,
+    /// Connections closed because the server could not send a response (over the maximum frame
+    /// size), or because a [`Responder`] asked for it or was dropped unanswered.
+    pub closed_by_server: u64,
+    /// Deferred replies that arrived for a connection that was already gone.
+    pub stale_replies: u64,
+    /// Times a connection's responses outran the staged-bytes bound and the connection was muted
+    /// until they drained (inline mode).
+    pub backpressured: u64,
+}
+
+/// Where a deferred-mode connection is with its current request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// No request in process.
+    Idle,
+    /// The handler holds the request with this ticket.
+    Processing(u64),
+    /// The response was staged with this sequence number; waiting for it to leave.
+    Sending(u64),
+}
+
+/// Per-connection state, kept in a table indexed by the channel's slab slot.
+#[derive(Debug)]
+struct Conn {
+    id: ChannelId,
+    /// Deferred mode: requests received and not yet handed to the handler, in arrival order.
+    queued: VecDeque<Bytes>,
+    stage: Stage,
+    /// Inline mode: responses the Selector refused (staged-bytes bound), in order; the connection
+    /// is muted while any are here.
+    backlog: VecDeque<Bytes>,
+    muted: bool,
+}
+
+impl Conn {
+    fn new(id: ChannelId) -> Self {
+        Conn {
+            id,
+            queued: VecDeque::new(),
+            stage: Stage::Idle,
+            backlog: VecDeque::new(),
+            muted: false,
+        }
+    }
+}
+
+/// Connections by slab slot, each checked against its full id (slots are reused).
+#[derive(Debug, Default)]
+struct ConnTable {
+    slots: Vec<Option<Conn>>,
+    len: usize,
+}
+
+impl ConnTable {
+    fn insert(&mut self, id: ChannelId) {
+        let slot = id.slot();
+        if slot >= self.slots.len() {
+            self.slots.resize_with(slot + 1, || None);
+        }
+        if self.slots[slot].is_none() {
+            self.len += 1;
+        }
+        self.slots[slot] = Some(Conn::new(id));
+    }
+
+    fn get_mut(&mut self, id: ChannelId) -> Option<&mut Conn> {
+        match self.slots.get_mut(id.slot()) {
+            Some(Some(c)) if c.id == id => Some(c),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, id: ChannelId) -> Option<Conn> {
+        match self.slots.get_mut(id.slot()) {
+            Some(slot @ Some(_)) if slot.as_ref().is_some_and(|c| c.id == id) => {
+                self.len -= 1;
+                slot.take()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether the Selector takes a response of `len` payload bytes on `id` now (its staged-bytes rule:
+/// a frame always fits an empty queue, otherwise the queue must stay within the bound).
+fn fits(sel: &Selector, id: ChannelId, len: usize) -> bool {
+    let staged = sel.staged_bytes(id);
+    staged == 0 || staged + HEADER_LEN + len <= sel.config().max_staged_bytes
+}
+
+mod sealed {
+    use super::*;
+
+    /// What dispatching one request produced.
+    pub enum Outcome {
+        Respond(Bytes),
+        NoResponse,
+        Pending,
+    }
+
+    /// The mode-specific half of a server; implemented by [`Inline`] and [`Deferred`] only.
+    pub trait Sealed {
+        const DEFERRED: bool;
+        fn dispatch(
+            &mut self,
+            conn: ChannelId,
+            request: Bytes,
+            replies: &ReplyPath,
+            ticket: u64,
+        ) -> Outcome;
+        fn connected(&mut self, conn: ChannelId, peer: SocketAddr);
+        fn disconnected(&mut self, conn: ChannelId, reason: DisconnectReason);
+    }
+}
+
+use sealed::Outcome;
+
+/// How a [`Server`] hands requests to its handler: [`Inline`] or [`Deferred`]. Sealed.
+pub trait Mode: sealed::Sealed {}
+
+/// The inline mode: wraps a [`Handler`].
+#[derive(Debug)]
+pub struct Inline<H>(H);
+
+/// The deferred mode: wraps a [`DeferredHandler`].
+#[derive(Debug)]
+pub struct Deferred<D>(D);
+
+impl<H: Handler> sealed::Sealed for Inline<H> {
+    const DEFERRED: bool = false;
+
+    #[inline]
+    fn dispatch(&mut self, conn: ChannelId, request: Bytes, _: &ReplyPath, _: u64) -> Outcome {
+        match self.0.handle(conn, request) {
+            Some(r) => Outcome::Respond(r),
+            None => Outcome::NoResponse,
+        }
+    }
+
+    fn connected(&mut self, conn: ChannelId, peer: SocketAddr) {
+        self.0.connected(conn, peer);
+    }
+
+    fn disconnected(&mut self, conn: ChannelId, reason: DisconnectReason) {
+        self.0.disconnected(conn, reason);
+    }
+}
+
+impl<H: Handler> Mode for Inline<H> {}
+
+impl<D: DeferredHandler> sealed::Sealed for Deferred<D> {
+    const DEFERRED: bool = true;
+
+    #[inline]
+    fn dispatch(
+        &mut self,
+        conn: ChannelId,
+        request: Bytes,
+        replies: &ReplyPath,
+        ticket: u64,
+    ) -> Outcome {
+        self.0.handle(conn, request, replies.responder(conn, ticket));
+        Outcome::Pending
+    }
+
+    fn connected(&mut self, conn: ChannelId, peer: SocketAddr) {
+        self.0.connected(conn, peer);
+    }
+
+    fn disconnected(&mut self, conn: ChannelId, reason: DisconnectReason) {
+        self.0.disconnected(conn, reason);
+    }
+}
+
+impl<D: DeferredHandler> Mode for Deferred<D> {}
+
+/// A request/response server over a [`Selector`]; see the [module docs](self) for the two modes.
+///
+/// Drive it with [`poll`](Server::poll) in your own loop, or with [`run_until`](Server::run_until).
+/// It is single-threaded like the Selector; only [`Responder`]s and the [`waker`](Server::waker)
+/// cross threads.
+#[derive(Debug)]
+pub struct Server<M> {
+    sel: Selector,
+    mode: M,
+    backlog: i32,
+    listeners: Vec<ListenerId>,
+    conns: ConnTable,
+    /// Inline mode: connections with responses in their backlog.
+    backlogged: Vec<ChannelId>,
+    /// Swapped with the Selector's received frames every poll, so the frames are ours to move.
+    received: Vec<Received>,
+    replies: ReplyPath,
+    next_ticket: u64,
+    stats: ServerStats,
+}
+
+impl<H: Handler> Server<Inline<H>> {
+    /// An inline-mode server with the default configuration, listening nowhere yet (see
+    /// [`bind`](Server::bind)).
+    ///
+    /// # Errors
+    /// The OS error of creating the Selector (epoll instance, waker).
+    pub fn inline(handler: H) -> io::Result<Self> {
+        Self::inline_with_config(handler, ServerConfig::default())
+    }
+
+    /// An inline-mode server with `config`.
+    ///
+    /// # Errors
+    /// The OS error of creating the Selector (epoll instance, waker).
+    pub fn inline_with_config(handler: H, config: ServerConfig) -> io::Result<Self> {
+        Server::with_mode(Inline(handler), config)
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.mode.0
+    }
+
+    /// The handler, mutably.
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.mode.0
+    }
+}
+
+impl<D: DeferredHandler> Server<Deferred<D>> {
+    /// A deferred-mode server with the default configuration, listening nowhere yet (see
+    /// [`bind`](Server::bind)).
+    ///
+    /// # Errors
+    /// The OS error of creating the Selector (epoll instance, waker).
+    pub fn deferred(handler: D) -> io::Result<Self> {
+        Self::deferred_with_config(handler, ServerConfig::default())
+    }
+
+    /// A deferred-mode server with `config`.
+    ///
+    /// # Errors
+    /// The OS error of creating the Selector (epoll instance, waker).
+    pub fn deferred_with_config(handler: D, config: ServerConfig) -> io::Result<Self> {
+        Server::with_mode(Deferred(handler), config)
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &D {
+        &self.mode.0
+    }
+
+    /// The handler, mutably.
+    pub fn handler_mut(&mut self) -> &mut D {
+        &mut self.mode.0
+    }
+}
+
+impl<M: Mode> Server<M> {
+    fn with_mode(mode: M, config: ServerConfig) -> io::Result<Self> {
+        let sel = Selector::with_config(config.selector)?;
+        let replies = ReplyPath::new(sel.waker());
+        Ok(Server {
+            sel,
+            mode,
+            backlog: config.backlog,
+            listeners: Vec::new(),
+            conns: ConnTable::default(),
+            backlogged: Vec::new(),
+            received: Vec::new(),
+            replies,
+            next_ticket: 0,
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// Listens on `addr` (port 0 picks a free port) and returns the bound address. A server may
+    /// listen on several addresses.
+    ///
+    /// # Errors
+    /// The OS error of creating, binding or listening.
+    pub fn bind(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let id = self.sel.listen_with_backlog(addr, self.backlog)?;
+        self.listeners.push(id);
+        self.sel.listener_addr(id).map_err(io::Error::other)
+    }
+
+    /// The address of the first listener, if any.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .first()
+            .and_then(|id| self.sel.listener_addr(*id).ok())
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// The underlying Selector (for its metrics and per-channel state).
+    pub fn selector(&self) -> &Selector {
+        &self.sel
+    }
+
+    /// A handle that interrupts a blocking [`poll`](Server::poll) from another thread.
+    pub fn waker(&self) -> SelectorWaker {
+        self.sel.waker()
+    }
+
+    /// Runs [`poll`](Server::poll) until `stop` is set or `deadline` passes. Each poll blocks at most
+    /// [`RUN_TICK`]; set `stop`, then [`wake`](SelectorWaker::wake) the [`waker`](Server::waker),
+    /// for a prompt exit.
+    ///
+    /// # Errors
+    /// The first error of [`poll`](Server::poll).
+    pub fn run_until(&mut self, stop: &AtomicBool, deadline: Option<Instant>) -> io::Result<()> {
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            let timeout = match deadline {
+                Some(d) if now >= d => return Ok(()),
+                Some(d) => (d - now).min(RUN_TICK),
+                None => RUN_TICK,
+            };
+            self.poll(Some(timeout))?;
+        }
+    }
+
+    /// Does one round of work: stages deferred replies that came in, runs one Selector poll
+    /// (waiting at most `timeout`, `None` for no limit), accepts, hands every received request to
+    /// the handler, stages responses, and settles connections whose responses left or which closed.
+    ///
+    /// # Errors
+    /// Only an error of the OS selector itself; connection errors close that connection and are
+    /// counted in [`stats`](Server::stats).
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if M::DEFERRED {
+            self.take_replies();
+        }
+        self.sel.poll(timeout)?;
+
+        for i in 0..self.sel.accepted().len() {
+            let a = self.sel.accepted()[i];
+            self.conns.insert(a.channel);
+            self.stats.accepted += 1;
+            self.mode.connected(a.channel, a.peer);
+        }
+
+        self.sel.swap_completed_receives(&mut self.received);
+        let mut received = std::mem::take(&mut self.received);
+        for r in received.drain(..) {
+            if M::DEFERRED {
+                self.enqueue(r.channel, r.frame);
+            } else {
+                self.handle_inline(r.channel, r.frame);
+            }
+        }
+        self.received = received;
+
+        if M::DEFERRED {
+            for i in 0..self.sel.completed_sends().len() {
+                let s = self.sel.completed_sends()[i];
+                if let Some(c) = self.conns.get_mut(s.channel) {
+                    if c.stage == Stage::Sending(s.seq) {
+                        c.stage = Stage::Idle;
+                        self.pump(s.channel);
+                    }
+                }
+            }
+        } else if !self.backlogged.is_empty() {
+            self.drain_backlogs();
+        }
+
+        for i in 0..self.sel.disconnected().len() {
+            let d = self.sel.disconnected()[i];
+            self.forget(d.channel, d.reason);
+        }
+
+        if M::DEFERRED {
+            self.take_replies();
+        }
+        Ok(())
+    }
+
+    // ----- inline --------------------------------------------------------------------------------
+
+    fn handle_inline(&mut self, id: ChannelId, frame: Bytes) {
+        self.stats.requests += 1;
+        let response = match self.mode.dispatch(id, frame, &self.replies, 0) {
+            Outcome::Respond(r) => r,
+            Outcome::NoResponse | Outcome::Pending => {
+                self.stats.no_responses += 1;
+                return;
+            }
+        };
+        let Some(c) = self.conns.get_mut(id) else {
+            return; // closed by the server while handling an earlier frame of this poll
+        };
+        if c.backlog.is_empty() && fits(&self.sel, id, response.len()) {
+            match self.sel.send(id, response) {
+                Ok(_) => self.stats.responses += 1,
+                Err(e) => self.send_failed(id, e),
+            }
+            return;
+        }
+        // Back-pressure: the client is not reading. Keep the response in order and stop reading
+        // the connection until the backlog has been staged.
+        c.backlog.push_back(response);
+        if !c.muted {
+            c.muted = true;
+            self.stats.backpressured += 1;
+            let _ = self.sel.mute(id);
+            self.backlogged.push(id);
+        }
+    }
+
+    fn drain_backlogs(&mut self) {
+        let mut list = std::mem::take(&mut self.backlogged);
+        list.retain(|&id| {
+            let Some(c) = self.conns.get_mut(id) else {
+                return false;
+            };
+            while let Some(front) = c.backlog.front() {
+                if !fits(&self.sel, id, front.len()) {
+                    return true;
+                }
+                let Some(response) = c.backlog.pop_front() else {
+                    break;
+                };
+                if self.sel.send(id, response).is_err() {
+                    // The connection is closing or gone; `forget` cleans up.
+                    c.backlog.clear();
+                    return false;
+                }
+                self.stats.responses += 1;
+            }
+            c.muted = false;
+            let _ = self.sel.unmute(id);
+            false
+        });
+        // Nothing pushes onto `backlogged` while we drain it.
+        self.backlogged = list;
+    }
+
+    // ----- deferred ------------------------------------------------------------------------------
+
+    fn enqueue(&mut self, id: ChannelId, frame: Bytes) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.queued.push_back(frame);
+        if !c.muted {
+            c.muted = true;
+            let _ = self.sel.mute(id);
+        }
+        self.pump(id);
+    }
+
+    /// Hands the connection's next queued request to the handler if none is in process; unmutes
+    /// the connection when nothing is queued or in process.
+    fn pump(&mut self, id: ChannelId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.stage != Stage::Idle {
+            return;
+        }
+        let Some(frame) = c.queued.pop_front() else {
+            if c.muted {
+                c.muted = false;
+                let _ = self.sel.unmute(id);
+            }
+            return;
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        c.stage = Stage::Processing(ticket);
+        self.stats.requests += 1;
+        // The deferred mode always answers `Pending`; its reply comes through `take_replies`.
+        let _ = self.mode.dispatch(id, frame, &self.replies, ticket);
+    }
+
+    fn take_replies(&mut self) {
+        let mut first = true;
+        // Bounded: a reply is only produced for a request handed out, and each is taken once.
+        while let Some(done) = self.replies.try_next(first) {
+            first = false;
+            self.complete(done);
+        }
+    }
+
+    fn complete(&mut self, done: Completion) {
+        let Completion {
+            conn: id,
+            ticket,
+            reply,
+        } = done;
+        let Some(c) = self.conns.get_mut(id) else {
+            self.stats.stale_replies += 1;
+            return;
+        };
+        if c.stage != Stage::Processing(ticket) {
+            self.stats.stale_replies += 1;
+            return;
+        }
+        match reply {
+            Reply::Respond(r) => match self.sel.send(id, r) {
+                Ok(seq) => {
+                    c.stage = Stage::Sending(seq);
+                    self.stats.responses += 1;
+                }
+                Err(e) => self.send_failed(id, e),
+            },
+            Reply::NoResponse => {
+                c.stage = Stage::Idle;
+                self.stats.no_responses += 1;
+                self.pump(id);
+            }
+            Reply::Close => self.close_conn(id),
+        }
+    }
+
+    // ----- both ----------------------------------------------------------------------------------
+
+    fn send_failed(&mut self, id: ChannelId, e: SendError) {
+        match e {
+            // Gone or closing: the Selector reports it (or did), `forget` cleans up.
+            SendError::UnknownChannel | SendError::Closing => {}
+            _ => {
+                log::warn!("{id}: cannot send response: {e}; closing the connection");
+                self.close_conn(id);
+            }
+        }
+    }
+
+    fn close_conn(&mut self, id: ChannelId) {
+        self.stats.closed_by_server += 1;
+        // Immediate closes are not reported by the Selector: report to the handler ourselves.
+        let _ = self.sel.close(id, CloseMode::Immediate);
+        self.forget(id, DisconnectReason::LocalClose { flushed: false });
+    }
+
+    fn forget(&mut self, id: ChannelId, reason: DisconnectReason) {
+        if self.conns.remove(id).is_none() {
+            return;
+        }
+        self.stats.closed += 1;
+        if matches!(reason, DisconnectReason::InvalidFrame(_)) {
+            self.stats.invalid_frames += 1;
+        }
+        self.mode.disconnected(id, reason);
+    }
+}

@@ -1,0 +1,448 @@
+//! Server tests on 127.0.0.1 with blocking std clients. Every wait is bounded by a count and a
+//! deadline; client reads time out.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::net::{SelectorConfig, SocketOptions};
+
+const WAIT: Duration = Duration::from_secs(10);
+const POLL: Option<Duration> = Some(Duration::from_millis(20));
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+fn client(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+fn read_frame(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Reads until the server closes the connection; returns whether it did within the read timeout.
+fn closed_by_peer(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    for _ in 0..1024 {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn round_trip(s: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
+    s.write_all(&frame(payload)).unwrap();
+    read_frame(s).unwrap()
+}
+
+/// A server polled on its own thread until stopped (or a 60 s safety deadline).
+struct Running<M> {
+    stop: Arc<AtomicBool>,
+    waker: SelectorWaker,
+    join: thread::JoinHandle<Server<M>>,
+}
+
+impl<M: Mode + Send + 'static> Running<M> {
+    fn start(mut server: Server<M>) -> (SocketAddr, Self) {
+        let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let waker = server.waker();
+        let flag = Arc::clone(&stop);
+        let join = thread::spawn(move || {
+            server
+                .run_until(&flag, Some(Instant::now() + Duration::from_secs(60)))
+                .unwrap();
+            server
+        });
+        (addr, Running { stop, waker, join })
+    }
+
+    fn stop(self) -> Server<M> {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake().unwrap();
+        self.join.join().unwrap()
+    }
+}
+
+fn poll_until<M: Mode>(server: &mut Server<M>, mut done: impl FnMut(&mut Server<M>) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    for _ in 0..10_000 {
+        if done(server) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "condition not reached in time");
+        server.poll(POLL).unwrap();
+    }
+    panic!("condition not reached within the poll count");
+}
+
+// ----- inline ------------------------------------------------------------------------------------
+
+#[test]
+fn inline_echo_pipelined_on_two_connections() {
+    let server = Server::inline(|_: ChannelId, req: Bytes| Some(req)).unwrap();
+    let (addr, running) = Running::start(server);
+    let mut a = client(addr);
+    let mut b = client(addr);
+    let mut burst_a = Vec::new();
+    let mut burst_b = Vec::new();
+    for i in 0..200u32 {
+        burst_a.extend(frame(format!("a{i}").as_bytes()));
+        burst_b.extend(frame(&vec![i as u8; (i % 50) as usize]));
+    }
+    a.write_all(&burst_a).unwrap();
+    b.write_all(&burst_b).unwrap();
+    for i in 0..200u32 {
+        assert_eq!(read_frame(&mut a).unwrap(), format!("a{i}").as_bytes());
+        assert_eq!(read_frame(&mut b).unwrap(), vec![i as u8; (i % 50) as usize]);
+    }
+    drop((a, b));
+    let server = running.stop();
+    let st = server.stats();
+    assert_eq!(st.accepted, 2);
+    assert_eq!(st.requests, 400);
+    assert_eq!(st.responses, 400);
+    assert_eq!(st.invalid_frames, 0);
+}
+
+#[test]
+fn inline_no_response_keeps_the_order_of_the_rest() {
+    // Odd requests get no response.
+    let server = Server::inline(|_: ChannelId, req: Bytes| (req[0] % 2 == 0).then_some(req)).unwrap();
+    let (addr, running) = Running::start(server);
+    let mut c = client(addr);
+    let burst: Vec<u8> = (0..100u8).flat_map(|i| frame(&[i])).collect();
+    c.write_all(&burst).unwrap();
+    for i in (0..100u8).step_by(2) {
+        assert_eq!(read_frame(&mut c).unwrap(), vec![i]);
+    }
+    drop(c);
+    let st = running.stop().stats();
+    assert_eq!(st.requests, 100);
+    assert_eq!(st.responses, 50);
+    assert_eq!(st.no_responses, 50);
+}
+
+#[test]
+fn inline_backpressure_mutes_and_keeps_order() {
+    let config = ServerConfig {
+        selector: SelectorConfig {
+            max_staged_bytes: 64 * 1024,
+            accepted_socket_options: SocketOptions {
+                send_buffer_bytes: Some(32 * 1024),
+                ..SocketOptions::os_buffers()
+            },
+            ..SelectorConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::inline_with_config(
+        |_: ChannelId, req: Bytes| {
+            let mut resp = vec![0xabu8; 16 * 1024];
+            resp[..4].copy_from_slice(&req[..4]);
+            Some(Bytes::from(resp))
+        },
+        config,
+    )
+    .unwrap();
+    let (addr, running) = Running::start(server);
+    let mut c = client(addr);
+    let n = 300u32;
+    let burst: Vec<u8> = (0..n).flat_map(|i| frame(&i.to_be_bytes())).collect();
+    c.write_all(&burst).unwrap();
+    for i in 0..n {
+        let resp = read_frame(&mut c).unwrap();
+        assert_eq!(resp.len(), 16 * 1024);
+        assert_eq!(&resp[..4], &i.to_be_bytes(), "response {i} out of order");
+    }
+    // The connection is unmuted again: one more round trip works.
+    assert_eq!(&round_trip(&mut c, &7u32.to_be_bytes())[..4], &7u32.to_be_bytes());
+    drop(c);
+    let st = running.stop().stats();
+    assert!(st.backpressured > 0, "the backlog path was not exercised: {st:?}");
+    assert_eq!(st.responses, u64::from(n) + 1);
+}
+
+// ----- deferred ----------------------------------------------------------------------------------
+
+/// A deferred handler that keeps every request and its responder for the test to answer.
+#[derive(Default)]
+struct Held {
+    requests: Vec<(ChannelId, Bytes, Responder)>,
+    connected: Vec<ChannelId>,
+    disconnected: Vec<(ChannelId, DisconnectReason)>,
+}
+
+impl DeferredHandler for Held {
+    fn handle(&mut self, conn: ChannelId, request: Bytes, responder: Responder) {
+        self.requests.push((conn, request, responder));
+    }
+    fn connected(&mut self, conn: ChannelId, _: SocketAddr) {
+        self.connected.push(conn);
+    }
+    fn disconnected(&mut self, conn: ChannelId, reason: DisconnectReason) {
+        self.disconnected.push((conn, reason));
+    }
+}
+
+#[test]
+fn deferred_worker_thread_answers_out_of_band_in_order() {
+    let (to_worker, jobs) = mpsc::channel::<(Bytes, Responder)>();
+    let in_process = Arc::new(AtomicUsize::new(0));
+    let overlap = Arc::new(AtomicBool::new(false));
+    let (ip, ov) = (Arc::clone(&in_process), Arc::clone(&overlap));
+    let worker = thread::spawn(move || {
+        let mut answered = 0u32;
+        // Ends when the server (and with it the handler's sender) is dropped.
+        for _ in 0..100_000 {
+            let Ok((req, responder)) = jobs.recv_timeout(Duration::from_secs(30)) else {
+                break;
+            };
+            let mut resp = b"re:".to_vec();
+            resp.extend_from_slice(&req);
+            ip.fetch_sub(1, Ordering::SeqCst);
+            responder.respond(Bytes::from(resp)).unwrap();
+            answered += 1;
+        }
+        answered
+    });
+    // One connection only, so "at most one in process" is checked globally.
+    let server = Server::deferred(move |_: ChannelId, req: Bytes, r: Responder| {
+        if in_process.fetch_add(1, Ordering::SeqCst) != 0 {
+            ov.store(true, Ordering::SeqCst);
+        }
+        to_worker.send((req, r)).unwrap();
+    })
+    .unwrap();
+    let (addr, running) = Running::start(server);
+    let mut c = client(addr);
+    // Request/response, then pipelined bursts.
+    for i in 0..20u32 {
+        assert_eq!(round_trip(&mut c, format!("{i}").as_bytes()), format!("re:{i}").as_bytes());
+    }
+    for round in 0..5u32 {
+        let burst: Vec<u8> = (0..50u32)
+            .flat_map(|i| frame(format!("{round}.{i}").as_bytes()))
+            .collect();
+        c.write_all(&burst).unwrap();
+        for i in 0..50u32 {
+            assert_eq!(read_frame(&mut c).unwrap(), format!("re:{round}.{i}").as_bytes());
+        }
+    }
+    drop(c);
+    let server = running.stop();
+    let st = server.stats();
+    drop(server);
+    assert_eq!(worker.join().unwrap(), 270);
+    assert!(!overlap.load(Ordering::SeqCst), "two requests of one connection were in process");
+    assert_eq!(st.requests, 270);
+    assert_eq!(st.responses, 270);
+    assert_eq!(st.stale_replies, 0);
+}
+
+#[test]
+fn deferred_pipelined_requests_are_muted_queued_and_answered_one_at_a_time() {
+    let mut server = Server::deferred(Held::default()).unwrap();
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut c = client(addr);
+    // Five requests in one write: the Selector delivers them in one poll.
+    let burst: Vec<u8> = (0..5u8).flat_map(|i| frame(&[i; 3])).collect();
+    c.write_all(&burst).unwrap();
+
+    for i in 0..5u8 {
+        poll_until(&mut server, |s| !s.handler().requests.is_empty());
+        let conn = server.handler().connected[0];
+        // A few more polls: nothing else is handed out while this request is in process.
+        for _ in 0..3 {
+            server.poll(Some(Duration::ZERO)).unwrap();
+        }
+        assert_eq!(server.handler().requests.len(), 1, "request {i}");
+        assert!(server.selector().is_muted(conn), "muted while request {i} is in process");
+        let (rconn, req, responder) = server.handler_mut().requests.pop().unwrap();
+        assert_eq!(rconn, conn);
+        assert_eq!(&req[..], &[i; 3]);
+        responder.respond(Bytes::from(vec![i + 100])).unwrap();
+        // The next request is handed out only after this response has left; then read it.
+        poll_until(&mut server, |s| {
+            !s.handler().requests.is_empty() || s.stats().responses == u64::from(i) + 1
+        });
+        assert_eq!(read_frame(&mut c).unwrap(), vec![i + 100]);
+    }
+    let conn = server.handler().connected[0];
+    poll_until(&mut server, |s| !s.selector().is_muted(conn));
+    assert!(server.handler().requests.is_empty());
+
+    // Unmuted: a new request flows again, and the client closing is reported once.
+    c.write_all(&frame(b"again")).unwrap();
+    poll_until(&mut server, |s| !s.handler().requests.is_empty());
+    let (_, req, responder) = server.handler_mut().requests.pop().unwrap();
+    assert_eq!(&req[..], b"again");
+    responder.no_response().unwrap();
+    drop(c);
+    poll_until(&mut server, |s| !s.handler().disconnected.is_empty());
+    assert_eq!(server.handler().disconnected, vec![(conn, DisconnectReason::PeerClosed)]);
+    let st = server.stats();
+    assert_eq!((st.requests, st.responses, st.no_responses), (6, 5, 1));
+}
+
+#[test]
+fn deferred_replies_from_other_connections_interleave_freely() {
+    // Two connections; their requests are answered in the reverse order of arrival.
+    let mut server = Server::deferred(Held::default()).unwrap();
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut a = client(addr);
+    let mut b = client(addr);
+    let mut burst = frame(b"a0");
+    burst.extend(frame(b"a1"));
+    a.write_all(&burst).unwrap();
+    b.write_all(&frame(b"b0")).unwrap();
+    poll_until(&mut server, |s| s.handler().requests.len() == 2);
+    let answer = |(_, req, r): (ChannelId, Bytes, Responder)| {
+        let mut resp = b"re:".to_vec();
+        resp.extend_from_slice(&req);
+        r.respond(Bytes::from(resp)).unwrap();
+    };
+    let mut held = std::mem::take(&mut server.handler_mut().requests);
+    held.drain(..).rev().for_each(answer);
+    // a1 is handed out once a0's response has left.
+    poll_until(&mut server, |s| s.handler().requests.len() == 1 && s.stats().responses == 2);
+    let (_, req, _) = &server.handler().requests[0];
+    assert_eq!(&req[..], b"a1");
+    server.handler_mut().requests.drain(..).for_each(answer);
+    poll_until(&mut server, |s| s.stats().responses == 3);
+    assert_eq!(read_frame(&mut a).unwrap(), b"re:a0");
+    assert_eq!(read_frame(&mut a).unwrap(), b"re:a1");
+    assert_eq!(read_frame(&mut b).unwrap(), b"re:b0");
+}
+
+#[test]
+fn deferred_dropped_responder_closes_only_that_connection() {
+    let mut server = Server::deferred(Held::default()).unwrap();
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut victim = client(addr);
+    victim.write_all(&frame(b"x")).unwrap();
+    poll_until(&mut server, |s| !s.handler().requests.is_empty());
+    drop(server.handler_mut().requests.pop());
+    poll_until(&mut server, |s| s.connections() == 0);
+    assert!(closed_by_peer(&mut victim));
+    assert_eq!(server.stats().closed_by_server, 1);
+    assert_eq!(server.handler().disconnected.len(), 1);
+
+    let mut other = client(addr);
+    other.write_all(&frame(b"y")).unwrap();
+    poll_until(&mut server, |s| !s.handler().requests.is_empty());
+    let (_, _, r) = server.handler_mut().requests.pop().unwrap();
+    r.respond(Bytes::from_static(b"ok")).unwrap();
+    poll_until(&mut server, |s| s.stats().responses == 1);
+    assert_eq!(read_frame(&mut other).unwrap(), b"ok");
+}
+
+#[test]
+fn responder_after_server_drop_reports_server_gone() {
+    let mut server = Server::deferred(Held::default()).unwrap();
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut c = client(addr);
+    c.write_all(&frame(b"x")).unwrap();
+    poll_until(&mut server, |s| !s.handler().requests.is_empty());
+    let (_, _, r) = server.handler_mut().requests.pop().unwrap();
+    drop(server);
+    assert_eq!(r.respond(Bytes::new()), Err(ServerGone));
+}
+
+// ----- hostile clients ---------------------------------------------------------------------------
+
+#[test]
+fn hostile_clients_close_only_their_own_connection() {
+    let server = Server::inline(|_: ChannelId, req: Bytes| Some(req)).unwrap();
+    let (addr, running) = Running::start(server);
+    let mut neighbour = client(addr);
+    assert_eq!(round_trip(&mut neighbour, b"hello"), b"hello");
+
+    let hostile: [&[u8]; 4] = [
+        &(-1i32).to_be_bytes(),                 // negative length
+        &i32::MIN.to_be_bytes(),                // very negative length
+        &0x7fff_ffffu32.to_be_bytes(),          // huge length
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  // garbage: "GET " read as a length
+    ];
+    for (i, bytes) in hostile.iter().enumerate() {
+        let mut h = client(addr);
+        // A valid request first, so the connection was a working one.
+        assert_eq!(round_trip(&mut h, b"fine"), b"fine");
+        h.write_all(bytes).unwrap();
+        assert!(closed_by_peer(&mut h), "hostile client {i} was not disconnected");
+        let msg = format!("still here {i}");
+        assert_eq!(round_trip(&mut neighbour, msg.as_bytes()), msg.as_bytes());
+    }
+    // A hostile frame pipelined behind good ones on the same connection: the Selector delivers the
+    // good ones and closes the connection in the same poll (as Kafka does on an invalid receive),
+    // so their responses have nowhere to go; the connection is closed all the same.
+    let mut h = client(addr);
+    let mut burst = frame(b"one");
+    burst.extend(frame(b"two"));
+    burst.extend_from_slice(&(-5i32).to_be_bytes());
+    h.write_all(&burst).unwrap();
+    assert!(closed_by_peer(&mut h));
+    assert_eq!(round_trip(&mut neighbour, b"bye"), b"bye");
+
+    drop(neighbour);
+    let st = running.stop().stats();
+    assert_eq!(st.invalid_frames, 5, "{st:?}");
+}
+
+#[test]
+fn stalled_half_frame_expires_while_a_neighbour_is_served() {
+    let config = ServerConfig {
+        selector: SelectorConfig {
+            connections_max_idle: Some(Duration::from_millis(300)),
+            ..SelectorConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::inline_with_config(|_: ChannelId, req: Bytes| Some(req), config).unwrap();
+    let (addr, running) = Running::start(server);
+    let mut stalled = client(addr);
+    // Announces 10 bytes, sends 2, then nothing.
+    stalled.write_all(&[0, 0, 0, 10, 1, 2]).unwrap();
+    let watcher = thread::spawn(move || closed_by_peer(&mut stalled));
+    let mut neighbour = client(addr);
+    let deadline = Instant::now() + WAIT;
+    let mut trips = 0u32;
+    for i in 0..1_000_000u32 {
+        if watcher.is_finished() || Instant::now() >= deadline {
+            break;
+        }
+        let msg = i.to_be_bytes();
+        assert_eq!(round_trip(&mut neighbour, &msg), msg);
+        trips += 1;
+    }
+    assert!(watcher.join().unwrap(), "the stalled connection was not closed");
+    assert!(trips > 0);
+    assert_eq!(round_trip(&mut neighbour, b"after"), b"after");
+    drop(neighbour);
+    let st = running.stop().stats();
+    assert_eq!(st.invalid_frames, 0);
+    assert!(st.closed >= 1);
+}

@@ -13,4 +13,7 @@
 #![warn(missing_docs)]
 #![cfg(unix)]
 
+pub mod client;
+pub mod failover;
 pub mod net;
+pub mod sim;

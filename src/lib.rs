@@ -13,5 +13,8 @@
 #![warn(missing_docs)]
 #![cfg(unix)]
 
+pub mod client;
+pub mod failover;
 pub mod net;
 pub mod server;
+pub mod sim;

@@ -65,13 +65,20 @@ impl fmt::Display for DisconnectReason {
         match self {
             DisconnectReason::PeerClosed => write!(f, "peer closed the connection"),
             DisconnectReason::PeerClosedMidFrame { buffered } => {
-                write!(f, "peer closed the connection mid-frame ({buffered} bytes buffered)")
+                write!(
+                    f,
+                    "peer closed the connection mid-frame ({buffered} bytes buffered)"
+                )
             }
             DisconnectReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
             DisconnectReason::Io(e) => write!(f, "I/O error: {e}"),
             DisconnectReason::InvalidFrame(e) => write!(f, "invalid frame: {e}"),
-            DisconnectReason::IdleExpired => write!(f, "idle for longer than connections.max.idle.ms"),
-            DisconnectReason::LocalClose { flushed: true } => write!(f, "closed locally after flushing"),
+            DisconnectReason::IdleExpired => {
+                write!(f, "idle for longer than connections.max.idle.ms")
+            }
+            DisconnectReason::LocalClose { flushed: true } => {
+                write!(f, "closed locally after flushing")
+            }
             DisconnectReason::LocalClose { flushed: false } => {
                 write!(f, "closed locally before every staged send left")
             }

@@ -192,7 +192,10 @@ mod tests {
         let mut buf = BytesMut::from(&(-1i32).to_be_bytes()[..]);
         assert_eq!(dec.decode(&mut buf), Err(FrameError::NegativeLength(-1)));
         let mut buf = BytesMut::from(&i32::MIN.to_be_bytes()[..]);
-        assert_eq!(dec.decode(&mut buf), Err(FrameError::NegativeLength(i32::MIN)));
+        assert_eq!(
+            dec.decode(&mut buf),
+            Err(FrameError::NegativeLength(i32::MIN))
+        );
     }
 
     #[test]
@@ -208,7 +211,10 @@ mod tests {
         let dec = FrameDecoder::default();
         assert!(matches!(
             dec.decode(&mut buf),
-            Err(FrameError::TooLarge { len: 369_295_616, .. })
+            Err(FrameError::TooLarge {
+                len: 369_295_616,
+                ..
+            })
         ));
     }
 

@@ -53,6 +53,7 @@ impl SelectorMetrics {
 
     /// Channels currently open according to the counters.
     pub fn open_connections(&self) -> u64 {
-        self.connections_created.saturating_sub(self.connections_closed)
+        self.connections_created
+            .saturating_sub(self.connections_closed)
     }
 }

@@ -354,7 +354,11 @@ impl Selector {
     ///
     /// # Errors
     /// The OS error of creating, binding or listening.
-    pub fn listen_with_backlog(&mut self, addr: SocketAddr, backlog: i32) -> io::Result<ListenerId> {
+    pub fn listen_with_backlog(
+        &mut self,
+        addr: SocketAddr,
+        backlog: i32,
+    ) -> io::Result<ListenerId> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_nonblocking(true)?;
@@ -484,8 +488,23 @@ impl Selector {
     /// `max_staged_bytes` (back-pressure: poll, then retry when [`is_writable`](Selector::is_writable)).
     /// Nothing is staged when it fails.
     pub fn send(&mut self, id: ChannelId, payload: Bytes) -> Result<u64, SendError> {
-        let header = encode_header(payload.len(), self.config.max_frame_size)
-            .map_err(SendError::InvalidFrame)?;
+        self.send_or_return(id, payload).map_err(|(e, _)| e)
+    }
+
+    /// As [`send`](Selector::send), handing the payload back when it is refused, so the caller can
+    /// retry after back-pressure without keeping a copy.
+    ///
+    /// # Errors
+    /// As [`send`](Selector::send), with the refused payload.
+    pub fn send_or_return(
+        &mut self,
+        id: ChannelId,
+        payload: Bytes,
+    ) -> Result<u64, (SendError, Bytes)> {
+        let header = match encode_header(payload.len(), self.config.max_frame_size) {
+            Ok(h) => h,
+            Err(e) => return Err((SendError::InvalidFrame(e), payload)),
+        };
         self.stage(id, Some(header), payload)
     }
 
@@ -504,7 +523,7 @@ impl Selector {
             return Err(SendError::PrefixMismatch { announced, actual });
         }
         encode_header(actual, self.config.max_frame_size).map_err(SendError::InvalidFrame)?;
-        self.stage(id, None, frame)
+        self.stage(id, None, frame).map_err(|(e, _)| e)
     }
 
     fn stage(
@@ -512,20 +531,20 @@ impl Selector {
         id: ChannelId,
         header: Option<[u8; HEADER_LEN]>,
         body: Bytes,
-    ) -> Result<u64, SendError> {
+    ) -> Result<u64, (SendError, Bytes)> {
         let limit = self.config.max_staged_bytes;
         let ch = match self.slots.get_mut(id.index as usize) {
             Some(Slot::Channel(c)) if c.id == id => c,
-            _ => return Err(SendError::UnknownChannel),
+            _ => return Err((SendError::UnknownChannel, body)),
         };
         if matches!(ch.state, ChannelState::Closing { .. }) {
-            return Err(SendError::Closing);
+            return Err((SendError::Closing, body));
         }
         let staged = ch.sends.staged_bytes();
         let len = body.len() + header.map_or(0, |h| h.len());
         if staged > 0 && staged + len > limit {
             ch.send_refused = true;
-            return Err(SendError::QueueFull { staged, limit });
+            return Err((SendError::QueueFull { staged, limit }, body));
         }
         let seq = ch.sends.push(header, body);
         if ch.is_connected() && !ch.write_blocked && !ch.in_write_list {
@@ -712,9 +731,7 @@ impl Selector {
         self.metrics.polls += 1;
         self.out.clear();
         self.out.connected.append(&mut self.carried_connected);
-        self.out
-            .disconnected
-            .append(&mut self.carried_disconnected);
+        self.out.disconnected.append(&mut self.carried_disconnected);
 
         // 2. Write staged sends.
         self.flush_write_list(started);
@@ -762,7 +779,8 @@ impl Selector {
                 }
                 Some(Slot::Channel(c)) => {
                     let id = c.id;
-                    let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                    let readable =
+                        event.is_readable() || event.is_read_closed() || event.is_error();
                     let writable =
                         event.is_writable() || event.is_write_closed() || event.is_error();
                     self.handle_channel(id, readable, writable, now);

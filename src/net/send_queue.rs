@@ -67,7 +67,11 @@ impl SendQueue {
         self.next_seq += 1;
         let staged = Staged {
             header: header.unwrap_or([0; HEADER_LEN]),
-            header_len: if header.is_some() { HEADER_LEN as u8 } else { 0 },
+            header_len: if header.is_some() {
+                HEADER_LEN as u8
+            } else {
+                0
+            },
             body,
             seq,
         };
@@ -222,7 +226,9 @@ mod tests {
 
     #[test]
     fn partial_writes_resume_and_report_each_frame_once() {
-        let payloads: Vec<Vec<u8>> = (0..200u32).map(|i| vec![i as u8; (i % 7) as usize]).collect();
+        let payloads: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| vec![i as u8; (i % 7) as usize])
+            .collect();
         let mut q = SendQueue::default();
         for p in &payloads {
             q.push(

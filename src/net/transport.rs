@@ -28,8 +28,9 @@ pub trait Transport {
     /// Stages one frame; returns its per-channel sequence number.
     ///
     /// # Errors
-    /// See [`SendError`].
-    fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, SendError>;
+    /// See [`SendError`]; the refused frame is handed back (so a caller can retry it after
+    /// back-pressure without having kept a copy).
+    fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, (SendError, Bytes)>;
     /// Closes a channel immediately; not reported as disconnected.
     fn close(&mut self, channel: ChannelId);
     /// Does the I/O, waiting at most `timeout`.
@@ -54,8 +55,8 @@ impl Transport for Selector {
         Selector::connect(self, addr, options)
     }
 
-    fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, SendError> {
-        Selector::send(self, channel, frame)
+    fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, (SendError, Bytes)> {
+        Selector::send_or_return(self, channel, frame)
     }
 
     fn close(&mut self, channel: ChannelId) {

@@ -1,0 +1,859 @@
+//! The request layer over a [`Transport`]: Kafka's `NetworkClient`, with its users' fixes.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::backoff::{JitterSource, SplitMix64};
+use super::config::{ClientConfig, ResponseOrder};
+use super::connection_states::{ClusterConnectionStates, ConnectionState};
+use super::handshake::{Handshake, HandshakeStep, NoHandshake};
+use super::metrics::NodeMetrics;
+use super::node::{split_host_port, NodeId, Resolver, SystemResolver};
+use super::request::{
+    Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome,
+};
+use crate::net::{ChannelId, Received, Selector, SelectorConfig, SendError, Transport};
+
+/// Reads a response's correlation id. The default, [`kafka_correlation_id`], reads the first four
+/// bytes (Kafka's response header).
+pub type CorrelationReader = fn(&[u8]) -> Option<i32>;
+
+/// The correlation id at the front of a Kafka response (`None` when the frame is shorter than 4
+/// bytes).
+pub fn kafka_correlation_id(frame: &[u8]) -> Option<i32> {
+    let b = frame.get(..4)?;
+    Some(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// One request in flight (staged on the Selector, awaiting its response) or waiting to be staged.
+struct InFlight {
+    correlation_id: i32,
+    expect_response: bool,
+    internal: bool,
+    created: Instant,
+    deadline: Instant,
+    tag: u64,
+    callback: Option<Callback>,
+}
+
+/// Per-node request bookkeeping.
+#[derive(Default)]
+struct NodeRequests {
+    /// Staged on the Selector, oldest first. Entries `[0, sent)` have fully left.
+    in_flight: VecDeque<InFlight>,
+    sent: usize,
+    /// Accepted by `send` but not yet staged (in-flight cap reached), oldest first.
+    waiting: VecDeque<(InFlight, Bytes)>,
+}
+
+/// Kafka's `NetworkClient`, Rust-shaped and sans-IO at its core.
+///
+/// The client keeps per-node connection states (see [`ConnectionState`]), reconnects with
+/// exponential, jittered backoff, fails attempts that exceed the connection-setup timeout (aborting
+/// their sockets), and tracks requests in a deque per node.
+///
+/// # Semantics
+///
+/// - **Every request completes exactly once**, in the `poll` that settles it, with one
+///   [`Outcome`]: its response; `Sent` (no response expected, fully left); `Disconnected` (the
+///   connection was lost first); `TimedOut` (its deadline passed); or `LocalError` (it never reached
+///   the network).
+/// - **Backoff**: after `n` consecutive failures the next attempt waits
+///   `min(max, initial × 2^n × U(0.8, 1.2))` (`reconnect.backoff.ms`, `.max.ms`). The count resets
+///   only when a connection reaches Ready (KAFKA-13879).
+/// - **Setup timeout** (KIP-601): a node still Connecting or Handshaking after
+///   `socket.connection.setup.timeout.ms` (doubling with jitter per consecutive failure up to
+///   `.max.ms`) is failed and its socket closed at once.
+/// - **In flight**: at most `max.in.flight.requests.per.connection` per node. A new request is
+///   staged only when the newest in-flight one has fully left (unless `mqnet.pipeline.unsent`);
+///   requests sent beyond that wait, in order, in the client. In ordered mode each response must
+///   carry the oldest in-flight request's correlation id; on a mismatch the connection is closed
+///   and every request on it completes as `Disconnected(CorrelationMismatch)`.
+/// - **Request timeout**: when an in-flight request passes its deadline (`request.timeout.ms` from
+///   `send`), the node's connection is closed: expired requests complete `TimedOut`, the others
+///   `Disconnected(RequestTimeout)`.
+/// - **Disconnect** (peer close, reset, idle expiry, ...): every request on the connection
+///   completes `Disconnected`; the node goes to Disconnected and its backoff grows.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::{Duration, Instant};
+/// use bytes::Bytes;
+/// use mqnet::client::{ClientConfig, ClientRequest, NetworkClient, NodeId, Outcome};
+///
+/// let mut client = NetworkClient::new(ClientConfig::default()).unwrap();
+/// let node = NodeId(1);
+/// client.add_node(node, "127.0.0.1:9092").unwrap();
+/// let deadline = Instant::now() + Duration::from_secs(10);
+/// while !client.ready(node, Instant::now()) && Instant::now() < deadline {
+///     client.poll(Some(Duration::from_millis(50)), Instant::now()).unwrap();
+/// }
+/// let corr = client.next_correlation_id();
+/// let mut frame = corr.to_be_bytes().to_vec();
+/// frame.extend_from_slice(b"payload");
+/// client.send(ClientRequest::new(node, corr, Bytes::from(frame)), Instant::now());
+/// for r in client.poll(Some(Duration::from_secs(1)), Instant::now()).unwrap() {
+///     if let Outcome::Response(body) = r.outcome {
+///         println!("{} bytes back in {:?}", body.len(), r.latency);
+///     }
+/// }
+/// ```
+pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
+    transport: T,
+    config: ClientConfig,
+    handshake: H,
+    resolver: Box<dyn Resolver + Send>,
+    rng: Box<dyn JitterSource + Send>,
+    correlation_reader: CorrelationReader,
+    states: ClusterConnectionStates,
+    ids: Vec<NodeId>,
+    index: HashMap<NodeId, usize>,
+    requests: Vec<NodeRequests>,
+    metrics: Vec<NodeMetrics>,
+    /// Channel slot → (channel, node index).
+    channel_nodes: Vec<Option<(ChannelId, usize)>>,
+    /// Completions waiting to be returned by the next poll.
+    completed: Vec<ClientResponse>,
+    callbacks: Vec<(usize, Callback)>,
+    receives: Vec<Received>,
+    scratch_channels: Vec<ChannelId>,
+    next_correlation: i32,
+}
+
+impl NetworkClient<Selector, NoHandshake> {
+    /// A client over a new Selector configured from `config` (idle expiry, max frame size default).
+    ///
+    /// # Errors
+    /// The OS error of creating the Selector.
+    pub fn new(config: ClientConfig) -> io::Result<Self> {
+        let selector = Selector::with_config(SelectorConfig {
+            connections_max_idle: config.connections_max_idle,
+            ..SelectorConfig::default()
+        })?;
+        Ok(NetworkClient::with_transport(selector, config, NoHandshake))
+    }
+}
+
+impl<T: Transport, H: Handshake> NetworkClient<T, H> {
+    /// A client over `transport`, running `handshake` on each new connection.
+    pub fn with_transport(transport: T, config: ClientConfig, handshake: H) -> Self {
+        let states = ClusterConnectionStates::new(&config);
+        NetworkClient {
+            transport,
+            config,
+            handshake,
+            resolver: Box::new(SystemResolver),
+            rng: Box::new(SplitMix64::from_entropy()),
+            correlation_reader: kafka_correlation_id,
+            states,
+            ids: Vec::new(),
+            index: HashMap::new(),
+            requests: Vec::new(),
+            metrics: Vec::new(),
+            channel_nodes: Vec::new(),
+            completed: Vec::new(),
+            callbacks: Vec::new(),
+            receives: Vec::new(),
+            scratch_channels: Vec::new(),
+            next_correlation: 0,
+        }
+    }
+
+    /// Replaces the resolver (tests inject fixed answers).
+    pub fn with_resolver(mut self, resolver: impl Resolver + Send + 'static) -> Self {
+        self.resolver = Box::new(resolver);
+        self
+    }
+
+    /// Replaces the randomness used for backoff jitter and node selection (tests inject a seeded
+    /// or fixed source). Call before adding nodes.
+    pub fn with_rng(mut self, rng: impl JitterSource + Send + 'static) -> Self {
+        self.rng = Box::new(rng);
+        self
+    }
+
+    /// Replaces how correlation ids are read from responses.
+    pub fn with_correlation_reader(mut self, reader: CorrelationReader) -> Self {
+        self.correlation_reader = reader;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The transport (the Selector), e.g. for its metrics.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The transport, mutably (tests inject faults through it).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// The handshake hook.
+    pub fn handshake(&self) -> &H {
+        &self.handshake
+    }
+
+    /// The handshake hook, mutably.
+    pub fn handshake_mut(&mut self) -> &mut H {
+        &mut self.handshake
+    }
+
+    // ----- nodes ---------------------------------------------------------------------------------
+
+    /// Adds a node at `host:port`, or updates its address (the new one is used from the next
+    /// connection attempt on).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] when `address` is not `host:port`.
+    pub fn add_node(&mut self, node: NodeId, address: &str) -> io::Result<()> {
+        let (host, port) = split_host_port(address)?;
+        if let Some(&i) = self.index.get(&node) {
+            let n = self.states.get_mut(i);
+            if n.host != host || n.port != port {
+                n.host = host;
+                n.port = port;
+                n.addresses.clear();
+                n.next_address = 0;
+            }
+            return Ok(());
+        }
+        let i = self.states.add(host, port, self.rng.as_mut());
+        self.ids.push(node);
+        self.index.insert(node, i);
+        self.requests.push(NodeRequests::default());
+        self.metrics.push(NodeMetrics::new(self.transport.now()));
+        Ok(())
+    }
+
+    /// The known nodes, in the order they were added.
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    /// The node's connection state (`None` for an unknown node).
+    pub fn connection_state(&self, node: NodeId) -> Option<ConnectionState> {
+        self.index.get(&node).map(|&i| self.states.get(i).state)
+    }
+
+    /// The node's metrics.
+    pub fn node_metrics(&self, node: NodeId) -> Option<&NodeMetrics> {
+        self.index.get(&node).map(|&i| &self.metrics[i])
+    }
+
+    /// Requests in flight (staged or awaiting a response) on the node, not counting waiting ones.
+    pub fn in_flight_count(&self, node: NodeId) -> usize {
+        self.index
+            .get(&node)
+            .map_or(0, |&i| self.requests[i].in_flight.len())
+    }
+
+    /// Requests accepted by `send` but waiting for an in-flight slot on the node.
+    pub fn waiting_count(&self, node: NodeId) -> usize {
+        self.index
+            .get(&node)
+            .map_or(0, |&i| self.requests[i].waiting.len())
+    }
+
+    /// A fresh correlation id (increasing, wrapping to 0 after `i32::MAX`).
+    pub fn next_correlation_id(&mut self) -> i32 {
+        let c = self.next_correlation;
+        self.next_correlation = if c == i32::MAX { 0 } else { c + 1 };
+        c
+    }
+
+    // ----- readiness -----------------------------------------------------------------------------
+
+    /// Whether a request can be sent to `node` now and staged at once: the connection is Ready and
+    /// the in-flight rules allow one more.
+    pub fn is_ready(&self, node: NodeId, _now: Instant) -> bool {
+        self.index.get(&node).is_some_and(|&i| {
+            self.states.get(i).state == ConnectionState::Ready && self.can_stage(i)
+        })
+    }
+
+    /// Like [`is_ready`](Self::is_ready), and starts a connection attempt when the node is
+    /// disconnected and its backoff has elapsed. Call it for every node you want to talk to, then
+    /// poll.
+    pub fn ready(&mut self, node: NodeId, now: Instant) -> bool {
+        let Some(&i) = self.index.get(&node) else {
+            return false;
+        };
+        if self.is_ready(node, now) {
+            return true;
+        }
+        if self.states.can_connect(i, now) {
+            self.initiate_connect(i, now);
+        }
+        false
+    }
+
+    /// How long until `node` may be connected: the rest of its backoff when disconnected, zero when
+    /// ready, `Duration::MAX` while an attempt is in progress or for an unknown node.
+    pub fn connection_delay(&self, node: NodeId, now: Instant) -> Duration {
+        self.index
+            .get(&node)
+            .map_or(Duration::MAX, |&i| self.states.connection_delay(i, now))
+    }
+
+    /// The node to send a request to when any node will do (metadata): a Ready node with the fewest
+    /// requests, else a node being connected, else the connectable node whose last attempt is the
+    /// oldest. Nodes are scanned from a random offset, so ties spread. `None` when every node is in
+    /// backoff.
+    pub fn least_loaded_node(&mut self, now: Instant) -> Option<NodeId> {
+        let n = self.ids.len();
+        if n == 0 {
+            return None;
+        }
+        let offset = ((self.rng.next_f64() * n as f64) as usize).min(n - 1);
+        let mut best_ready: Option<(usize, usize)> = None;
+        let mut connecting: Option<usize> = None;
+        let mut connectable: Option<(usize, Option<Instant>)> = None;
+        for k in 0..n {
+            let i = (offset + k) % n;
+            let st = self.states.get(i);
+            match st.state {
+                ConnectionState::Ready => {
+                    let load = self.requests[i].in_flight.len() + self.requests[i].waiting.len();
+                    if best_ready.is_none_or(|(_, l)| load < l) {
+                        best_ready = Some((i, load));
+                    }
+                }
+                s if s.is_setting_up() => {
+                    connecting.get_or_insert(i);
+                }
+                _ => {
+                    if self.states.can_connect(i, now) {
+                        let older = match connectable {
+                            None => true,
+                            Some((_, None)) => false,
+                            Some((_, Some(t))) => st.last_attempt.is_none_or(|a| a < t),
+                        };
+                        if older {
+                            connectable = Some((i, st.last_attempt));
+                        }
+                    }
+                }
+            }
+        }
+        best_ready
+            .map(|(i, _)| i)
+            .or(connecting)
+            .or(connectable.map(|(i, _)| i))
+            .map(|i| self.ids[i])
+    }
+
+    fn can_stage(&self, i: usize) -> bool {
+        let r = &self.requests[i];
+        r.in_flight.len() < self.config.max_in_flight_requests_per_connection
+            && (self.config.pipeline_unsent || r.sent == r.in_flight.len())
+    }
+
+    fn initiate_connect(&mut self, i: usize, now: Instant) {
+        self.metrics[i].connect_attempts += 1;
+        let node = self.ids[i];
+        let n = self.states.get_mut(i);
+        if n.next_address >= n.addresses.len() {
+            // First attempt, list wrapped, or cleared after a drop: resolve again.
+            match self.resolver.resolve(&n.host, n.port) {
+                Ok(addrs) if !addrs.is_empty() => {
+                    n.addresses = addrs;
+                    n.next_address = 0;
+                }
+                Ok(_) | Err(_) => {
+                    log::warn!("{node}: cannot resolve {}:{}", n.host, n.port);
+                    self.states.attempt_failed(i, now, self.rng.as_mut());
+                    return;
+                }
+            }
+        }
+        let addr = n.addresses[n.next_address];
+        n.next_address += 1;
+        let options = self.config.socket_options();
+        match self.transport.connect(addr, &options) {
+            Ok(ch) => {
+                log::debug!("{node}: connecting to {addr} on {ch}");
+                self.states.connecting(i, ch, addr, now);
+                let slot = ch.slot();
+                if slot >= self.channel_nodes.len() {
+                    self.channel_nodes.resize(slot + 1, None);
+                }
+                self.channel_nodes[slot] = Some((ch, i));
+            }
+            Err(e) => {
+                log::warn!("{node}: connect to {addr} failed: {e}");
+                self.states.attempt_failed(i, now, self.rng.as_mut());
+            }
+        }
+    }
+
+    fn node_of(&self, ch: ChannelId) -> Option<usize> {
+        match self.channel_nodes.get(ch.slot()) {
+            Some(Some((c, i))) if *c == ch && self.states.get(*i).channel == Some(ch) => Some(*i),
+            _ => None,
+        }
+    }
+
+    // ----- sending -------------------------------------------------------------------------------
+
+    /// Sends a request. It is staged on the Selector at once when the in-flight rules allow, or
+    /// waits in order in the client until they do; its deadline counts from now either way. Returns
+    /// the correlation id.
+    ///
+    /// A request for an unknown node, a node that is not Ready, or a frame the Selector refuses
+    /// completes with [`Outcome::LocalError`] in the next poll; it never panics and never touches
+    /// the network.
+    pub fn send(&mut self, request: ClientRequest, now: Instant) -> i32 {
+        let corr = request.correlation_id;
+        let Some(&i) = self.index.get(&request.node) else {
+            self.complete_local(request, LocalError::UnknownNode);
+            return corr;
+        };
+        let state = self.states.get(i).state;
+        if state != ConnectionState::Ready {
+            self.complete_local(request, LocalError::NotReady(state));
+            return corr;
+        }
+        if self.config.response_order == ResponseOrder::Unordered
+            && self.requests[i]
+                .in_flight
+                .iter()
+                .chain(self.requests[i].waiting.iter().map(|(r, _)| r))
+                .any(|r| r.correlation_id == corr)
+        {
+            self.complete_local(request, LocalError::DuplicateCorrelationId);
+            return corr;
+        }
+        let timeout = request.timeout.unwrap_or(self.config.request_timeout);
+        let entry = InFlight {
+            correlation_id: corr,
+            expect_response: request.expect_response,
+            internal: false,
+            created: now,
+            deadline: now + timeout,
+            tag: request.tag,
+            callback: request.callback,
+        };
+        if self.requests[i].waiting.is_empty() && self.can_stage(i) {
+            self.stage(i, entry, request.frame);
+        } else {
+            self.requests[i].waiting.push_back((entry, request.frame));
+        }
+        corr
+    }
+
+    fn complete_local(&mut self, request: ClientRequest, error: LocalError) {
+        let response = ClientResponse {
+            node: request.node,
+            correlation_id: request.correlation_id,
+            tag: request.tag,
+            latency: Duration::ZERO,
+            outcome: Outcome::LocalError(error),
+        };
+        if let Some(cb) = request.callback {
+            self.callbacks.push((self.completed.len(), cb));
+        }
+        self.completed.push(response);
+    }
+
+    /// Stages `entry` on the node's channel. On back-pressure it goes back to the front of the
+    /// waiting queue; on any other refusal it completes with a local error.
+    fn stage(&mut self, i: usize, entry: InFlight, frame: Bytes) {
+        let Some(ch) = self.states.get(i).channel else {
+            self.requests[i].waiting.push_front((entry, frame));
+            return;
+        };
+        match self.transport.send(ch, frame) {
+            Ok(_) => {
+                if !entry.internal {
+                    self.metrics[i].requests_sent += 1;
+                }
+                self.requests[i].in_flight.push_back(entry);
+            }
+            Err((SendError::QueueFull { .. }, frame)) => {
+                self.requests[i].waiting.push_front((entry, frame));
+            }
+            Err((e, _)) => {
+                let node = self.ids[i];
+                self.finish(
+                    node,
+                    i,
+                    entry,
+                    Outcome::LocalError(LocalError::Rejected(e)),
+                    None,
+                );
+            }
+        }
+    }
+
+    fn stage_waiting(&mut self, i: usize) {
+        while !self.requests[i].waiting.is_empty()
+            && self.states.get(i).state == ConnectionState::Ready
+            && self.can_stage(i)
+        {
+            let before = self.requests[i].waiting.len();
+            let Some((entry, frame)) = self.requests[i].waiting.pop_front() else {
+                break;
+            };
+            self.stage(i, entry, frame);
+            if self.requests[i].waiting.len() >= before {
+                // Back-pressure: the Selector's queue is full; try again after the next poll.
+                break;
+            }
+        }
+    }
+
+    /// Records a completion; internal (handshake) requests are not reported to the caller.
+    fn finish(
+        &mut self,
+        node: NodeId,
+        i: usize,
+        entry: InFlight,
+        outcome: Outcome,
+        now: Option<Instant>,
+    ) {
+        if entry.internal {
+            return;
+        }
+        let latency = now.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(entry.created)
+        });
+        let m = &mut self.metrics[i];
+        match &outcome {
+            Outcome::Response(_) | Outcome::Sent => {
+                m.responses += 1;
+                m.record_latency(latency);
+            }
+            Outcome::TimedOut => m.timeouts += 1,
+            Outcome::Disconnected(_) => m.disconnects += 1,
+            Outcome::LocalError(_) => {}
+        }
+        if let Some(cb) = entry.callback {
+            self.callbacks.push((self.completed.len(), cb));
+        }
+        self.completed.push(ClientResponse {
+            node,
+            correlation_id: entry.correlation_id,
+            tag: entry.tag,
+            latency,
+            outcome,
+        });
+    }
+
+    // ----- disconnecting -------------------------------------------------------------------------
+
+    /// Closes the node's connection now. Every request on it completes as
+    /// `Disconnected(Local)` in the next poll; the node backs off before reconnecting.
+    pub fn disconnect(&mut self, node: NodeId, now: Instant) {
+        if let Some(&i) = self.index.get(&node) {
+            if self.states.get(i).channel.is_some() {
+                self.close_node(i, DisconnectCause::Local, None, now);
+            }
+        }
+    }
+
+    /// Closes the node's channel (if still open), fails its requests and updates its state.
+    /// Requests with a deadline at or before `expired_by` complete `TimedOut`, the rest
+    /// `Disconnected(cause)`.
+    fn close_node(
+        &mut self,
+        i: usize,
+        cause: DisconnectCause,
+        expired_by: Option<Instant>,
+        now: Instant,
+    ) {
+        let node = self.ids[i];
+        let was = self.states.get(i).state;
+        if let Some(ch) = self.states.get(i).channel {
+            self.transport.close(ch);
+            if let Some(slot) = self.channel_nodes.get_mut(ch.slot()) {
+                *slot = None;
+            }
+        }
+        if was == ConnectionState::Ready || was == ConnectionState::Handshaking {
+            self.metrics[i].connections_closed += 1;
+        }
+        if was == ConnectionState::Handshaking || was == ConnectionState::Ready {
+            self.handshake.on_disconnect(node);
+        }
+        let failed: Vec<InFlight> = {
+            let r = &mut self.requests[i];
+            r.sent = 0;
+            r.in_flight
+                .drain(..)
+                .chain(r.waiting.drain(..).map(|(e, _)| e))
+                .collect()
+        };
+        for entry in failed {
+            let outcome = match expired_by {
+                Some(t) if entry.deadline <= t => Outcome::TimedOut,
+                _ => Outcome::Disconnected(cause),
+            };
+            self.finish(node, i, entry, outcome, Some(now));
+        }
+        let handshake_failed = cause == DisconnectCause::HandshakeFailed;
+        self.states
+            .disconnected(i, handshake_failed, now, self.rng.as_mut());
+        log::debug!("{node}: disconnected ({cause})");
+    }
+
+    // ----- polling -------------------------------------------------------------------------------
+
+    /// The earliest instant at which the client has work of its own: a request deadline or a
+    /// connection-setup deadline. Poll no later than this.
+    pub fn poll_deadline(&self) -> Option<Instant> {
+        let mut d = self.states.next_setup_deadline();
+        for r in &self.requests {
+            for e in r.in_flight.iter().chain(r.waiting.iter().map(|(e, _)| e)) {
+                d = Some(d.map_or(e.deadline, |x: Instant| x.min(e.deadline)));
+            }
+        }
+        d
+    }
+
+    /// Does the I/O and settles requests: waits at most `timeout` (never past the client's own
+    /// next deadline), then returns every request completed by this poll, in completion order.
+    /// Callbacks run before it returns.
+    ///
+    /// # Errors
+    /// Only a failure of the OS poller; request failures are outcomes.
+    pub fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        now: Instant,
+    ) -> io::Result<Vec<ClientResponse>> {
+        let mut out = Vec::new();
+        self.poll_into(timeout, now, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`poll`](Self::poll), appending completions to `out` (no allocation in steady state).
+    ///
+    /// # Errors
+    /// Only a failure of the OS poller.
+    pub fn poll_into(
+        &mut self,
+        timeout: Option<Duration>,
+        now: Instant,
+        out: &mut Vec<ClientResponse>,
+    ) -> io::Result<()> {
+        let mut timeout = timeout;
+        if !self.completed.is_empty() {
+            timeout = Some(Duration::ZERO);
+        } else if let Some(d) = self.poll_deadline() {
+            let until = d.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+        }
+        self.transport.poll(timeout)?;
+        let now = self.transport.now();
+
+        self.handle_connected(now);
+        self.handle_completed_sends(now);
+        self.handle_receives(now);
+        self.handle_disconnected(now);
+        self.handle_timeouts(now);
+        for i in 0..self.requests.len() {
+            if !self.requests[i].waiting.is_empty() {
+                self.stage_waiting(i);
+            }
+        }
+        self.deliver(out);
+        Ok(())
+    }
+
+    fn deliver(&mut self, out: &mut Vec<ClientResponse>) {
+        let base = out.len();
+        out.append(&mut self.completed);
+        for (k, cb) in self.callbacks.drain(..) {
+            cb(&out[base + k]);
+        }
+    }
+
+    fn handle_connected(&mut self, now: Instant) {
+        let mut chans = std::mem::take(&mut self.scratch_channels);
+        chans.clear();
+        chans.extend_from_slice(self.transport.connected());
+        for &ch in &chans {
+            let Some(i) = self.node_of(ch) else { continue };
+            if self.states.get(i).state != ConnectionState::Connecting {
+                continue;
+            }
+            self.states.handshaking(i);
+            let corr = self.next_correlation_id();
+            let step = self.handshake.start(self.ids[i], corr);
+            self.handshake_step(i, step, corr, now);
+        }
+        self.scratch_channels = chans;
+    }
+
+    fn handshake_step(&mut self, i: usize, step: HandshakeStep, corr: i32, now: Instant) {
+        match step {
+            HandshakeStep::Done => {
+                self.states.ready(i, self.rng.as_mut());
+                self.metrics[i].connections_created += 1;
+                log::debug!("{}: ready", self.ids[i]);
+            }
+            HandshakeStep::Send(frame) => {
+                let entry = InFlight {
+                    correlation_id: corr,
+                    expect_response: true,
+                    internal: true,
+                    created: now,
+                    deadline: self
+                        .states
+                        .get(i)
+                        .setup_deadline
+                        .unwrap_or(now + self.config.request_timeout),
+                    tag: 0,
+                    callback: None,
+                };
+                self.stage(i, entry, frame);
+            }
+            HandshakeStep::Fail(why) => {
+                log::warn!("{}: handshake failed: {why}", self.ids[i]);
+                self.close_node(i, DisconnectCause::HandshakeFailed, None, now);
+            }
+        }
+    }
+
+    fn handle_completed_sends(&mut self, now: Instant) {
+        let count = self.transport.completed_sends().len();
+        for k in 0..count {
+            let ch = self.transport.completed_sends()[k].channel;
+            let Some(i) = self.node_of(ch) else { continue };
+            let r = &mut self.requests[i];
+            let idx = r.sent;
+            let Some(entry) = r.in_flight.get(idx) else {
+                continue;
+            };
+            if entry.expect_response {
+                r.sent += 1;
+            } else if let Some(entry) = r.in_flight.remove(idx) {
+                let node = self.ids[i];
+                self.finish(node, i, entry, Outcome::Sent, Some(now));
+            }
+        }
+    }
+
+    fn handle_receives(&mut self, now: Instant) {
+        let mut receives = std::mem::take(&mut self.receives);
+        self.transport.swap_completed_receives(&mut receives);
+        for rec in receives.drain(..) {
+            let Some(i) = self.node_of(rec.channel) else {
+                continue;
+            };
+            let actual = (self.correlation_reader)(&rec.frame);
+            let r = &self.requests[i];
+            let pos = match self.config.response_order {
+                ResponseOrder::Ordered => match r.in_flight.front() {
+                    Some(e) if r.sent > 0 && Some(e.correlation_id) == actual => Some(0),
+                    front => {
+                        let expected = front.map_or(-1, |e| e.correlation_id);
+                        log::warn!(
+                            "{}: correlation id mismatch: expected {expected}, got {actual:?}; closing",
+                            self.ids[i]
+                        );
+                        self.close_node(
+                            i,
+                            DisconnectCause::CorrelationMismatch { expected, actual },
+                            None,
+                            now,
+                        );
+                        continue;
+                    }
+                },
+                ResponseOrder::Unordered => {
+                    let found = r
+                        .in_flight
+                        .iter()
+                        .take(r.sent)
+                        .position(|e| Some(e.correlation_id) == actual);
+                    if found.is_none() {
+                        log::warn!(
+                            "{}: dropping response with unknown correlation id {actual:?}",
+                            self.ids[i]
+                        );
+                        self.metrics[i].unknown_correlation_ids += 1;
+                    }
+                    found
+                }
+            };
+            let Some(pos) = pos else { continue };
+            let r = &mut self.requests[i];
+            let Some(entry) = r.in_flight.remove(pos) else {
+                continue;
+            };
+            r.sent -= 1;
+            let node = self.ids[i];
+            if entry.internal {
+                let corr = self.next_correlation_id();
+                let step = self.handshake.on_response(node, rec.frame, corr);
+                self.handshake_step(i, step, corr, now);
+            } else {
+                self.finish(node, i, entry, Outcome::Response(rec.frame), Some(now));
+            }
+        }
+        self.receives = receives;
+    }
+
+    fn handle_disconnected(&mut self, now: Instant) {
+        let count = self.transport.disconnected().len();
+        for k in 0..count {
+            let d = self.transport.disconnected()[k];
+            let Some(i) = self.node_of(d.channel) else {
+                continue;
+            };
+            // The channel is already gone: forget it before closing so we do not close it twice.
+            if let Some(slot) = self.channel_nodes.get_mut(d.channel.slot()) {
+                *slot = None;
+            }
+            self.states.get_mut(i).channel = None;
+            self.close_node(i, DisconnectCause::Transport(d.reason), None, now);
+        }
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        for i in 0..self.requests.len() {
+            let state = self.states.get(i).state;
+            if state.is_setting_up() {
+                if self.states.get(i).setup_deadline.is_some_and(|d| d <= now) {
+                    log::warn!(
+                        "{}: connection setup timed out; aborting the attempt",
+                        self.ids[i]
+                    );
+                    self.close_node(i, DisconnectCause::SetupTimeout, None, now);
+                }
+                continue;
+            }
+            let r = &self.requests[i];
+            let expired = r.in_flight.iter().any(|e| e.deadline <= now);
+            if expired {
+                log::warn!("{}: request timed out; closing the connection", self.ids[i]);
+                self.close_node(i, DisconnectCause::RequestTimeout, Some(now), now);
+                continue;
+            }
+            // Waiting requests past their deadline time out on their own.
+            if r.waiting.iter().any(|(e, _)| e.deadline <= now) {
+                let node = self.ids[i];
+                let mut k = 0;
+                while k < self.requests[i].waiting.len() {
+                    if self.requests[i].waiting[k].0.deadline <= now {
+                        if let Some((e, _)) = self.requests[i].waiting.remove(k) {
+                            self.finish(node, i, e, Outcome::TimedOut, Some(now));
+                        }
+                    } else {
+                        k += 1;
+                    }
+                }
+            }
+        }
+    }
+}

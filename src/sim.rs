@@ -1,0 +1,337 @@
+//! A simulated network that implements [`Transport`], for testing the layers above the Selector on
+//! simulated time with injected faults (the quinn-proto / raft-rs style: deterministic, no sockets,
+//! no sleeping).
+//!
+//! Each address can have a scripted server [`Behaviour`]. Time moves only inside
+//! [`Transport::poll`]: the clock jumps to the next scheduled event, or by the poll's timeout when
+//! nothing is scheduled sooner. Faults are injected between polls: [`SimNetwork::close_peer`],
+//! [`SimNetwork::reset_peer`], [`SimNetwork::set_behaviour`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use mqnet::net::{SocketOptions, Transport};
+//! use mqnet::sim::{Behaviour, SimNetwork};
+//!
+//! let mut net = SimNetwork::new();
+//! let addr = "127.0.0.1:9092".parse().unwrap();
+//! net.set_behaviour(addr, Behaviour::Echo);
+//! let ch = net.connect(addr, &SocketOptions::default()).unwrap();
+//! net.poll(Some(Duration::from_millis(10))).unwrap();
+//! assert_eq!(net.connected(), &[ch]);
+//! net.send(ch, Bytes::from_static(b"hi")).unwrap();
+//! let mut got = Vec::new();
+//! for _ in 0..10 {
+//!     net.poll(Some(Duration::from_millis(10))).unwrap();
+//!     net.swap_completed_receives(&mut got);
+//!     if !got.is_empty() { break; }
+//! }
+//! assert_eq!(&got[0].frame[..], b"hi");
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::net::{
+    ChannelId, CompletedSend, DisconnectReason, Disconnected, IoFault, Received, SendError,
+    SocketOptions, Transport,
+};
+
+/// How the simulated server at an address behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Accepts connections and answers every frame with the same frame (so a request that starts
+    /// with its correlation id gets a correctly correlated response).
+    Echo,
+    /// Accepts connections and never answers (a stalled broker).
+    Silent,
+    /// Refuses connections (`ECONNREFUSED` after one latency).
+    Refuse,
+    /// Never completes a connect (a full accept backlog, a black-holed SYN).
+    Blackhole,
+    /// Accepts and answers every frame with a correlation id one higher than the request's.
+    WrongCorrelation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    Connected(ChannelId),
+    ConnectFailed(ChannelId),
+    SendDone(ChannelId, u64),
+    Deliver(ChannelId, Bytes),
+    Disconnect(ChannelId, DisconnectReason),
+}
+
+#[derive(Debug)]
+struct SimChannel {
+    addr: SocketAddr,
+    connected: bool,
+    next_seq: u64,
+}
+
+/// The simulated network. See the module docs.
+#[derive(Debug)]
+pub struct SimNetwork {
+    now: Instant,
+    latency: Duration,
+    next_index: u32,
+    next_event: u64,
+    behaviours: HashMap<SocketAddr, Behaviour>,
+    channels: HashMap<ChannelId, SimChannel>,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    events: HashMap<u64, Event>,
+    connected: Vec<ChannelId>,
+    disconnected: Vec<Disconnected>,
+    sends: Vec<CompletedSend>,
+    receives: Vec<Received>,
+    connects: u64,
+}
+
+impl Default for SimNetwork {
+    fn default() -> Self {
+        SimNetwork::new()
+    }
+}
+
+impl SimNetwork {
+    /// A network with a one-way latency of 1 ms and no servers (connects to unknown addresses are
+    /// refused).
+    pub fn new() -> Self {
+        SimNetwork {
+            now: Instant::now(),
+            latency: Duration::from_millis(1),
+            next_index: 0,
+            next_event: 0,
+            behaviours: HashMap::new(),
+            channels: HashMap::new(),
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            connected: Vec::new(),
+            disconnected: Vec::new(),
+            sends: Vec::new(),
+            receives: Vec::new(),
+            connects: 0,
+        }
+    }
+
+    /// Sets the one-way latency.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Sets (or changes) the behaviour of the server at `addr`. Existing connections keep running
+    /// under the new behaviour.
+    pub fn set_behaviour(&mut self, addr: SocketAddr, behaviour: Behaviour) {
+        self.behaviours.insert(addr, behaviour);
+    }
+
+    /// Advances the clock by `d` without polling.
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+    }
+
+    /// Open channels (connecting or connected).
+    pub fn open_channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Open channels to `addr`.
+    pub fn open_channels_to(&self, addr: SocketAddr) -> usize {
+        self.channels.values().filter(|c| c.addr == addr).count()
+    }
+
+    /// Connect attempts made so far.
+    pub fn connect_attempts(&self) -> u64 {
+        self.connects
+    }
+
+    /// The peer at `addr` closes every connection cleanly (reported at the next poll).
+    pub fn close_peer(&mut self, addr: SocketAddr) {
+        self.drop_peer(addr, DisconnectReason::PeerClosed);
+    }
+
+    /// The peer at `addr` resets every connection.
+    pub fn reset_peer(&mut self, addr: SocketAddr) {
+        let fault = IoFault {
+            kind: io::ErrorKind::ConnectionReset,
+            os_code: Some(libc::ECONNRESET),
+        };
+        self.drop_peer(addr, DisconnectReason::Io(fault));
+    }
+
+    fn drop_peer(&mut self, addr: SocketAddr, reason: DisconnectReason) {
+        let ids: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.addr == addr && c.connected)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.schedule(Duration::ZERO, Event::Disconnect(id, reason));
+        }
+    }
+
+    fn schedule(&mut self, after: Duration, event: Event) {
+        let n = self.next_event;
+        self.next_event += 1;
+        self.queue.push(Reverse((self.now + after, n)));
+        self.events.insert(n, event);
+    }
+
+    fn behaviour(&self, addr: SocketAddr) -> Behaviour {
+        self.behaviours
+            .get(&addr)
+            .copied()
+            .unwrap_or(Behaviour::Refuse)
+    }
+
+    fn run(&mut self, event: Event) {
+        match event {
+            Event::Connected(id) => {
+                if let Some(c) = self.channels.get_mut(&id) {
+                    c.connected = true;
+                    self.connected.push(id);
+                }
+            }
+            Event::ConnectFailed(id) => {
+                if self.channels.remove(&id).is_some() {
+                    let fault = IoFault {
+                        kind: io::ErrorKind::ConnectionRefused,
+                        os_code: Some(libc::ECONNREFUSED),
+                    };
+                    self.disconnected.push(Disconnected {
+                        channel: id,
+                        reason: DisconnectReason::ConnectFailed(fault),
+                        unsent: 0,
+                    });
+                }
+            }
+            Event::SendDone(id, seq) => {
+                if self.channels.contains_key(&id) {
+                    self.sends.push(CompletedSend { channel: id, seq });
+                }
+            }
+            Event::Deliver(id, frame) => {
+                if self.channels.contains_key(&id) {
+                    self.receives.push(Received { channel: id, frame });
+                }
+            }
+            Event::Disconnect(id, reason) => {
+                if self.channels.remove(&id).is_some() {
+                    self.disconnected.push(Disconnected {
+                        channel: id,
+                        reason,
+                        unsent: 0,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Transport for SimNetwork {
+    fn connect(&mut self, addr: SocketAddr, _options: &SocketOptions) -> io::Result<ChannelId> {
+        self.connects += 1;
+        let id = ChannelId {
+            index: self.next_index,
+            generation: 0,
+        };
+        self.next_index += 1;
+        self.channels.insert(
+            id,
+            SimChannel {
+                addr,
+                connected: false,
+                next_seq: 0,
+            },
+        );
+        match self.behaviour(addr) {
+            Behaviour::Refuse => self.schedule(self.latency * 2, Event::ConnectFailed(id)),
+            Behaviour::Blackhole => {}
+            _ => self.schedule(self.latency * 2, Event::Connected(id)),
+        }
+        Ok(id)
+    }
+
+    fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, (SendError, Bytes)> {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return Err((SendError::UnknownChannel, frame));
+        };
+        let seq = c.next_seq;
+        c.next_seq += 1;
+        let addr = c.addr;
+        self.schedule(Duration::ZERO, Event::SendDone(channel, seq));
+        let rtt = self.latency * 2;
+        match self.behaviour(addr) {
+            Behaviour::Echo => self.schedule(rtt, Event::Deliver(channel, frame)),
+            Behaviour::WrongCorrelation => {
+                let mut v = frame.to_vec();
+                if v.len() >= 4 {
+                    let c = i32::from_be_bytes([v[0], v[1], v[2], v[3]]).wrapping_add(1);
+                    v[..4].copy_from_slice(&c.to_be_bytes());
+                }
+                self.schedule(rtt, Event::Deliver(channel, Bytes::from(v)));
+            }
+            _ => {}
+        }
+        Ok(seq)
+    }
+
+    fn close(&mut self, channel: ChannelId) {
+        self.channels.remove(&channel);
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.connected.clear();
+        self.disconnected.clear();
+        self.sends.clear();
+        self.receives.clear();
+        let next = self.queue.peek().map(|Reverse((t, _))| *t);
+        let target = match (next, timeout) {
+            (Some(t), Some(d)) => t.min(self.now + d),
+            (Some(t), None) => t,
+            (None, Some(d)) => self.now + d,
+            (None, None) => self.now,
+        };
+        if target > self.now {
+            self.now = target;
+        }
+        while let Some(Reverse((t, n))) = self.queue.peek().copied() {
+            if t > self.now {
+                break;
+            }
+            self.queue.pop();
+            if let Some(e) = self.events.remove(&n) {
+                self.run(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn connected(&self) -> &[ChannelId] {
+        &self.connected
+    }
+
+    fn disconnected(&self) -> &[Disconnected] {
+        &self.disconnected
+    }
+
+    fn completed_sends(&self) -> &[CompletedSend] {
+        &self.sends
+    }
+
+    fn swap_completed_receives(&mut self, out: &mut Vec<Received>) {
+        out.clear();
+        std::mem::swap(out, &mut self.receives);
+    }
+}

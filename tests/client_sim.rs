@@ -1,0 +1,630 @@
+//! NetworkClient on simulated time (mqnet::sim): exact attempt times with a fixed jitter source,
+//! injected faults, and a property test of exactly-once completion.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqnet::client::{
+    ClientConfig, ClientRequest, ClientResponse, ConnectionState, DisconnectCause, JitterSource,
+    LocalError, NetworkClient, NoHandshake, NodeId, Outcome, ResponseOrder, SplitMix64,
+};
+use mqnet::failover::BootstrapFailover;
+use mqnet::net::{DisconnectReason, Transport};
+use mqnet::sim::{Behaviour, SimNetwork};
+use proptest::prelude::*;
+
+/// Always the middle of the jitter range: factor exactly 1.0.
+struct NoJitter;
+impl JitterSource for NoJitter {
+    fn next_f64(&mut self) -> f64 {
+        0.5
+    }
+}
+
+type Client = NetworkClient<SimNetwork, NoHandshake>;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn client(net: SimNetwork, cfg: ClientConfig) -> Client {
+    NetworkClient::with_transport(net, cfg, NoHandshake).with_rng(NoJitter)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A request whose frame starts with its correlation id (so the Echo peer answers it correctly).
+fn request(c: &mut Client, node: NodeId) -> ClientRequest {
+    let corr = c.next_correlation_id();
+    let mut v = corr.to_be_bytes().to_vec();
+    v.extend_from_slice(b"body");
+    ClientRequest::new(node, corr, Bytes::from(v))
+}
+
+/// Polls until `node` is Ready (bounded), returns the completions seen meanwhile.
+fn connect(c: &mut Client, node: NodeId) -> Vec<ClientResponse> {
+    let mut out = Vec::new();
+    for _ in 0..5_000 {
+        let now = c.transport().now();
+        if c.ready(node, now) {
+            return out;
+        }
+        out.extend(c.poll(Some(ms(1)), now).unwrap());
+    }
+    panic!("{node} never became ready: {:?}", c.connection_state(node));
+}
+
+#[test]
+fn reconnect_backoff_attempt_times_are_exact() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9000), Behaviour::Refuse);
+    let mut c = client(net, ClientConfig::default());
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9000").unwrap();
+    let t0 = c.transport().now();
+    let mut attempts = Vec::new();
+    let mut seen = 0;
+    for _ in 0..10_000 {
+        let now = c.transport().now();
+        c.ready(node, now);
+        if c.transport().connect_attempts() > seen {
+            seen = c.transport().connect_attempts();
+            attempts.push((now - t0).as_millis());
+        }
+        if attempts.len() == 8 {
+            break;
+        }
+        c.poll(Some(ms(1)), now).unwrap();
+    }
+    // Each refusal takes 2 ms (one simulated RTT); then backoff(n) = 50 ms × 2^n, capped at 1 s.
+    assert_eq!(attempts, vec![0, 52, 154, 356, 758, 1560, 2562, 3564]);
+    assert!(c.connection_delay(node, c.transport().now()) > Duration::ZERO);
+
+    // The server comes up: the next attempt reaches Ready and resets the failure count; a later
+    // drop backs off by the initial 50 ms again (KAFKA-13879).
+    c.transport_mut().set_behaviour(addr(9000), Behaviour::Echo);
+    connect(&mut c, node);
+    assert_eq!(c.connection_state(node), Some(ConnectionState::Ready));
+    c.transport_mut().close_peer(addr(9000));
+    let now = c.transport().now();
+    c.poll(Some(ms(1)), now).unwrap();
+    assert_eq!(
+        c.connection_state(node),
+        Some(ConnectionState::Disconnected)
+    );
+    let now = c.transport().now();
+    assert_eq!(c.connection_delay(node, now), ms(50));
+    assert!(!c.ready(node, now + ms(49)));
+    let before = c.transport().connect_attempts();
+    c.ready(node, now + ms(50));
+    assert_eq!(c.transport().connect_attempts(), before + 1);
+}
+
+#[test]
+fn setup_timeout_aborts_the_socket_and_grows_to_the_max() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9001), Behaviour::Blackhole);
+    let mut c = client(net, ClientConfig::default());
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9001").unwrap();
+    let t0 = c.transport().now();
+    let mut attempts = Vec::new();
+    let mut failures = Vec::new();
+    let mut seen = 0;
+    for _ in 0..200 {
+        let now = c.transport().now();
+        c.ready(node, now);
+        if c.transport().connect_attempts() > seen {
+            seen = c.transport().connect_attempts();
+            attempts.push((now - t0).as_millis());
+            // Never more than the one socket of the current attempt.
+            assert_eq!(c.transport().open_channels(), 1);
+        }
+        if attempts.len() == 5 {
+            break;
+        }
+        let state = c.connection_state(node);
+        let delay = c.connection_delay(node, now).min(Duration::from_secs(60));
+        c.poll(Some(delay), now).unwrap();
+        if state == Some(ConnectionState::Connecting)
+            && c.connection_state(node) == Some(ConnectionState::Disconnected)
+        {
+            failures.push((c.transport().now() - t0).as_millis());
+            // The pending socket was aborted, not left to connect later.
+            assert_eq!(c.transport().open_channels(), 0);
+        }
+    }
+    // Setup timeouts 10 s, 20 s, 30 s, 30 s; reconnect backoff 50, 100, 200, 400 ms in between.
+    assert_eq!(failures, vec![10_000, 30_050, 60_150, 90_350]);
+    assert_eq!(attempts, vec![0, 10_050, 30_150, 60_350, 90_750]);
+}
+
+#[test]
+fn request_timeout_closes_the_connection_and_fails_the_others_as_disconnected() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9002), Behaviour::Silent);
+    let mut c = client(net, ClientConfig::default());
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9002").unwrap();
+    connect(&mut c, node);
+    let t_first = c.transport().now();
+    let r1 = request(&mut c, node);
+    let c1 = c.send(r1, t_first);
+    let mut done = Vec::new();
+    for _ in 0..10 {
+        let now = c.transport().now();
+        if now - t_first >= ms(1000) {
+            break;
+        }
+        done.extend(c.poll(Some(ms(1000)), now).unwrap());
+    }
+    let now = c.transport().now();
+    assert_eq!(now - t_first, ms(1000));
+    let r2 = request(&mut c, node);
+    let c2 = c.send(r2, now);
+    for _ in 0..10 {
+        if done.len() >= 2 {
+            break;
+        }
+        let now = c.transport().now();
+        done.extend(c.poll(None, now).unwrap());
+    }
+    assert_eq!(done.len(), 2, "{done:?}");
+    let first = done.iter().find(|r| r.correlation_id == c1).unwrap();
+    assert_eq!(first.outcome, Outcome::TimedOut);
+    assert_eq!(first.latency, Duration::from_secs(30));
+    let second = done.iter().find(|r| r.correlation_id == c2).unwrap();
+    assert_eq!(
+        second.outcome,
+        Outcome::Disconnected(DisconnectCause::RequestTimeout)
+    );
+    // Completed exactly at the first deadline; connection closed.
+    assert_eq!(c.transport().now() - t_first, Duration::from_secs(30));
+    assert_eq!(
+        c.connection_state(node),
+        Some(ConnectionState::Disconnected)
+    );
+    assert_eq!(c.transport().open_channels(), 0);
+}
+
+#[test]
+fn in_flight_cap_makes_the_sixth_request_wait() {
+    let net = SimNetwork::new().with_latency(ms(50));
+    let mut c = client(net, ClientConfig::default());
+    c.transport_mut().set_behaviour(addr(9003), Behaviour::Echo);
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9003").unwrap();
+    connect(&mut c, node);
+    let now = c.transport().now();
+    let corrs: Vec<i32> = (0..6)
+        .map(|_| {
+            let r = request(&mut c, node);
+            c.send(r, now)
+        })
+        .collect();
+    // Kafka's rule: one staged at a time until it has fully left.
+    assert_eq!(c.in_flight_count(node), 1);
+    assert_eq!(c.waiting_count(node), 5);
+    let mut done = Vec::new();
+    let mut max_in_flight = 0;
+    for _ in 0..5_000 {
+        let now = c.transport().now();
+        done.extend(c.poll(Some(ms(1)), now).unwrap());
+        max_in_flight = max_in_flight.max(c.in_flight_count(node));
+        if c.in_flight_count(node) == 5 {
+            assert_eq!(c.waiting_count(node), 1, "the sixth waits");
+            assert!(!c.is_ready(node, now));
+        }
+        if done.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!(max_in_flight, 5);
+    let got: Vec<i32> = done.iter().map(|r| r.correlation_id).collect();
+    assert_eq!(got, corrs, "responses in order");
+    assert!(done
+        .iter()
+        .all(|r| matches!(&r.outcome, Outcome::Response(b) if b.len() == 8)));
+}
+
+#[test]
+fn correlation_mismatch_closes_and_fails_every_in_flight_request() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9004), Behaviour::WrongCorrelation);
+    let cfg = ClientConfig::default().pipeline_unsent(true);
+    let mut c = client(net, cfg);
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9004").unwrap();
+    connect(&mut c, node);
+    let now = c.transport().now();
+    let corrs: Vec<i32> = (0..3)
+        .map(|_| {
+            let r = request(&mut c, node);
+            c.send(r, now)
+        })
+        .collect();
+    let mut done = Vec::new();
+    for _ in 0..20 {
+        let now = c.transport().now();
+        done.extend(c.poll(Some(ms(1)), now).unwrap());
+        if done.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 3);
+    for r in &done {
+        assert_eq!(
+            r.outcome,
+            Outcome::Disconnected(DisconnectCause::CorrelationMismatch {
+                expected: corrs[0],
+                actual: Some(corrs[0] + 1)
+            })
+        );
+    }
+    assert_eq!(
+        c.connection_state(node),
+        Some(ConnectionState::Disconnected)
+    );
+    assert_eq!(c.transport().open_channels(), 0);
+}
+
+#[test]
+fn unordered_mode_matches_by_correlation_id() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9005), Behaviour::WrongCorrelation);
+    let cfg = ClientConfig::default()
+        .response_order(ResponseOrder::Unordered)
+        .pipeline_unsent(true)
+        .request_timeout(Duration::from_secs(5));
+    let mut c = client(net, cfg);
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9005").unwrap();
+    connect(&mut c, node);
+    let now = c.transport().now();
+    let ra = request(&mut c, node);
+    let a = c.send(ra, now);
+    let rb = request(&mut c, node);
+    let b = c.send(rb, now);
+    // The peer answers `a` with id `b` and `b` with id `b + 1`: `b` completes out of order, the
+    // unknown id is dropped and counted, `a` eventually times out.
+    let mut done = Vec::new();
+    for _ in 0..50 {
+        let now = c.transport().now();
+        done.extend(c.poll(None, now).unwrap());
+        if done.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!(done[0].correlation_id, b);
+    assert!(matches!(done[0].outcome, Outcome::Response(_)));
+    assert_eq!(done[1].correlation_id, a);
+    assert_eq!(done[1].outcome, Outcome::TimedOut);
+    assert_eq!(c.node_metrics(node).unwrap().unknown_correlation_ids, 1);
+}
+
+#[test]
+fn request_without_response_completes_when_sent() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9006), Behaviour::Silent);
+    let mut c = client(net, ClientConfig::default());
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9006").unwrap();
+    connect(&mut c, node);
+    let now = c.transport().now();
+    let r = request(&mut c, node).expect_response(false);
+    let corr = c.send(r, now);
+    let done = c.poll(Some(ms(1)), now).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].correlation_id, corr);
+    assert_eq!(done[0].outcome, Outcome::Sent);
+    assert_eq!(c.in_flight_count(node), 0);
+}
+
+#[test]
+fn peer_close_fails_in_flight_once_and_grows_backoff() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9007), Behaviour::Silent);
+    let mut c = client(net, ClientConfig::default().pipeline_unsent(true));
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9007").unwrap();
+    connect(&mut c, node);
+    let now = c.transport().now();
+    for _ in 0..3 {
+        let r = request(&mut c, node);
+        c.send(r, now);
+    }
+    c.poll(Some(ms(1)), now).unwrap();
+    c.transport_mut().reset_peer(addr(9007));
+    let now = c.transport().now();
+    let done = c.poll(Some(ms(1)), now).unwrap();
+    assert_eq!(done.len(), 3);
+    assert!(done.iter().all(|r| matches!(
+        r.outcome,
+        Outcome::Disconnected(DisconnectCause::Transport(DisconnectReason::Io(_)))
+    )));
+    assert_eq!(
+        c.connection_state(node),
+        Some(ConnectionState::Disconnected)
+    );
+    assert_eq!(c.connection_delay(node, c.transport().now()), ms(50));
+    // Nothing more ever completes for them.
+    for _ in 0..5 {
+        let now = c.transport().now();
+        assert!(c.poll(Some(ms(100)), now).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn local_errors_never_touch_the_network() {
+    let mut c = client(SimNetwork::new(), ClientConfig::default());
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9008").unwrap();
+    let now = c.transport().now();
+    let r = request(&mut c, NodeId(99));
+    c.send(r, now);
+    let r = request(&mut c, node);
+    c.send(r, now);
+    let done = c.poll(Some(ms(1)), now).unwrap();
+    assert_eq!(done.len(), 2);
+    assert_eq!(
+        done[0].outcome,
+        Outcome::LocalError(LocalError::UnknownNode)
+    );
+    assert_eq!(
+        done[1].outcome,
+        Outcome::LocalError(LocalError::NotReady(ConnectionState::Disconnected))
+    );
+    assert_eq!(c.transport().connect_attempts(), 0);
+}
+
+#[test]
+fn callbacks_run_once_with_the_response() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9009), Behaviour::Echo);
+    let mut c = client(net, ClientConfig::default());
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9009").unwrap();
+    connect(&mut c, node);
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let now = c.transport().now();
+    let r = request(&mut c, node).on_complete(move |resp| {
+        assert!(matches!(resp.outcome, Outcome::Response(_)));
+        h.fetch_add(1, Ordering::SeqCst);
+    });
+    c.send(r, now);
+    for _ in 0..20 {
+        let now = c.transport().now();
+        c.poll(Some(ms(1)), now).unwrap();
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn least_loaded_prefers_ready_then_connecting_then_oldest_attempt() {
+    let mut net = SimNetwork::new().with_latency(ms(10));
+    for p in 9100..9104 {
+        net.set_behaviour(addr(p), Behaviour::Silent);
+    }
+    let mut c = NetworkClient::with_transport(
+        net,
+        ClientConfig::default().pipeline_unsent(true),
+        NoHandshake,
+    )
+    .with_rng(SplitMix64::new(3));
+    let (a, b) = (NodeId(1), NodeId(2));
+    c.add_node(a, "127.0.0.1:9100").unwrap();
+    c.add_node(b, "127.0.0.1:9101").unwrap();
+    connect(&mut c, a);
+    connect(&mut c, b);
+    let now = c.transport().now();
+    for _ in 0..2 {
+        let r = request(&mut c, a);
+        c.send(r, now);
+    }
+    let r = request(&mut c, b);
+    c.send(r, now);
+    for _ in 0..20 {
+        assert_eq!(c.least_loaded_node(now), Some(b), "fewest in flight wins");
+    }
+    // With no Ready node, a connecting one is preferred over connectable ones.
+    let (x, y) = (NodeId(3), NodeId(4));
+    c.add_node(x, "127.0.0.1:9102").unwrap();
+    c.add_node(y, "127.0.0.1:9103").unwrap();
+    c.disconnect(a, now);
+    c.disconnect(b, now);
+    c.ready(x, now);
+    for _ in 0..20 {
+        assert_eq!(c.least_loaded_node(now), Some(x));
+    }
+    // Nothing ready or connecting: the connectable node whose last attempt is oldest (never = oldest).
+    c.disconnect(x, now);
+    let later = now + Duration::from_secs(5);
+    for _ in 0..20 {
+        assert_eq!(c.least_loaded_node(later), Some(y));
+    }
+    // Everyone in backoff: none. (a, b, x were disconnected at `now`; y is refused.)
+    c.transport_mut()
+        .set_behaviour(addr(9103), Behaviour::Refuse);
+    c.ready(y, now);
+    assert_eq!(
+        c.least_loaded_node(now),
+        Some(y),
+        "connecting beats backing off"
+    );
+    for _ in 0..100 {
+        let t = c.transport().now();
+        c.poll(Some(ms(1)), t).unwrap();
+        if c.connection_state(y) == Some(ConnectionState::Disconnected) {
+            break;
+        }
+    }
+    let t = c.transport().now();
+    assert!(t - now < ms(50));
+    assert_eq!(c.connection_state(y), Some(ConnectionState::Disconnected));
+    assert_eq!(c.least_loaded_node(t), None);
+}
+
+#[test]
+fn bootstrap_failover_moves_round_robin_and_stays_on_a_healthy_server() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9201), Behaviour::Refuse);
+    net.set_behaviour(addr(9202), Behaviour::Refuse);
+    net.set_behaviour(addr(9203), Behaviour::Echo);
+    let mut c = client(net, ClientConfig::default());
+    let list = ["127.0.0.1:9201", "127.0.0.1:9202", "127.0.0.1:9203"];
+    // NoJitter picks index 1 to start (0.5 × 3).
+    let mut f = BootstrapFailover::new(list, &mut NoJitter);
+    assert_eq!(f.chosen(), Some("127.0.0.1:9202"));
+    let mut chosen_trace = Vec::new();
+    let mut ready = None;
+    for _ in 0..1000 {
+        let now = c.transport().now();
+        let cur = f.chosen().unwrap().to_string();
+        if chosen_trace.last() != Some(&cur) {
+            chosen_trace.push(cur);
+        }
+        if let Some(n) = f.poll(&mut c, now).unwrap() {
+            ready = Some(n);
+            break;
+        }
+        c.poll(Some(ms(1)), now).unwrap();
+    }
+    // 9202 fails, 9203 (next round robin) is healthy.
+    assert_eq!(chosen_trace, vec!["127.0.0.1:9202", "127.0.0.1:9203"]);
+    let node = ready.expect("a bootstrap server became ready");
+    // Stays on it while healthy.
+    for _ in 0..50 {
+        let now = c.transport().now();
+        assert_eq!(f.poll(&mut c, now).unwrap(), Some(node));
+        c.poll(Some(ms(10)), now).unwrap();
+    }
+    // It leaves the list: reselect among the new list.
+    f.update(["127.0.0.1:9201"]);
+    assert_eq!(f.chosen(), Some("127.0.0.1:9201"));
+}
+
+// ----- property: exactly one completion ---------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Ready(usize),
+    Send(usize, bool),
+    ClosePeer(usize),
+    ResetPeer(usize),
+    Stall(usize),
+    Heal(usize),
+    Down(usize),
+    WrongCorrelation(usize),
+    Disconnect(usize),
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let node = 0usize..3;
+    prop_oneof![
+        4 => node.clone().prop_map(Op::Ready),
+        8 => (node.clone(), proptest::bool::weighted(0.9)).prop_map(|(n, r)| Op::Send(n, r)),
+        1 => node.clone().prop_map(Op::ClosePeer),
+        1 => node.clone().prop_map(Op::ResetPeer),
+        1 => node.clone().prop_map(Op::Stall),
+        2 => node.clone().prop_map(Op::Heal),
+        1 => node.clone().prop_map(Op::Down),
+        1 => node.clone().prop_map(Op::WrongCorrelation),
+        1 => node.prop_map(Op::Disconnect),
+        4 => (0u64..3_000).prop_map(Op::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_request_completes_exactly_once(
+        ops in proptest::collection::vec(op(), 1..200),
+        pipeline in any::<bool>(),
+        unordered in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let mut net = SimNetwork::new();
+        for p in 0..3 {
+            net.set_behaviour(addr(9300 + p), Behaviour::Echo);
+        }
+        let cfg = ClientConfig::default()
+            .pipeline_unsent(pipeline)
+            .response_order(if unordered { ResponseOrder::Unordered } else { ResponseOrder::Ordered })
+            .request_timeout(Duration::from_secs(5))
+            .connection_setup_timeout(Duration::from_secs(2))
+            .connection_setup_timeout_max(Duration::from_secs(4));
+        let mut c = NetworkClient::with_transport(net, cfg, NoHandshake).with_rng(SplitMix64::new(seed));
+        let nodes: Vec<NodeId> = (0..3).map(NodeId).collect();
+        for (k, n) in nodes.iter().enumerate() {
+            c.add_node(*n, &format!("127.0.0.1:{}", 9300 + k)).unwrap();
+        }
+        let mut sent: HashMap<i32, usize> = HashMap::new();
+        let mut completions: HashMap<i32, usize> = HashMap::new();
+        let record = |done: Vec<ClientResponse>, completions: &mut HashMap<i32, usize>| {
+            for r in done {
+                *completions.entry(r.correlation_id).or_default() += 1;
+            }
+        };
+        for op in ops {
+            let now = c.transport().now();
+            match op {
+                Op::Ready(n) => { c.ready(nodes[n], now); }
+                Op::Send(n, expect) => {
+                    let r = request(&mut c, nodes[n]).expect_response(expect);
+                    let corr = c.send(r, now);
+                    *sent.entry(corr).or_default() += 1;
+                }
+                Op::ClosePeer(n) => c.transport_mut().close_peer(addr(9300 + n as u16)),
+                Op::ResetPeer(n) => c.transport_mut().reset_peer(addr(9300 + n as u16)),
+                Op::Stall(n) => c.transport_mut().set_behaviour(addr(9300 + n as u16), Behaviour::Silent),
+                Op::Heal(n) => c.transport_mut().set_behaviour(addr(9300 + n as u16), Behaviour::Echo),
+                Op::Down(n) => {
+                    c.transport_mut().set_behaviour(addr(9300 + n as u16), Behaviour::Refuse);
+                    c.transport_mut().close_peer(addr(9300 + n as u16));
+                }
+                Op::WrongCorrelation(n) => c.transport_mut().set_behaviour(addr(9300 + n as u16), Behaviour::WrongCorrelation),
+                Op::Disconnect(n) => c.disconnect(nodes[n], now),
+                Op::Advance(d) => {
+                    let done = c.poll(Some(ms(d)), now).unwrap();
+                    record(done, &mut completions);
+                }
+            }
+        }
+        // Settle: no new requests; every deadline passes within a bounded number of polls.
+        for _ in 0..1_000 {
+            let now = c.transport().now();
+            let done = c.poll(Some(Duration::from_secs(1)), now).unwrap();
+            record(done, &mut completions);
+            if completions.len() == sent.len() && nodes.iter().all(|n| c.in_flight_count(*n) + c.waiting_count(*n) == 0) {
+                break;
+            }
+        }
+        for (corr, n) in &sent {
+            prop_assert_eq!(*n, 1, "correlation id {} reused", corr);
+            prop_assert_eq!(completions.get(corr).copied(), Some(1), "request {} completions", corr);
+        }
+        for corr in completions.keys() {
+            prop_assert!(sent.contains_key(corr), "completion for unknown request {}", corr);
+        }
+    }
+}
+
+#[test]
+fn simulated_time_starts_from_a_real_instant() {
+    // Guard for the helpers above: simulated time is monotonic and moves only in poll.
+    let mut net = SimNetwork::new();
+    let t = net.now();
+    assert!(t <= Instant::now());
+    net.poll(Some(ms(250))).unwrap();
+    assert_eq!(net.now() - t, ms(250));
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every test (unit, integration, doc), and a short bounded
+# fuzz run of each fuzz target. Installs what it needs on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "tools"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, integration, doc)"
+cargo test --workspace
+
+step "fuzz (${FUZZ_SECONDS}s per target, stable, no sanitizer)"
+cd fuzz
+for target in $(cargo fuzz list); do
+  cargo fuzz run "$target" --sanitizer none -- -max_total_time="$FUZZ_SECONDS"
+done

@@ -21,6 +21,9 @@ use super::options::{SelectorConfig, SocketOptions};
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 
+/// Below this much spare space a read buffer that cannot be reclaimed is grown before reading.
+const MIN_READ_SPACE: usize = 4096;
+
 /// Default accept backlog of [`Selector::listen`].
 pub const DEFAULT_BACKLOG: i32 = 1024;
 
@@ -1065,7 +1068,16 @@ impl Selector {
                 }
             };
             let want = chunk.max(needed.min(ch.read_buf.len().max(chunk)));
-            if ch.read_buf.capacity() - ch.read_buf.len() < want.min(chunk) {
+            let spare = ch.read_buf.capacity() - ch.read_buf.len();
+            // Reuse the buffer's own space when no delivered frame refers to it any more
+            // (`try_reclaim` moves the partial frame to the front without allocating). Allocate only
+            // when it cannot be reclaimed and the spare space is nearly gone or too small for the
+            // frame in progress: in steady state, with frames dropped before the next poll, a
+            // channel reads into the same allocation forever.
+            if spare < want.min(chunk)
+                && !ch.read_buf.try_reclaim(want)
+                && (spare < MIN_READ_SPACE || spare < needed.min(want))
+            {
                 ch.read_buf.reserve(want);
             }
             match ch.read_once(budget - read_total) {

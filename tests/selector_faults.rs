@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use mqnet::net::{
-    ChannelError, ChannelId, CloseMode, DisconnectReason, Disconnected, FrameError,
-    SelectorConfig, SendError, Selector, SocketOptions,
+    ChannelError, ChannelId, CloseMode, DisconnectReason, Disconnected, FrameError, Selector,
+    SelectorConfig, SendError, SocketOptions,
 };
 
 /// A Selector with a listener on 127.0.0.1; returns it and the listener's address.
@@ -30,7 +30,11 @@ fn raw_peer(sel: &mut Selector, addr: SocketAddr, log: &mut Outputs) -> (TcpStre
     let mut found = None;
     poll_until(sel, "raw peer accepted", |sel| {
         let out = Outputs::take(sel);
-        found = found.or(out.accepted.iter().find(|a| a.peer == local).map(|a| a.channel));
+        found = found.or(out
+            .accepted
+            .iter()
+            .find(|a| a.peer == local)
+            .map(|a| a.channel));
         log.extend(out);
         found.is_some()
     });
@@ -47,7 +51,10 @@ fn assert_dead(sel: &mut Selector, id: ChannelId) {
         Err(SendError::UnknownChannel)
     );
     assert_eq!(sel.mute(id), Err(ChannelError::Unknown));
-    assert_eq!(sel.close(id, CloseMode::Immediate), Err(ChannelError::Unknown));
+    assert_eq!(
+        sel.close(id, CloseMode::Immediate),
+        Err(ChannelError::Unknown)
+    );
 }
 
 /// Polls until `id` is reported disconnected, then a few more times; asserts it was reported
@@ -128,7 +135,9 @@ fn an_invalid_frame_header_closes_only_the_offending_channel() {
     });
     let mut echo = Echo::default();
     let mut log = Outputs::default();
-    let neighbour = sel.connect(addr, &SocketOptions::default()).expect("connect");
+    let neighbour = sel
+        .connect(addr, &SocketOptions::default())
+        .expect("connect");
     let mut echoed = 0usize;
     neighbour_round(&mut sel, &mut echo, &mut log, neighbour, &mut echoed, 0);
 
@@ -175,7 +184,11 @@ fn an_invalid_frame_header_closes_only_the_offending_channel() {
             .expect("send");
         echoed += 1;
         let d = expect_one_disconnect_echoing(&mut sel, bad, &mut log, &mut Some(&mut echo));
-        assert_eq!(d.reason, DisconnectReason::InvalidFrame(want), "header {header}");
+        assert_eq!(
+            d.reason,
+            DisconnectReason::InvalidFrame(want),
+            "header {header}"
+        );
         assert_eq!(log.frames_on(bad), vec![Bytes::from_static(b"good")]);
         assert_dead(&mut sel, bad);
         assert_peer_sees_close(&mut peer);
@@ -185,7 +198,14 @@ fn an_invalid_frame_header_closes_only_the_offending_channel() {
             log.extend(out);
             log.frames_on(neighbour).len() >= echoed
         });
-        neighbour_round(&mut sel, &mut echo, &mut log, neighbour, &mut echoed, 2000 + i as u32);
+        neighbour_round(
+            &mut sel,
+            &mut echo,
+            &mut log,
+            neighbour,
+            &mut echoed,
+            2000 + i as u32,
+        );
         assert!(sel.is_connected(neighbour));
         assert!(sel.is_connected(ok_ch));
     }
@@ -244,7 +264,10 @@ fn a_peer_closing_mid_frame_reports_the_buffered_bytes() {
     peer.write_all(b"abc").expect("write");
     drop(peer);
     let d = expect_one_disconnect(&mut sel, ch, &mut log);
-    assert_eq!(d.reason, DisconnectReason::PeerClosedMidFrame { buffered: 7 });
+    assert_eq!(
+        d.reason,
+        DisconnectReason::PeerClosedMidFrame { buffered: 7 }
+    );
     assert_eq!(log.frames_on(ch), vec![Bytes::from_static(b"whole")]);
     assert_dead(&mut sel, ch);
 
@@ -253,7 +276,10 @@ fn a_peer_closing_mid_frame_reports_the_buffered_bytes() {
     peer.write_all(&[0, 0]).expect("write");
     drop(peer);
     let d = expect_one_disconnect(&mut sel, ch, &mut log);
-    assert_eq!(d.reason, DisconnectReason::PeerClosedMidFrame { buffered: 2 });
+    assert_eq!(
+        d.reason,
+        DisconnectReason::PeerClosedMidFrame { buffered: 2 }
+    );
     assert_dead(&mut sel, ch);
 }
 
@@ -304,8 +330,8 @@ fn a_refused_connect_is_reported_once() {
     init_log();
     // A port that is bound but not listening refuses connections, and nobody else can start
     // listening on it while it stays bound (unlike a listener that was dropped).
-    let holder = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let holder =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     holder
         .bind(&localhost().into())
         .expect("bind without listening");
@@ -330,7 +356,10 @@ fn a_refused_connect_is_reported_once() {
                 matches!(d.reason, DisconnectReason::ConnectFailed(f) if f.kind == ErrorKind::ConnectionRefused),
                 "{d:?}"
             );
-            assert!(log.connected.is_empty(), "refused channel reported connected");
+            assert!(
+                log.connected.is_empty(),
+                "refused channel reported connected"
+            );
             assert_dead(&mut sel, ch);
             reports += 1;
         }
@@ -339,7 +368,10 @@ fn a_refused_connect_is_reported_once() {
     let m = sel.metrics();
     assert_eq!(m.connect_failures, 1);
     assert_eq!(m.connections_created, 0);
-    assert_eq!(m.connections_closed, 0, "a connect that never succeeded is not a closed connection");
+    assert_eq!(
+        m.connections_closed, 0,
+        "a connect that never succeeded is not a closed connection"
+    );
     drop(holder);
 }
 
@@ -357,7 +389,10 @@ fn idle_channels_expire_oldest_first_and_active_ones_stay() {
     let mut log = Outputs::default();
     let mut connect = |sel: &mut Selector, n: usize| -> Vec<ChannelId> {
         let ids: Vec<ChannelId> = (0..n)
-            .map(|_| sel.connect(addr, &SocketOptions::default()).expect("connect"))
+            .map(|_| {
+                sel.connect(addr, &SocketOptions::default())
+                    .expect("connect")
+            })
             .collect();
         poll_until(sel, "connected", |sel| {
             log.extend(Outputs::take(sel));
@@ -384,7 +419,10 @@ fn idle_channels_expire_oldest_first_and_active_ones_stay() {
         let mut before = Instant::now();
         poll_until(&mut sel, "touch written", |sel| {
             let out = Outputs::take(sel);
-            let done = out.completed_sends.iter().any(|s| s.channel == id && s.seq == seq);
+            let done = out
+                .completed_sends
+                .iter()
+                .any(|s| s.channel == id && s.seq == seq);
             log.extend(out);
             keep_d_busy();
             if !done {
@@ -414,7 +452,10 @@ fn idle_channels_expire_oldest_first_and_active_ones_stay() {
     for ((id, at), (tid, before)) in expired.iter().zip(&touched) {
         assert_eq!(id, tid);
         let idle_for = at.duration_since(*before);
-        assert!(idle_for >= IDLE, "{id} expired after only {idle_for:?} idle");
+        assert!(
+            idle_for >= IDLE,
+            "{id} expired after only {idle_for:?} idle"
+        );
         assert_dead(&mut sel, *id);
     }
     assert!(sel.is_connected(d));

@@ -646,6 +646,8 @@ impl Selector {
             self.metrics.connections_closed += 1;
         }
         let unsent = ch.sends.clear();
+        // An immediate connect closed before the poll that would report it: report nothing.
+        self.carried_connected.retain(|c| *c != id);
         self.retire_slot(slot);
         log::debug!("{id}: closed ({unsent} staged frames dropped)");
         unsent

@@ -11,9 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mqnet::net::{
-    Accepted, ChannelId, CompletedSend, Disconnected, Received, SendError, Selector,
-};
+use mqnet::net::{Accepted, ChannelId, CompletedSend, Disconnected, Received, Selector, SendError};
 
 /// Generous bound on every wait: far beyond what any condition needs on a loaded machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -303,6 +301,7 @@ pub fn write_frame(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
 
 /// Makes sure the soft `RLIMIT_NOFILE` is at least `want`, raising it up to the hard limit.
 /// Returns the soft limit in force afterwards.
+#[allow(clippy::unnecessary_cast)] // `rlim_t` is not `u64` on every platform.
 pub fn raise_nofile(want: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -18,3 +18,8 @@ pub mod failover;
 pub mod net;
 pub mod server;
 pub mod sim;
+
+/// The README's example, compiled as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -628,3 +628,122 @@ fn simulated_time_starts_from_a_real_instant() {
     net.poll(Some(ms(250))).unwrap();
     assert_eq!(net.now() - t, ms(250));
 }
+
+/// A resolver with a fixed answer that counts its calls.
+struct CountingResolver {
+    answer: Vec<SocketAddr>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl mqnet::client::Resolver for CountingResolver {
+    fn resolve(&mut self, _host: &str, _port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.answer.clone())
+    }
+}
+
+#[test]
+fn all_addresses_are_tried_round_robin_and_re_resolved_on_wrap_and_after_a_drop() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let ips: Vec<SocketAddr> = (1..=3).map(|k| SocketAddr::from(([127, 0, 0, k], 9400))).collect();
+    let mut net = SimNetwork::new();
+    for ip in &ips {
+        net.set_behaviour(*ip, Behaviour::Refuse);
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let resolver = CountingResolver {
+        answer: ips.clone(),
+        calls: calls.clone(),
+    };
+    let mut c = client(net, ClientConfig::default()).with_resolver(resolver);
+    let node = NodeId(1);
+    c.add_node(node, "broker.example:9400").unwrap();
+    let mut tried = Vec::new();
+    for _ in 0..10_000 {
+        let now = c.transport().now();
+        c.ready(node, now);
+        if c.connection_state(node) == Some(ConnectionState::Connecting) && tried.len() < 7 {
+            let st = c.transport().open_channels();
+            assert_eq!(st, 1);
+        }
+        let before = c.node_metrics(node).unwrap().connect_attempts as usize;
+        if before > tried.len() {
+            // Which address did the attempt use? The one the sim has a channel open to.
+            let ip = ips
+                .iter()
+                .find(|ip| c.transport().open_channels_to(**ip) == 1)
+                .copied();
+            tried.push(ip.expect("an attempt has an open channel"));
+        }
+        if tried.len() == 7 {
+            break;
+        }
+        c.poll(Some(ms(1)), now).unwrap();
+    }
+    // One address per attempt, round robin; resolved once per pass over the list.
+    assert_eq!(
+        tried,
+        vec![ips[0], ips[1], ips[2], ips[0], ips[1], ips[2], ips[0]]
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // An established connection that drops clears the list: the next attempt resolves again and
+    // starts from the first address.
+    c.transport_mut().set_behaviour(ips[0], Behaviour::Echo);
+    c.transport_mut().set_behaviour(ips[1], Behaviour::Echo);
+    connect(&mut c, node);
+    let resolved = calls.load(Ordering::SeqCst);
+    c.transport_mut().close_peer(ips[1]);
+    c.transport_mut().close_peer(ips[0]);
+    let now = c.transport().now();
+    c.poll(Some(ms(1)), now).unwrap();
+    assert_eq!(c.connection_state(node), Some(ConnectionState::Disconnected));
+    connect(&mut c, node);
+    assert_eq!(calls.load(Ordering::SeqCst), resolved + 1);
+    assert_eq!(c.transport().open_channels_to(ips[0]), 1);
+}
+
+#[test]
+fn node_metrics_count_requests_latency_and_connections() {
+    let net = SimNetwork::new().with_latency(ms(5));
+    let mut c = client(net, ClientConfig::default());
+    c.transport_mut().set_behaviour(addr(9500), Behaviour::Echo);
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9500").unwrap();
+    let t0 = c.transport().now();
+    connect(&mut c, node);
+    for _ in 0..10 {
+        let now = c.transport().now();
+        let r = request(&mut c, node);
+        c.send(r, now);
+        assert_eq!(c.in_flight_count(node), 1);
+        let mut done = Vec::new();
+        for _ in 0..100 {
+            let now = c.transport().now();
+            done.extend(c.poll(Some(ms(1)), now).unwrap());
+            if !done.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(done.len(), 1);
+    }
+    c.transport_mut().close_peer(addr(9500));
+    let now = c.transport().now();
+    c.poll(Some(ms(1)), now).unwrap();
+    let m = c.node_metrics(node).unwrap();
+    assert_eq!(m.requests_sent, 10);
+    assert_eq!(m.responses, 10);
+    assert_eq!(m.connect_attempts, 1);
+    assert_eq!(m.connections_created, 1);
+    assert_eq!(m.connections_closed, 1);
+    // Each round trip is exactly 10 ms of simulated time.
+    assert_eq!(m.latency_avg(), ms(10));
+    assert_eq!(m.latency_max, ms(10));
+    assert_eq!(m.latency_us.len(), 10);
+    let p50 = m.latency_us.value_at_quantile(0.5);
+    assert!((9_900..=10_100).contains(&p50), "p50 {p50} us");
+    let elapsed = (c.transport().now() - t0).as_secs_f64();
+    assert!((m.request_rate(c.transport().now()) - 10.0 / elapsed).abs() < 1e-6);
+    assert_eq!(c.in_flight_count(node), 0);
+}

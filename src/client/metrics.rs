@@ -23,7 +23,9 @@ pub struct NodeMetrics {
     pub connect_attempts: u64,
     /// Connections that reached Ready.
     pub connections_created: u64,
-    /// Connections closed after being established, and attempts aborted.
+    /// Connections closed after the TCP connection was established (Handshaking or Ready). Failed
+    /// and aborted attempts are not counted here: they are `connect_attempts - connections_created`
+    /// less any attempt still in progress.
     pub connections_closed: u64,
     latency_sum: Duration,
     /// Largest request latency recorded.

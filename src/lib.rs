@@ -16,6 +16,10 @@
 pub mod client;
 pub mod failover;
 pub mod net;
+#[cfg(feature = "kafka")]
+pub mod producer;
+#[cfg(feature = "kafka")]
+pub mod protocol;
 pub mod server;
 pub mod sim;
 

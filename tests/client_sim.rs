@@ -646,7 +646,9 @@ impl mqnet::client::Resolver for CountingResolver {
 fn all_addresses_are_tried_round_robin_and_re_resolved_on_wrap_and_after_a_drop() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let ips: Vec<SocketAddr> = (1..=3).map(|k| SocketAddr::from(([127, 0, 0, k], 9400))).collect();
+    let ips: Vec<SocketAddr> = (1..=3)
+        .map(|k| SocketAddr::from(([127, 0, 0, k], 9400)))
+        .collect();
     let mut net = SimNetwork::new();
     for ip in &ips {
         net.set_behaviour(*ip, Behaviour::Refuse);
@@ -698,7 +700,10 @@ fn all_addresses_are_tried_round_robin_and_re_resolved_on_wrap_and_after_a_drop(
     c.transport_mut().close_peer(ips[0]);
     let now = c.transport().now();
     c.poll(Some(ms(1)), now).unwrap();
-    assert_eq!(c.connection_state(node), Some(ConnectionState::Disconnected));
+    assert_eq!(
+        c.connection_state(node),
+        Some(ConnectionState::Disconnected)
+    );
     connect(&mut c, node);
     assert_eq!(calls.load(Ordering::SeqCst), resolved + 1);
     assert_eq!(c.transport().open_channels_to(ips[0]), 1);

@@ -44,21 +44,40 @@ impl Encoder {
 
     /// A request payload of `size` bytes (at least [`MIN_REQUEST`]) with `correlation_id`.
     pub fn request(&mut self, size: usize, correlation_id: i32) -> Bytes {
-        let size = size.max(MIN_REQUEST);
-        self.room(size);
-        self.arena.put_i16(0);
-        self.arena.put_i16(0);
-        self.arena.put_i32(correlation_id);
-        self.arena.put_slice(&self.zeros[..size - MIN_REQUEST]);
-        self.arena.split().freeze()
+        self.build(false, size.max(MIN_REQUEST), Some(0), correlation_id)
+    }
+
+    /// As [`request`](Encoder::request), preceded by its 4-byte length prefix (for
+    /// `Selector::send_prefixed`: one buffer per frame instead of prefix + payload).
+    pub fn request_prefixed(&mut self, size: usize, correlation_id: i32) -> Bytes {
+        self.build(true, size.max(MIN_REQUEST), Some(0), correlation_id)
     }
 
     /// A response payload of `size` bytes (at least [`MIN_RESPONSE`]) with `correlation_id`.
     pub fn response(&mut self, size: usize, correlation_id: i32) -> Bytes {
-        let size = size.max(MIN_RESPONSE);
-        self.room(size);
-        self.arena.put_i32(correlation_id);
-        self.arena.put_slice(&self.zeros[..size - MIN_RESPONSE]);
+        self.build(false, size.max(MIN_RESPONSE), None, correlation_id)
+    }
+
+    /// As [`response`](Encoder::response), preceded by its 4-byte length prefix.
+    pub fn response_prefixed(&mut self, size: usize, correlation_id: i32) -> Bytes {
+        self.build(true, size.max(MIN_RESPONSE), None, correlation_id)
+    }
+
+    /// `[len]` (if `prefixed`) `[api_key api_version]` (if `header` is given) `corr` padding, with
+    /// a payload of `size` bytes.
+    #[inline]
+    fn build(&mut self, prefixed: bool, size: usize, header: Option<i32>, corr: i32) -> Bytes {
+        self.room(size + if prefixed { PREFIX } else { 0 });
+        if prefixed {
+            self.arena.put_u32(size as u32);
+        }
+        let mut fixed = 4;
+        if let Some(h) = header {
+            self.arena.put_i32(h);
+            fixed += 4;
+        }
+        self.arena.put_i32(corr);
+        self.arena.put_slice(&self.zeros[..size - fixed]);
         self.arena.split().freeze()
     }
 }
@@ -144,6 +163,13 @@ mod tests {
             Err(Mismatch::Size { got: 16, want: 20 })
         );
         assert_eq!(request_correlation(&[0, 1, 0, 0, 0, 0, 0, 1]), None);
+        let p = e.request_prefixed(100, 7);
+        assert_eq!(p.len(), 104);
+        assert_eq!(&p[..4], &100u32.to_be_bytes());
+        assert_eq!(&p[4..], &e.request(100, 7)[..]);
+        let p = e.response_prefixed(16, 9);
+        assert_eq!(&p[..4], &16u32.to_be_bytes());
+        assert_eq!(check_response(&p[4..], 16, 9), Ok(()));
         assert_eq!(request_correlation(&[0, 0, 0]), None);
     }
 

@@ -75,7 +75,8 @@ impl Recorder {
     /// An empty recorder (1 ns .. 120 s, 3 significant digits).
     pub fn new() -> Self {
         Recorder {
-            hist: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("valid histogram bounds"),
+            hist: Histogram::new_with_bounds(1, 120_000_000_000, 3)
+                .expect("valid histogram bounds"),
             measured: 0,
             errors: 0,
             last: None,
@@ -86,7 +87,8 @@ impl Recorder {
     #[inline]
     pub fn record(&mut self, sent: Instant, now: Instant) {
         let ns = now.saturating_duration_since(sent).as_nanos();
-        self.hist.saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+        self.hist
+            .saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
         self.measured += 1;
         self.last = Some(now);
     }
@@ -145,6 +147,9 @@ pub struct RunResult {
     pub requests: u64,
     /// Length of the measurement window in seconds.
     pub seconds: f64,
+    /// For mqnet: the request layer its client ran on (`selector` or `network-client`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqnet_client: Option<String>,
     /// Latency CDF points: (latency in µs, fraction of responses at or below it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cdf: Vec<(f64, f64)>,
@@ -209,6 +214,7 @@ impl RunResult {
             errors: rec.errors,
             requests: rec.measured,
             seconds,
+            mqnet_client: None,
             cdf,
         }
     }

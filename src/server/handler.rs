@@ -206,8 +206,9 @@ impl Responder {
             })
             .map_err(|_| ServerGone)?;
         if !self.shared.pending.swap(true, Ordering::SeqCst) {
-            // An eventfd write failing is practically impossible; the poll's tick picks the reply
-            // up anyway.
+            // An eventfd write practically never fails; if it did, the reply would be picked up by
+            // the next poll that returns for another reason (`run_until` polls at least every
+            // `RUN_TICK`).
             let _ = self.shared.waker.wake();
         }
         Ok(())

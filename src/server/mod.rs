@@ -25,7 +25,6 @@
 //!
 //! ```
 //! use std::io::{Read, Write};
-//! use std::sync::atomic::AtomicBool;
 //! use std::time::{Duration, Instant};
 //! use bytes::Bytes;
 //! use mqnet::net::ChannelId;
@@ -46,7 +45,6 @@
 //!     server.poll(Some(Duration::from_millis(10))).unwrap();
 //! }
 //! assert_eq!(&client.join().unwrap(), &[0, 0, 0, 4, b'p', b'i', b'n', b'g']);
-//! # let _ = AtomicBool::new(false);
 //! ```
 
 mod handler;
@@ -67,8 +65,8 @@ use crate::net::{
     SelectorWaker, SendError, DEFAULT_BACKLOG,
 };
 
-pub use handler::{DeferredHandler, Handler, Responder, ServerGone};
 use handler::{Completion, Reply, ReplyPath};
+pub use handler::{DeferredHandler, Handler, Responder, ServerGone};
 
 /// The longest a [`Server::run_until`] poll blocks before it looks at its stop flag again.
 pub const RUN_TICK: Duration = Duration::from_millis(100);
@@ -82,6 +80,11 @@ pub struct ServerConfig {
     pub selector: SelectorConfig,
     /// Accept backlog of the listening sockets.
     pub backlog: i32,
+    /// Whether the handler's responses already start with their 4-byte length prefix (for
+    /// handlers that encode straight into a send buffer). They are then staged with
+    /// [`Selector::send_prefixed`], which checks the prefix and writes each response as one
+    /// buffer instead of prefix + payload; a response whose prefix is wrong closes its connection.
+    pub prefixed_responses: bool,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
         ServerConfig {
             selector: SelectorConfig::default(),
             backlog: DEFAULT_BACKLOG,
+            prefixed_responses: false,
         }
     }
 }
@@ -191,11 +195,12 @@ impl ConnTable {
     }
 }
 
-/// Whether the Selector takes a response of `len` payload bytes on `id` now (its staged-bytes rule:
-/// a frame always fits an empty queue, otherwise the queue must stay within the bound).
-fn fits(sel: &Selector, id: ChannelId, len: usize) -> bool {
+/// Whether the Selector takes a frame of `wire_len` bytes (prefix included) on `id` now (its
+/// staged-bytes rule: a frame always fits an empty queue, otherwise the queue must stay within the
+/// bound).
+fn fits(sel: &Selector, id: ChannelId, wire_len: usize) -> bool {
     let staged = sel.staged_bytes(id);
-    staged == 0 || staged + HEADER_LEN + len <= sel.config().max_staged_bytes
+    staged == 0 || staged + wire_len <= sel.config().max_staged_bytes
 }
 
 mod sealed {
@@ -269,7 +274,8 @@ impl<D: DeferredHandler> sealed::Sealed for Deferred<D> {
         replies: &ReplyPath,
         ticket: u64,
     ) -> Outcome {
-        self.0.handle(conn, request, replies.responder(conn, ticket));
+        self.0
+            .handle(conn, request, replies.responder(conn, ticket));
         Outcome::Pending
     }
 
@@ -294,6 +300,7 @@ pub struct Server<M> {
     sel: Selector,
     mode: M,
     backlog: i32,
+    prefixed: bool,
     listeners: Vec<ListenerId>,
     conns: ConnTable,
     /// Inline mode: connections with responses in their backlog.
@@ -371,6 +378,7 @@ impl<M: Mode> Server<M> {
             sel,
             mode,
             backlog: config.backlog,
+            prefixed: config.prefixed_responses,
             listeners: Vec::new(),
             conns: ConnTable::default(),
             backlogged: Vec::new(),
@@ -496,6 +504,22 @@ impl<M: Mode> Server<M> {
         Ok(())
     }
 
+    /// Bytes `response` takes on the wire.
+    #[inline]
+    fn wire_len(&self, response: &Bytes) -> usize {
+        response.len() + if self.prefixed { 0 } else { HEADER_LEN }
+    }
+
+    /// Stages one response on `id`.
+    #[inline]
+    fn stage(&mut self, id: ChannelId, response: Bytes) -> Result<u64, SendError> {
+        if self.prefixed {
+            self.sel.send_prefixed(id, response)
+        } else {
+            self.sel.send(id, response)
+        }
+    }
+
     // ----- inline --------------------------------------------------------------------------------
 
     fn handle_inline(&mut self, id: ChannelId, frame: Bytes) {
@@ -507,11 +531,12 @@ impl<M: Mode> Server<M> {
                 return;
             }
         };
+        let wire_len = self.wire_len(&response);
         let Some(c) = self.conns.get_mut(id) else {
             return; // closed by the server while handling an earlier frame of this poll
         };
-        if c.backlog.is_empty() && fits(&self.sel, id, response.len()) {
-            match self.sel.send(id, response) {
+        if c.backlog.is_empty() && fits(&self.sel, id, wire_len) {
+            match self.stage(id, response) {
                 Ok(_) => self.stats.responses += 1,
                 Err(e) => self.send_failed(id, e),
             }
@@ -530,18 +555,25 @@ impl<M: Mode> Server<M> {
 
     fn drain_backlogs(&mut self) {
         let mut list = std::mem::take(&mut self.backlogged);
+        let header = if self.prefixed { 0 } else { HEADER_LEN };
+        let prefixed = self.prefixed;
         list.retain(|&id| {
             let Some(c) = self.conns.get_mut(id) else {
                 return false;
             };
             while let Some(front) = c.backlog.front() {
-                if !fits(&self.sel, id, front.len()) {
+                if !fits(&self.sel, id, front.len() + header) {
                     return true;
                 }
                 let Some(response) = c.backlog.pop_front() else {
                     break;
                 };
-                if self.sel.send(id, response).is_err() {
+                let staged = if prefixed {
+                    self.sel.send_prefixed(id, response)
+                } else {
+                    self.sel.send(id, response)
+                };
+                if staged.is_err() {
                     // The connection is closing or gone; `forget` cleans up.
                     c.backlog.clear();
                     return false;
@@ -618,9 +650,11 @@ impl<M: Mode> Server<M> {
             return;
         }
         match reply {
-            Reply::Respond(r) => match self.sel.send(id, r) {
+            Reply::Respond(r) => match self.stage(id, r) {
                 Ok(seq) => {
-                    c.stage = Stage::Sending(seq);
+                    if let Some(c) = self.conns.get_mut(id) {
+                        c.stage = Stage::Sending(seq);
+                    }
                     self.stats.responses += 1;
                 }
                 Err(e) => self.send_failed(id, e),

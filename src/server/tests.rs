@@ -117,7 +117,10 @@ fn inline_echo_pipelined_on_two_connections() {
     b.write_all(&burst_b).unwrap();
     for i in 0..200u32 {
         assert_eq!(read_frame(&mut a).unwrap(), format!("a{i}").as_bytes());
-        assert_eq!(read_frame(&mut b).unwrap(), vec![i as u8; (i % 50) as usize]);
+        assert_eq!(
+            read_frame(&mut b).unwrap(),
+            vec![i as u8; (i % 50) as usize]
+        );
     }
     drop((a, b));
     let server = running.stop();
@@ -131,7 +134,8 @@ fn inline_echo_pipelined_on_two_connections() {
 #[test]
 fn inline_no_response_keeps_the_order_of_the_rest() {
     // Odd requests get no response.
-    let server = Server::inline(|_: ChannelId, req: Bytes| (req[0] % 2 == 0).then_some(req)).unwrap();
+    let server =
+        Server::inline(|_: ChannelId, req: Bytes| (req[0] % 2 == 0).then_some(req)).unwrap();
     let (addr, running) = Running::start(server);
     let mut c = client(addr);
     let burst: Vec<u8> = (0..100u8).flat_map(|i| frame(&[i])).collect();
@@ -179,11 +183,55 @@ fn inline_backpressure_mutes_and_keeps_order() {
         assert_eq!(&resp[..4], &i.to_be_bytes(), "response {i} out of order");
     }
     // The connection is unmuted again: one more round trip works.
-    assert_eq!(&round_trip(&mut c, &7u32.to_be_bytes())[..4], &7u32.to_be_bytes());
+    assert_eq!(
+        &round_trip(&mut c, &7u32.to_be_bytes())[..4],
+        &7u32.to_be_bytes()
+    );
     drop(c);
     let st = running.stop().stats();
-    assert!(st.backpressured > 0, "the backlog path was not exercised: {st:?}");
+    assert!(
+        st.backpressured > 0,
+        "the backlog path was not exercised: {st:?}"
+    );
     assert_eq!(st.responses, u64::from(n) + 1);
+}
+
+#[test]
+fn inline_prefixed_responses_are_sent_as_is_and_a_bad_prefix_closes_only_its_connection() {
+    let config = ServerConfig {
+        prefixed_responses: true,
+        ..ServerConfig::default()
+    };
+    // Echoes with a correct prefix, except for a request "bad", answered with a wrong one.
+    let server = Server::inline_with_config(
+        |_: ChannelId, req: Bytes| {
+            let n = if &req[..] == b"bad" {
+                99
+            } else {
+                req.len() as u32
+            };
+            let mut v = n.to_be_bytes().to_vec();
+            v.extend_from_slice(&req);
+            Some(Bytes::from(v))
+        },
+        config,
+    )
+    .unwrap();
+    let (addr, running) = Running::start(server);
+    let mut good = client(addr);
+    let burst: Vec<u8> = (0..50u8).flat_map(|i| frame(&[i; 5])).collect();
+    good.write_all(&burst).unwrap();
+    for i in 0..50u8 {
+        assert_eq!(read_frame(&mut good).unwrap(), vec![i; 5]);
+    }
+    let mut bad = client(addr);
+    bad.write_all(&frame(b"bad")).unwrap();
+    assert!(closed_by_peer(&mut bad));
+    assert_eq!(round_trip(&mut good, b"still"), b"still");
+    drop(good);
+    let st = running.stop().stats();
+    assert_eq!(st.closed_by_server, 1);
+    assert_eq!(st.responses, 51);
 }
 
 // ----- deferred ----------------------------------------------------------------------------------
@@ -241,7 +289,10 @@ fn deferred_worker_thread_answers_out_of_band_in_order() {
     let mut c = client(addr);
     // Request/response, then pipelined bursts.
     for i in 0..20u32 {
-        assert_eq!(round_trip(&mut c, format!("{i}").as_bytes()), format!("re:{i}").as_bytes());
+        assert_eq!(
+            round_trip(&mut c, format!("{i}").as_bytes()),
+            format!("re:{i}").as_bytes()
+        );
     }
     for round in 0..5u32 {
         let burst: Vec<u8> = (0..50u32)
@@ -249,7 +300,10 @@ fn deferred_worker_thread_answers_out_of_band_in_order() {
             .collect();
         c.write_all(&burst).unwrap();
         for i in 0..50u32 {
-            assert_eq!(read_frame(&mut c).unwrap(), format!("re:{round}.{i}").as_bytes());
+            assert_eq!(
+                read_frame(&mut c).unwrap(),
+                format!("re:{round}.{i}").as_bytes()
+            );
         }
     }
     drop(c);
@@ -257,7 +311,10 @@ fn deferred_worker_thread_answers_out_of_band_in_order() {
     let st = server.stats();
     drop(server);
     assert_eq!(worker.join().unwrap(), 270);
-    assert!(!overlap.load(Ordering::SeqCst), "two requests of one connection were in process");
+    assert!(
+        !overlap.load(Ordering::SeqCst),
+        "two requests of one connection were in process"
+    );
     assert_eq!(st.requests, 270);
     assert_eq!(st.responses, 270);
     assert_eq!(st.stale_replies, 0);
@@ -280,7 +337,10 @@ fn deferred_pipelined_requests_are_muted_queued_and_answered_one_at_a_time() {
             server.poll(Some(Duration::ZERO)).unwrap();
         }
         assert_eq!(server.handler().requests.len(), 1, "request {i}");
-        assert!(server.selector().is_muted(conn), "muted while request {i} is in process");
+        assert!(
+            server.selector().is_muted(conn),
+            "muted while request {i} is in process"
+        );
         let (rconn, req, responder) = server.handler_mut().requests.pop().unwrap();
         assert_eq!(rconn, conn);
         assert_eq!(&req[..], &[i; 3]);
@@ -303,7 +363,10 @@ fn deferred_pipelined_requests_are_muted_queued_and_answered_one_at_a_time() {
     responder.no_response().unwrap();
     drop(c);
     poll_until(&mut server, |s| !s.handler().disconnected.is_empty());
-    assert_eq!(server.handler().disconnected, vec![(conn, DisconnectReason::PeerClosed)]);
+    assert_eq!(
+        server.handler().disconnected,
+        vec![(conn, DisconnectReason::PeerClosed)]
+    );
     let st = server.stats();
     assert_eq!((st.requests, st.responses, st.no_responses), (6, 5, 1));
 }
@@ -328,7 +391,9 @@ fn deferred_replies_from_other_connections_interleave_freely() {
     let mut held = std::mem::take(&mut server.handler_mut().requests);
     held.drain(..).rev().for_each(answer);
     // a1 is handed out once a0's response has left.
-    poll_until(&mut server, |s| s.handler().requests.len() == 1 && s.stats().responses == 2);
+    poll_until(&mut server, |s| {
+        s.handler().requests.len() == 1 && s.stats().responses == 2
+    });
     let (_, req, _) = &server.handler().requests[0];
     assert_eq!(&req[..], b"a1");
     server.handler_mut().requests.drain(..).for_each(answer);
@@ -382,17 +447,20 @@ fn hostile_clients_close_only_their_own_connection() {
     assert_eq!(round_trip(&mut neighbour, b"hello"), b"hello");
 
     let hostile: [&[u8]; 4] = [
-        &(-1i32).to_be_bytes(),                 // negative length
-        &i32::MIN.to_be_bytes(),                // very negative length
-        &0x7fff_ffffu32.to_be_bytes(),          // huge length
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  // garbage: "GET " read as a length
+        &(-1i32).to_be_bytes(),               // negative length
+        &i32::MIN.to_be_bytes(),              // very negative length
+        &0x7fff_ffffu32.to_be_bytes(),        // huge length
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", // garbage: "GET " read as a length
     ];
     for (i, bytes) in hostile.iter().enumerate() {
         let mut h = client(addr);
         // A valid request first, so the connection was a working one.
         assert_eq!(round_trip(&mut h, b"fine"), b"fine");
         h.write_all(bytes).unwrap();
-        assert!(closed_by_peer(&mut h), "hostile client {i} was not disconnected");
+        assert!(
+            closed_by_peer(&mut h),
+            "hostile client {i} was not disconnected"
+        );
         let msg = format!("still here {i}");
         assert_eq!(round_trip(&mut neighbour, msg.as_bytes()), msg.as_bytes());
     }
@@ -438,7 +506,10 @@ fn stalled_half_frame_expires_while_a_neighbour_is_served() {
         assert_eq!(round_trip(&mut neighbour, &msg), msg);
         trips += 1;
     }
-    assert!(watcher.join().unwrap(), "the stalled connection was not closed");
+    assert!(
+        watcher.join().unwrap(),
+        "the stalled connection was not closed"
+    );
     assert!(trips > 0);
     assert_eq!(round_trip(&mut neighbour, b"after"), b"after");
     drop(neighbour);

@@ -1,0 +1,711 @@
+//! The mqnet implementation of the echo workload.
+//!
+//! - Server: [`mqnet::server::Server`] in inline mode with [`EchoHandler`].
+//! - Client: the closed loop [`run_closed_loop`] over a [`RequestLayer`], of which there are two:
+//!   - [`SelectorLayer`] (the default, `--mqnet-client selector`): the request layer's duties done
+//!     directly on the [`Selector`] — one channel per connection, a FIFO of in-flight correlation
+//!     ids per channel. Written while the `NetworkClient` was not merged yet.
+//!   - [`NetworkClientLayer`] (`--mqnet-client network-client`): mqnet's `NetworkClient` — one node
+//!     per connection, all at the same address, `max.in.flight` = W with `mqnet.pipeline.unsent`,
+//!     its own correlation checks.
+//!
+//! The closed loop (pacing, its own correlation and size checks, latency) is the same for both;
+//! making the `NetworkClient` the default is [`ClientLayer::default`].
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqnet::client::{ClientConfig, ClientRequest, ClientResponse, ConnectionState, NetworkClient};
+use mqnet::client::{NodeId, Outcome};
+use mqnet::net::{ChannelId, CloseMode, Received, Selector, SelectorConfig, SocketOptions};
+use mqnet::server::{Handler, Server, ServerConfig};
+
+use crate::proto::{check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD};
+use crate::stats::{Recorder, RunResult, Window, Workload};
+
+/// How long connecting all connections may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a client poll blocks (so the end of the window is never missed by much).
+const POLL_TICK: Duration = Duration::from_millis(100);
+
+// ----- server ------------------------------------------------------------------------------------
+
+/// Answers every well-formed echo request with a response of `resp_size` bytes carrying its
+/// correlation id, encoded with its length prefix (the server runs with `prefixed_responses`);
+/// malformed requests are counted and get no response.
+#[derive(Debug)]
+pub struct EchoHandler {
+    enc: Encoder,
+    resp_size: usize,
+    /// Requests that were not echo requests.
+    pub malformed: u64,
+}
+
+impl EchoHandler {
+    /// A handler answering with `resp_size`-byte responses.
+    pub fn new(resp_size: usize) -> Self {
+        EchoHandler {
+            enc: Encoder::new(resp_size),
+            resp_size,
+            malformed: 0,
+        }
+    }
+}
+
+impl Handler for EchoHandler {
+    #[inline]
+    fn handle(&mut self, _conn: ChannelId, request: Bytes) -> Option<Bytes> {
+        match request_correlation(&request) {
+            Some(corr) => Some(self.enc.response_prefixed(self.resp_size, corr)),
+            None => {
+                self.malformed += 1;
+                None
+            }
+        }
+    }
+}
+
+/// Runs the mqnet echo server on `addr` until `stop` is set or `deadline` passes; `bound` is called
+/// with the bound address once it listens.
+///
+/// # Errors
+/// Creating, binding or polling the server failed.
+pub fn run_server(
+    addr: SocketAddr,
+    resp_size: usize,
+    stop: &AtomicBool,
+    deadline: Option<Instant>,
+    bound: impl FnOnce(SocketAddr),
+) -> io::Result<()> {
+    let config = ServerConfig {
+        selector: SelectorConfig {
+            max_frame_size: MAX_PAYLOAD,
+            // Idle expiry stays at Kafka's 540 s: it also ends connections that stall mid-frame.
+            ..SelectorConfig::default()
+        },
+        // One buffer per response instead of prefix + payload: half the iovecs per writev.
+        prefixed_responses: true,
+        ..ServerConfig::default()
+    };
+    let mut server = Server::inline_with_config(EchoHandler::new(resp_size), config)?;
+    let local = server.bind(addr)?;
+    bound(local);
+    server.run_until(stop, deadline)?;
+    let st = server.stats();
+    log::info!(
+        "mqnet server: {} accepted, {} requests, {} invalid frames, {} malformed",
+        st.accepted,
+        st.requests,
+        st.invalid_frames,
+        server.handler().malformed
+    );
+    Ok(())
+}
+
+// ----- request layer -----------------------------------------------------------------------------
+
+/// Something the request layer reports from a poll.
+#[derive(Debug)]
+pub enum LayerEvent {
+    /// Connection `conn` is up.
+    Connected {
+        /// Connection index.
+        conn: usize,
+    },
+    /// A response arrived on `conn` for the request the layer sent with `correlation_id` (the
+    /// layer's own in-flight tracking says which one it answers).
+    Response {
+        /// Connection index.
+        conn: usize,
+        /// Correlation id of the request it answers.
+        correlation_id: i32,
+        /// The response payload.
+        frame: Bytes,
+    },
+    /// The request with `correlation_id` on `conn` failed (connection lost, timeout, ...).
+    Failed {
+        /// Connection index.
+        conn: usize,
+        /// Its correlation id.
+        correlation_id: i32,
+    },
+    /// Connection `conn` is gone.
+    Disconnected {
+        /// Connection index.
+        conn: usize,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// The request layer the mqnet closed loop runs on; see the module docs for the swap to the
+/// `NetworkClient`.
+pub trait RequestLayer {
+    /// Starts connection `conn` (indices are dense, from 0) to `addr`; reported by a later poll as
+    /// [`LayerEvent::Connected`] or [`LayerEvent::Disconnected`].
+    ///
+    /// # Errors
+    /// A synchronous connect failure.
+    fn open(&mut self, conn: usize, addr: SocketAddr) -> io::Result<()>;
+
+    /// Whether [`send`](RequestLayer::send) takes frames that start with their 4-byte length
+    /// prefix (built with `Encoder::request_prefixed`) rather than bare payloads.
+    fn prefixed(&self) -> bool {
+        false
+    }
+
+    /// Stages a request on `conn` at `now` (a payload, or a prefixed frame when
+    /// [`prefixed`](RequestLayer::prefixed)); its response comes back as a
+    /// [`LayerEvent::Response`] with `correlation_id`.
+    ///
+    /// # Errors
+    /// The connection is unknown, down, or refuses more.
+    fn send(
+        &mut self,
+        conn: usize,
+        correlation_id: i32,
+        frame: Bytes,
+        now: Instant,
+    ) -> Result<(), String>;
+
+    /// Does the IO, waiting at most `timeout`; appends what happened to `events`.
+    ///
+    /// # Errors
+    /// A failure of the poller itself.
+    fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()>;
+
+    /// Closes every connection.
+    fn close_all(&mut self);
+}
+
+#[derive(Debug, Default)]
+struct LayerConn {
+    channel: Option<ChannelId>,
+    /// Correlation ids sent and not yet answered, oldest first.
+    in_flight: VecDeque<i32>,
+}
+
+/// [`RequestLayer`] straight on the [`Selector`]: one channel per connection, a FIFO of in-flight
+/// correlation ids per channel (responses come back in request order per connection). Requests
+/// are encoded with their length prefix and staged with `send_prefixed`.
+#[derive(Debug)]
+pub struct SelectorLayer {
+    sel: Selector,
+    conns: Vec<LayerConn>,
+    /// Connection index by channel slot.
+    by_slot: Vec<Option<(ChannelId, usize)>>,
+    received: Vec<Received>,
+}
+
+impl SelectorLayer {
+    /// A layer over a new Selector that accepts frames up to `max_frame` bytes.
+    ///
+    /// # Errors
+    /// Creating the Selector failed.
+    pub fn new(max_frame: usize) -> io::Result<Self> {
+        let config = SelectorConfig {
+            max_frame_size: max_frame,
+            connections_max_idle: None,
+            ..SelectorConfig::default()
+        };
+        Ok(SelectorLayer {
+            sel: Selector::with_config(config)?,
+            conns: Vec::new(),
+            by_slot: Vec::new(),
+            received: Vec::new(),
+        })
+    }
+
+    fn conn_of(&self, channel: ChannelId) -> Option<usize> {
+        match self.by_slot.get(channel.slot()) {
+            Some(Some((id, conn))) if *id == channel => Some(*conn),
+            _ => None,
+        }
+    }
+}
+
+impl RequestLayer for SelectorLayer {
+    fn prefixed(&self) -> bool {
+        true
+    }
+
+    fn open(&mut self, conn: usize, addr: SocketAddr) -> io::Result<()> {
+        let channel = self.sel.connect(addr, &SocketOptions::os_buffers())?;
+        if self.conns.len() <= conn {
+            self.conns.resize_with(conn + 1, LayerConn::default);
+        }
+        self.conns[conn] = LayerConn {
+            channel: Some(channel),
+            in_flight: VecDeque::new(),
+        };
+        if self.by_slot.len() <= channel.slot() {
+            self.by_slot.resize(channel.slot() + 1, None);
+        }
+        self.by_slot[channel.slot()] = Some((channel, conn));
+        Ok(())
+    }
+
+    #[inline]
+    fn send(
+        &mut self,
+        conn: usize,
+        correlation_id: i32,
+        frame: Bytes,
+        _now: Instant,
+    ) -> Result<(), String> {
+        let c = self.conns.get_mut(conn).ok_or("unknown connection")?;
+        let channel = c.channel.ok_or("connection is down")?;
+        self.sel
+            .send_prefixed(channel, frame)
+            .map_err(|e| e.to_string())?;
+        c.in_flight.push_back(correlation_id);
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()> {
+        self.sel.poll(timeout)?;
+        for &channel in self.sel.connected() {
+            if let Some(conn) = self.conn_of(channel) {
+                events.push(LayerEvent::Connected { conn });
+            }
+        }
+        self.sel.swap_completed_receives(&mut self.received);
+        for r in self.received.drain(..) {
+            let Some(conn) = (match self.by_slot.get(r.channel.slot()) {
+                Some(Some((id, conn))) if *id == r.channel => Some(*conn),
+                _ => None,
+            }) else {
+                continue;
+            };
+            match self.conns[conn].in_flight.pop_front() {
+                Some(correlation_id) => events.push(LayerEvent::Response {
+                    conn,
+                    correlation_id,
+                    frame: r.frame,
+                }),
+                // A response nobody asked for: the closed loop counts it as an error.
+                None => events.push(LayerEvent::Response {
+                    conn,
+                    correlation_id: -1,
+                    frame: r.frame,
+                }),
+            }
+        }
+        for d in self.sel.disconnected() {
+            let Some(conn) = (match self.by_slot.get(d.channel.slot()) {
+                Some(Some((id, conn))) if *id == d.channel => Some(*conn),
+                _ => None,
+            }) else {
+                continue;
+            };
+            self.by_slot[d.channel.slot()] = None;
+            let c = &mut self.conns[conn];
+            c.channel = None;
+            for correlation_id in c.in_flight.drain(..) {
+                events.push(LayerEvent::Failed {
+                    conn,
+                    correlation_id,
+                });
+            }
+            events.push(LayerEvent::Disconnected {
+                conn,
+                reason: d.reason.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn close_all(&mut self) {
+        for c in &mut self.conns {
+            if let Some(ch) = c.channel.take() {
+                let _ = self.sel.close(ch, CloseMode::Immediate);
+            }
+            c.in_flight.clear();
+        }
+        self.by_slot.clear();
+    }
+}
+
+/// Which request layer the mqnet client runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientLayer {
+    /// [`SelectorLayer`].
+    #[default]
+    Selector,
+    /// [`NetworkClientLayer`].
+    NetworkClient,
+}
+
+impl ClientLayer {
+    /// The name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientLayer::Selector => "selector",
+            ClientLayer::NetworkClient => "network-client",
+        }
+    }
+}
+
+/// [`RequestLayer`] on mqnet's `NetworkClient`: one node per connection.
+pub struct NetworkClientLayer {
+    client: NetworkClient,
+    nodes: Vec<NodeId>,
+    /// Per connection: reported up, reported down.
+    up: Vec<bool>,
+    down: Vec<bool>,
+    done: Vec<ClientResponse>,
+}
+
+impl NetworkClientLayer {
+    /// A client allowing `inflight` requests in flight per connection, all of which may be staged
+    /// at once (`mqnet.pipeline.unsent`: the closed loop sends in batches, as the tokio peer
+    /// does), OS socket buffers, no idle expiry.
+    ///
+    /// # Errors
+    /// Creating the Selector failed.
+    pub fn new(inflight: usize) -> io::Result<Self> {
+        let config = ClientConfig::default()
+            .max_in_flight(inflight.max(1))
+            .connections_max_idle(None)
+            .send_buffer_bytes(None)
+            .receive_buffer_bytes(None)
+            .pipeline_unsent(true);
+        Ok(NetworkClientLayer {
+            client: NetworkClient::new(config)?,
+            nodes: Vec::new(),
+            up: Vec::new(),
+            down: Vec::new(),
+            done: Vec::new(),
+        })
+    }
+}
+
+impl RequestLayer for NetworkClientLayer {
+    fn open(&mut self, conn: usize, addr: SocketAddr) -> io::Result<()> {
+        let id = i32::try_from(conn).map_err(|_| io::Error::other("too many connections"))?;
+        let node = NodeId(id);
+        self.client.add_node(node, &addr.to_string())?;
+        if self.nodes.len() <= conn {
+            self.nodes.resize(conn + 1, NodeId(-1));
+            self.up.resize(conn + 1, false);
+            self.down.resize(conn + 1, false);
+        }
+        self.nodes[conn] = node;
+        self.client.ready(node, Instant::now());
+        Ok(())
+    }
+
+    #[inline]
+    fn send(
+        &mut self,
+        conn: usize,
+        correlation_id: i32,
+        frame: Bytes,
+        now: Instant,
+    ) -> Result<(), String> {
+        let node = *self.nodes.get(conn).ok_or("unknown connection")?;
+        // Failures (not ready, refused) come back as completions of a later poll.
+        self.client
+            .send(ClientRequest::new(node, correlation_id, frame), now);
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()> {
+        self.client
+            .poll_into(timeout, Instant::now(), &mut self.done)?;
+        for r in self.done.drain(..) {
+            let Ok(conn) = usize::try_from(r.node.0) else {
+                continue;
+            };
+            match r.outcome {
+                Outcome::Response(frame) => events.push(LayerEvent::Response {
+                    conn,
+                    correlation_id: r.correlation_id,
+                    frame,
+                }),
+                other => {
+                    log::debug!(
+                        "mqnet client: request {} on {conn}: {other:?}",
+                        r.correlation_id
+                    );
+                    events.push(LayerEvent::Failed {
+                        conn,
+                        correlation_id: r.correlation_id,
+                    });
+                }
+            }
+        }
+        for (conn, &node) in self.nodes.iter().enumerate() {
+            let state = self.client.connection_state(node);
+            if !self.up[conn] && !self.down[conn] && state == Some(ConnectionState::Ready) {
+                self.up[conn] = true;
+                events.push(LayerEvent::Connected { conn });
+            } else if !self.down[conn] && !matches!(state, Some(s) if !s.is_disconnected()) {
+                self.down[conn] = true;
+                events.push(LayerEvent::Disconnected {
+                    conn,
+                    reason: format!("{state:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn close_all(&mut self) {
+        let now = Instant::now();
+        for &node in &self.nodes {
+            self.client.disconnect(node, now);
+        }
+    }
+}
+
+// ----- closed loop -------------------------------------------------------------------------------
+
+/// Per-connection state of the closed loop.
+#[derive(Debug)]
+struct LoopConn {
+    seq: CorrelationSeq,
+    /// (correlation id, send time) of every request in flight, oldest first.
+    pending: VecDeque<(i32, Instant)>,
+    up: bool,
+}
+
+/// Runs the closed loop of `w` over `layer` against `addr`: opens C connections, keeps W requests
+/// in flight on each, checks every response's correlation id (the layer's and the payload's
+/// against the loop's own FIFO) and size, and records send→response latency inside the window.
+///
+/// # Errors
+/// A poll failure of the layer. Connection failures and bad responses are counted as errors.
+pub fn run_closed_loop<L: RequestLayer>(
+    layer: &mut L,
+    addr: SocketAddr,
+    w: &Workload,
+) -> io::Result<(Recorder, Window)> {
+    let mut rec = Recorder::new();
+    let mut enc = Encoder::new(w.size);
+    let mut conns: Vec<LoopConn> = (0..w.conns)
+        .map(|i| LoopConn {
+            seq: CorrelationSeq::for_conn(i),
+            pending: VecDeque::with_capacity(w.inflight),
+            up: false,
+        })
+        .collect();
+    let mut events = Vec::with_capacity(1024);
+    let prefixed = layer.prefixed();
+    let request = move |enc: &mut Encoder, corr: i32| {
+        if prefixed {
+            enc.request_prefixed(w.size, corr)
+        } else {
+            enc.request(w.size, corr)
+        }
+    };
+
+    // Connect every connection (bounded).
+    for i in 0..w.conns {
+        if let Err(e) = layer.open(i, addr) {
+            log::warn!("mqnet client: connect {i} to {addr}: {e}");
+            rec.errors += 1;
+        }
+    }
+    let mut up = 0usize;
+    let mut down = rec.errors as usize;
+    let connect_deadline = Instant::now() + CONNECT_TIMEOUT;
+    while up + down < w.conns {
+        let now = Instant::now();
+        if now >= connect_deadline {
+            log::warn!(
+                "mqnet client: {} connections not up in time",
+                w.conns - up - down
+            );
+            rec.errors += (w.conns - up - down) as u64;
+            break;
+        }
+        layer.poll(Some((connect_deadline - now).min(POLL_TICK)), &mut events)?;
+        for ev in events.drain(..) {
+            match ev {
+                LayerEvent::Connected { conn } => {
+                    conns[conn].up = true;
+                    up += 1;
+                }
+                LayerEvent::Disconnected { conn, reason } => {
+                    log::warn!("mqnet client: connection {conn} failed: {reason}");
+                    rec.errors += 1;
+                    down += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    let window = Window::starting_now(w);
+    let now = window.start;
+    for (i, c) in conns.iter_mut().enumerate().filter(|(_, c)| c.up) {
+        for _ in 0..w.inflight {
+            let corr = c.seq.next_id();
+            if layer.send(i, corr, request(&mut enc, corr), now).is_err() {
+                rec.errors += 1;
+                break;
+            }
+            c.pending.push_back((corr, now));
+        }
+    }
+
+    let count = w.count.unwrap_or(u64::MAX);
+    let mut live = conns.iter().filter(|c| c.up).count();
+    loop {
+        let now = Instant::now();
+        if now >= window.end || rec.measured >= count || live == 0 {
+            break;
+        }
+        layer.poll(Some((window.end - now).min(POLL_TICK)), &mut events)?;
+        let now = Instant::now();
+        let sending = now < window.end && rec.measured < count;
+        for ev in events.drain(..) {
+            match ev {
+                LayerEvent::Response {
+                    conn,
+                    correlation_id,
+                    frame,
+                } => {
+                    let c = &mut conns[conn];
+                    let Some((want, sent)) = c.pending.pop_front() else {
+                        rec.errors += 1;
+                        continue;
+                    };
+                    let ok =
+                        correlation_id == want && check_response(&frame, w.resp_size, want).is_ok();
+                    drop(frame);
+                    if !ok {
+                        rec.errors += 1;
+                    } else if now >= window.warm_end {
+                        rec.record(sent, now);
+                    }
+                    if sending {
+                        let corr = c.seq.next_id();
+                        match layer.send(conn, corr, request(&mut enc, corr), now) {
+                            Ok(()) => c.pending.push_back((corr, now)),
+                            Err(_) => rec.errors += 1,
+                        }
+                    }
+                }
+                LayerEvent::Failed {
+                    conn,
+                    correlation_id,
+                } => {
+                    rec.errors += 1;
+                    let c = &mut conns[conn];
+                    if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
+                        c.pending.remove(pos);
+                    }
+                }
+                LayerEvent::Disconnected { conn, reason } => {
+                    let c = &mut conns[conn];
+                    if c.up {
+                        log::warn!("mqnet client: connection {conn} lost: {reason}");
+                        c.up = false;
+                        live -= 1;
+                        rec.errors += c.pending.len() as u64 + 1;
+                        c.pending.clear();
+                    }
+                }
+                LayerEvent::Connected { .. } => {}
+            }
+        }
+    }
+    layer.close_all();
+    Ok((rec, window))
+}
+
+/// Runs the mqnet client of `w` against `addr` on `layer` and summarises it.
+///
+/// # Errors
+/// A poll failure of the request layer.
+pub fn run_client(addr: SocketAddr, w: &Workload, layer: ClientLayer) -> io::Result<RunResult> {
+    let (rec, window) = match layer {
+        ClientLayer::Selector => run_closed_loop(&mut SelectorLayer::new(MAX_PAYLOAD)?, addr, w)?,
+        ClientLayer::NetworkClient => {
+            run_closed_loop(&mut NetworkClientLayer::new(w.inflight)?, addr, w)?
+        }
+    };
+    let mut r = RunResult::from_recorder("mqnet", w, &rec, &window);
+    r.mqnet_client = Some(layer.name().to_string());
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn against_mqnet_server(layer: ClientLayer) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flag = Arc::clone(&stop);
+        let server = std::thread::spawn(move || {
+            run_server(
+                "127.0.0.1:0".parse().unwrap(),
+                16,
+                &flag,
+                Some(Instant::now() + Duration::from_secs(30)),
+                |a| tx.send(a).unwrap(),
+            )
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let w = Workload {
+            conns: 3,
+            inflight: 4,
+            size: 100,
+            resp_size: 16,
+            warmup: Duration::from_millis(50),
+            duration: Duration::from_secs(5),
+            count: Some(2_000),
+            idle: 0,
+        };
+        let r = run_client(addr, &w, layer).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        server.join().unwrap().unwrap();
+        assert_eq!(r.errors, 0, "{r:?}");
+        assert!(r.requests >= 2_000, "{r:?}");
+        assert!(r.rps > 0.0 && r.p50_us > 0.0);
+    }
+
+    #[test]
+    fn selector_layer_against_mqnet_server_has_no_errors() {
+        against_mqnet_server(ClientLayer::Selector);
+    }
+
+    #[test]
+    fn network_client_layer_against_mqnet_server_has_no_errors() {
+        against_mqnet_server(ClientLayer::NetworkClient);
+    }
+
+    #[test]
+    fn a_refused_connection_is_an_error_not_a_hang() {
+        // A port nobody listens on: bind, note the port, close.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let w = Workload {
+            conns: 2,
+            inflight: 1,
+            size: 8,
+            resp_size: 4,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(200),
+            count: None,
+            idle: 0,
+        };
+        for layer in [ClientLayer::Selector, ClientLayer::NetworkClient] {
+            let started = Instant::now();
+            let r = run_client(addr, &w, layer).unwrap();
+            assert_eq!(r.errors, 2, "{layer:?}: {r:?}");
+            assert_eq!(r.requests, 0);
+            assert!(started.elapsed() < CONNECT_TIMEOUT, "{layer:?}");
+        }
+    }
+}

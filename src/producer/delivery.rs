@@ -1,0 +1,143 @@
+//! Delivery results: a future with a blocking `wait`, or a callback.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::record::{ProduceError, RecordMetadata};
+
+/// The result of producing one record.
+pub type DeliveryResult = Result<RecordMetadata, ProduceError>;
+
+/// A delivery callback, called once on the producer's network thread. Keep it short.
+pub type DeliveryCallback = Box<dyn FnOnce(DeliveryResult) + Send>;
+
+#[derive(Default)]
+struct SlotState {
+    result: Option<DeliveryResult>,
+    waker: Option<Waker>,
+}
+
+/// Where the network thread puts a record's result.
+#[derive(Default)]
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+impl Slot {
+    fn set(&self, r: DeliveryResult) {
+        let waker = {
+            let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            s.result = Some(r);
+            s.waker.take()
+        };
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// How a record's result is handed back.
+pub(crate) enum Completion {
+    Slot(Arc<Slot>),
+    Callback(DeliveryCallback),
+}
+
+impl Completion {
+    pub(crate) fn complete(self, r: DeliveryResult) {
+        match self {
+            Completion::Slot(s) => s.set(r),
+            Completion::Callback(cb) => cb(r),
+        }
+    }
+}
+
+/// The pending result of [`Producer::send`](super::Producer::send): a `Future`, or block on it
+/// with [`wait`](DeliveryFuture::wait).
+///
+/// It resolves exactly once, to the record's partition and offset, or to a [`ProduceError`]
+/// (at the latest when `delivery.timeout.ms` has passed since `send`).
+pub struct DeliveryFuture {
+    slot: Arc<Slot>,
+}
+
+impl DeliveryFuture {
+    pub(crate) fn new() -> (Self, Completion) {
+        let slot = Arc::new(Slot::default());
+        (
+            DeliveryFuture { slot: slot.clone() },
+            Completion::Slot(slot),
+        )
+    }
+
+    /// Blocks until the record is delivered or has failed.
+    ///
+    /// # Errors
+    /// The [`ProduceError`] the record failed with.
+    pub fn wait(self) -> DeliveryResult {
+        let mut s = self
+            .slot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(r) = s.result.take() {
+                return r;
+            }
+            s = self
+                .slot
+                .ready
+                .wait(s)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Blocks for at most `timeout`; `None` if the result is not there by then. The future stays
+    /// usable either way: the result is copied out, not taken.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<DeliveryResult> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self
+            .slot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(r) = &s.result {
+                return Some(r.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            s = self
+                .slot
+                .ready
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Future for DeliveryFuture {
+    type Output = DeliveryResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self
+            .slot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}

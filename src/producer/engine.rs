@@ -1,0 +1,988 @@
+//! The producer's network thread: accumulator, partitioner, sender, metadata and idempotence,
+//! driven over one [`NetworkClient`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::config::{Acks, ProducerConfig};
+use super::delivery::Completion;
+use super::memory::BufferPool;
+use super::record::{ProduceError, ProducerRecord, RecordMetadata};
+use crate::client::{
+    ClientRequest, ClientResponse, ExponentialBackoff, NetworkClient, NodeId, Outcome, SplitMix64,
+};
+use crate::net::Selector;
+use crate::protocol::{
+    self, api, ApiVersionsHandshake, KafkaError, ProtocolError, RecordBatchWriter,
+};
+
+/// A record on its way from `send` to a batch.
+pub(crate) struct Pending {
+    pub record: ProducerRecord,
+    pub completion: Completion,
+    pub reserved: usize,
+    pub enqueued: Instant,
+}
+
+/// What application threads send to the network thread.
+pub(crate) enum Command {
+    Send(Pending),
+    Flush(Sender<()>),
+    Close(Instant, Sender<()>),
+}
+
+/// Overhead of a produce request around its batches, for `max.request.size` (header, topic and
+/// partition framing; generous).
+const REQUEST_OVERHEAD: usize = 256;
+/// Size of the record batch v2 header.
+const BATCH_HEADER: usize = 61;
+
+struct Batch {
+    buf: BytesMut,
+    writer: Option<RecordBatchWriter>,
+    frozen: Option<Bytes>,
+    completions: Vec<Completion>,
+    reserved: usize,
+    created: Instant,
+    /// Earliest `enqueued + delivery.timeout.ms` of its records.
+    deadline: Instant,
+    retry_at: Option<Instant>,
+    attempts: u32,
+    base_sequence: Option<i32>,
+    records: i32,
+    base_timestamp: i64,
+    last_error: Option<String>,
+}
+
+impl Batch {
+    fn is_open(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    fn size(&self) -> usize {
+        match &self.frozen {
+            Some(b) => b.len(),
+            None => self.buf.len(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct PartitionState {
+    leader: Option<i32>,
+    batches: VecDeque<Batch>,
+    in_flight: bool,
+    next_sequence: i32,
+}
+
+struct TopicState {
+    partitions: Vec<PartitionState>,
+    /// Records waiting for the topic's metadata.
+    waiting: VecDeque<Pending>,
+    sticky: Option<usize>,
+    last_error: Option<KafkaError>,
+}
+
+struct InFlightProduce {
+    node: NodeId,
+    version: i16,
+    batches: Vec<(String, i32, Batch)>,
+}
+
+enum Control {
+    Metadata { version: i16 },
+    InitProducerId { version: i16 },
+}
+
+/// The network thread's whole state.
+pub(crate) struct Engine {
+    cfg: ProducerConfig,
+    client: NetworkClient<Selector, ApiVersionsHandshake>,
+    rx: Receiver<Command>,
+    pool: Arc<BufferPool>,
+    sleeping: Arc<AtomicBool>,
+    topics: HashMap<String, TopicState>,
+    brokers: HashMap<i32, String>,
+    produce_in_flight: HashMap<i32, InFlightProduce>,
+    control_in_flight: HashMap<i32, Control>,
+    metadata_due: bool,
+    metadata_in_flight: bool,
+    metadata_at: Option<Instant>,
+    metadata_backoff_until: Option<Instant>,
+    metadata_failures: u32,
+    producer_id: Option<(i64, i16)>,
+    pid_in_flight: bool,
+    flush_waiters: Vec<Sender<()>>,
+    closing: Option<(Instant, Sender<()>)>,
+    retry: ExponentialBackoff,
+    rng: SplitMix64,
+    responses: Vec<ClientResponse>,
+    send_buf: BytesMut,
+    disconnected_rx: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    pub fn new(
+        cfg: ProducerConfig,
+        rx: Receiver<Command>,
+        pool: Arc<BufferPool>,
+        sleeping: Arc<AtomicBool>,
+        selector: Selector,
+    ) -> std::io::Result<Self> {
+        let handshake = ApiVersionsHandshake::new(&cfg.client_id);
+        let mut client = NetworkClient::with_transport(selector, cfg.client.clone(), handshake);
+        for (i, addr) in cfg.bootstrap_servers.iter().enumerate() {
+            client.add_node(NodeId(-1 - i as i32), addr)?;
+        }
+        let retry = ExponentialBackoff::new(cfg.retry_backoff, cfg.retry_backoff_max, 0.2);
+        Ok(Engine {
+            client,
+            rx,
+            pool,
+            sleeping,
+            topics: HashMap::new(),
+            brokers: HashMap::new(),
+            produce_in_flight: HashMap::new(),
+            control_in_flight: HashMap::new(),
+            metadata_due: true,
+            metadata_in_flight: false,
+            metadata_at: None,
+            metadata_backoff_until: None,
+            metadata_failures: 0,
+            producer_id: None,
+            pid_in_flight: false,
+            flush_waiters: Vec::new(),
+            closing: None,
+            retry,
+            rng: SplitMix64::from_entropy(),
+            responses: Vec::new(),
+            send_buf: BytesMut::with_capacity(cfg.batch_size * 4),
+            disconnected_rx: false,
+            cfg,
+        })
+    }
+
+    /// Runs until closed.
+    pub fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            self.drain_commands(now);
+            if self.finished(now) {
+                break;
+            }
+            self.maybe_request_metadata(now);
+            self.maybe_init_producer_id(now);
+            self.send_ready(now);
+            self.expire(now);
+            self.answer_flushes();
+            let timeout = self.next_wake(now);
+            self.sleeping.store(true, Ordering::SeqCst);
+            let timeout = if self.rx.is_empty() {
+                timeout
+            } else {
+                Some(Duration::ZERO)
+            };
+            let mut responses = std::mem::take(&mut self.responses);
+            if let Err(e) = self.client.poll_into(timeout, now, &mut responses) {
+                log::error!("producer poll failed: {e}");
+            }
+            self.sleeping.store(false, Ordering::SeqCst);
+            for r in responses.drain(..) {
+                self.handle_response(r);
+            }
+            self.responses = responses;
+        }
+        self.fail_everything(ProduceError::Closed);
+        self.answer_flushes();
+        if let Some((_, ack)) = self.closing.take() {
+            let _ = ack.send(());
+        }
+    }
+
+    fn finished(&mut self, now: Instant) -> bool {
+        match &self.closing {
+            Some((deadline, _)) => self.is_idle() || now >= *deadline,
+            None => self.disconnected_rx && self.is_idle(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.produce_in_flight.is_empty()
+            && self
+                .topics
+                .values()
+                .all(|t| t.waiting.is_empty() && t.partitions.iter().all(|p| p.batches.is_empty()))
+    }
+
+    // ----- commands ----------------------------------------------------------------------------
+
+    fn drain_commands(&mut self, now: Instant) {
+        // Bounded, so a flood of sends cannot starve the network.
+        for _ in 0..100_000 {
+            match self.rx.try_recv() {
+                Ok(Command::Send(p)) => self.accept(p, now),
+                Ok(Command::Flush(ack)) => self.flush_waiters.push(ack),
+                Ok(Command::Close(deadline, ack)) => self.closing = Some((deadline, ack)),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.disconnected_rx = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, p: Pending, now: Instant) {
+        if self.closing.is_some() {
+            self.pool.release(p.reserved);
+            p.completion.complete(Err(ProduceError::Closed));
+            return;
+        }
+        let known = self
+            .topics
+            .get(&p.record.topic)
+            .is_some_and(|t| !t.partitions.is_empty());
+        if known {
+            self.append(p, now);
+        } else {
+            let t = self
+                .topics
+                .entry(p.record.topic.clone())
+                .or_insert_with(|| TopicState {
+                    partitions: Vec::new(),
+                    waiting: VecDeque::new(),
+                    sticky: None,
+                    last_error: None,
+                });
+            t.waiting.push_back(p);
+            self.metadata_due = true;
+        }
+    }
+
+    /// Chooses the partition and appends to its open batch (opening one when needed).
+    fn append(&mut self, p: Pending, now: Instant) {
+        let batch_size = self.cfg.batch_size;
+        let max_request = self.cfg.max_request_size;
+        let delivery_timeout = self.cfg.delivery_timeout;
+        let Some(topic) = self.topics.get_mut(&p.record.topic) else {
+            p.completion.complete(Err(ProduceError::Closed));
+            return;
+        };
+        let count = topic.partitions.len() as i32;
+        let partition = match (p.record.partition, &p.record.key) {
+            (Some(n), _) => {
+                if n < 0 || n >= count {
+                    self.pool.release(p.reserved);
+                    p.completion.complete(Err(ProduceError::InvalidPartition {
+                        partition: n,
+                        count,
+                    }));
+                    return;
+                }
+                n as usize
+            }
+            (None, Some(key)) => protocol::partition_for_key(key, count) as usize,
+            (None, None) => match topic.sticky {
+                Some(s) => s,
+                None => {
+                    let s = self.rng.next_index(topic.partitions.len());
+                    topic.sticky = Some(s);
+                    s
+                }
+            },
+        };
+        let ts = p.record.timestamp_ms.unwrap_or_else(now_ms);
+        let headers: Vec<(&str, Option<&[u8]>)> = p
+            .record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
+        let key = p.record.key.as_deref();
+        let value = p.record.value.as_deref();
+        let part = &mut topic.partitions[partition];
+        // Does it fit the open batch?
+        let fits = part.batches.back().is_some_and(|b| {
+            b.is_open() && {
+                let size = RecordBatchWriter::record_size(
+                    b.records,
+                    ts - b.base_timestamp,
+                    key,
+                    value,
+                    &headers,
+                );
+                b.buf.len() + size <= batch_size.max(BATCH_HEADER + size).min(max_request)
+                    && b.buf.len() + size + REQUEST_OVERHEAD <= max_request
+            }
+        });
+        let single = RecordBatchWriter::record_size(0, 0, key, value, &headers);
+        if BATCH_HEADER + single + REQUEST_OVERHEAD > max_request {
+            self.pool.release(p.reserved);
+            p.completion.complete(Err(ProduceError::RecordTooLarge {
+                size: BATCH_HEADER + single + REQUEST_OVERHEAD,
+                limit: max_request,
+            }));
+            return;
+        }
+        if !fits {
+            // Open a new batch; the one before it (if any) is now ready to send.
+            let mut buf = BytesMut::with_capacity(batch_size.max(BATCH_HEADER + single));
+            let writer = RecordBatchWriter::begin(&mut buf, ts);
+            part.batches.push_back(Batch {
+                buf,
+                writer: Some(writer),
+                frozen: None,
+                completions: Vec::new(),
+                reserved: 0,
+                created: now,
+                deadline: p.enqueued + delivery_timeout,
+                retry_at: None,
+                attempts: 0,
+                base_sequence: None,
+                records: 0,
+                base_timestamp: ts,
+                last_error: None,
+            });
+            // A keyless topic moves its sticky partition once a batch fills (Kafka's sticky
+            // partitioner).
+            if p.record.partition.is_none() && p.record.key.is_none() && part.batches.len() > 1 {
+                topic.sticky = None;
+            }
+        }
+        let part = &mut topic.partitions[partition];
+        let Some(b) = part.batches.back_mut() else {
+            return;
+        };
+        if let Some(w) = b.writer.as_mut() {
+            w.append(&mut b.buf, ts, key, value, &headers);
+        }
+        b.records += 1;
+        b.reserved += p.reserved;
+        b.deadline = b.deadline.min(p.enqueued + delivery_timeout);
+        b.completions.push(p.completion);
+    }
+
+    // ----- metadata ----------------------------------------------------------------------------
+
+    fn maybe_request_metadata(&mut self, now: Instant) {
+        if self.metadata_in_flight {
+            return;
+        }
+        let stale = self
+            .metadata_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.metadata_max_age);
+        if self.topics.is_empty() || !(self.metadata_due || stale) {
+            return;
+        }
+        if self.metadata_backoff_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let Some(node) = self.client.least_loaded_node(now) else {
+            return;
+        };
+        if !self.client.ready(node, now) {
+            return;
+        }
+        let Some(versions) = self.client.handshake().versions(node) else {
+            return;
+        };
+        let (lo, hi) = protocol::METADATA_VERSIONS;
+        let version = match versions.negotiate(api::METADATA, lo, hi) {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("{node}: {e}");
+                self.client.disconnect(node, now);
+                return;
+            }
+        };
+        let topics: Vec<&str> = self.topics.keys().map(String::as_str).collect();
+        let corr = self.client.next_correlation_id();
+        match protocol::encode_metadata_request(version, corr, &self.cfg.client_id, &topics) {
+            Ok(frame) => {
+                self.client.send(ClientRequest::new(node, corr, frame), now);
+                self.control_in_flight
+                    .insert(corr, Control::Metadata { version });
+                self.metadata_in_flight = true;
+                self.metadata_due = false;
+            }
+            Err(e) => log::error!("metadata request: {e}"),
+        }
+    }
+
+    fn metadata_failed(&mut self, now: Instant) {
+        self.metadata_in_flight = false;
+        self.metadata_due = true;
+        let b = self.retry.backoff(self.metadata_failures, &mut self.rng);
+        self.metadata_failures = self.metadata_failures.saturating_add(1);
+        self.metadata_backoff_until = Some(now + b);
+    }
+
+    fn handle_metadata(&mut self, version: i16, frame: &[u8], now: Instant) {
+        self.metadata_in_flight = false;
+        let md = match protocol::decode_metadata_response(version, frame) {
+            Ok(md) => md,
+            Err(e) => {
+                log::warn!("metadata response: {e}");
+                self.metadata_failed(now);
+                return;
+            }
+        };
+        self.metadata_at = Some(now);
+        self.metadata_failures = 0;
+        for b in &md.brokers {
+            let addr = format!("{}:{}", b.host, b.port);
+            if self.brokers.get(&b.node_id) != Some(&addr) {
+                if let Err(e) = self.client.add_node(NodeId(b.node_id), &addr) {
+                    log::warn!("broker {} at {addr}: {e}", b.node_id);
+                    continue;
+                }
+                self.brokers.insert(b.node_id, addr);
+            }
+        }
+        let mut retry_soon = false;
+        for t in md.topics {
+            let Some(state) = self.topics.get_mut(&t.name) else {
+                continue;
+            };
+            if let Some(err) = t.error {
+                log::debug!("metadata for {}: {err}", t.name);
+                state.last_error = Some(err);
+                retry_soon = true;
+                continue;
+            }
+            let n = t
+                .partitions
+                .iter()
+                .map(|p| p.partition + 1)
+                .max()
+                .unwrap_or(0)
+                .max(0) as usize;
+            if state.partitions.len() < n {
+                state.partitions.resize_with(n, PartitionState::default);
+            }
+            for p in &t.partitions {
+                let Some(ps) = state.partitions.get_mut(p.partition as usize) else {
+                    continue;
+                };
+                ps.leader = if p.error.is_none() && p.leader >= 0 {
+                    Some(p.leader)
+                } else {
+                    retry_soon = true;
+                    None
+                };
+            }
+            state.last_error = None;
+        }
+        if retry_soon {
+            self.metadata_due = true;
+            self.metadata_backoff_until = Some(now + self.cfg.retry_backoff);
+        }
+        // Records that waited for metadata can be partitioned now.
+        let ready: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| !t.partitions.is_empty() && !t.waiting.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in ready {
+            let waiting = self
+                .topics
+                .get_mut(&name)
+                .map(|t| std::mem::take(&mut t.waiting))
+                .unwrap_or_default();
+            for p in waiting {
+                self.append(p, now);
+            }
+        }
+    }
+
+    // ----- idempotence ------------------------------------------------------------------------
+
+    fn maybe_init_producer_id(&mut self, now: Instant) {
+        if !self.cfg.enable_idempotence || self.producer_id.is_some() || self.pid_in_flight {
+            return;
+        }
+        let Some(node) = self.client.least_loaded_node(now) else {
+            return;
+        };
+        if !self.client.ready(node, now) {
+            return;
+        }
+        let Some(versions) = self.client.handshake().versions(node) else {
+            return;
+        };
+        let (lo, hi) = protocol::INIT_PRODUCER_ID_VERSIONS;
+        let version = match versions.negotiate(api::INIT_PRODUCER_ID, lo, hi) {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("{node}: {e}");
+                return;
+            }
+        };
+        let corr = self.client.next_correlation_id();
+        match protocol::encode_init_producer_id_request(version, corr, &self.cfg.client_id) {
+            Ok(frame) => {
+                self.client.send(ClientRequest::new(node, corr, frame), now);
+                self.control_in_flight
+                    .insert(corr, Control::InitProducerId { version });
+                self.pid_in_flight = true;
+            }
+            Err(e) => log::error!("init producer id request: {e}"),
+        }
+    }
+
+    // ----- sending -----------------------------------------------------------------------------
+
+    fn batch_ready(&self, b: &Batch, now: Instant, open_is_last: bool) -> bool {
+        if b.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        let flushing = !self.flush_waiters.is_empty() || self.closing.is_some();
+        !b.is_open()
+            || !open_is_last
+            || flushing
+            || now.saturating_duration_since(b.created) >= self.cfg.linger
+            || b.buf.len() >= self.cfg.batch_size
+    }
+
+    fn send_ready(&mut self, now: Instant) {
+        if self.cfg.enable_idempotence && self.producer_id.is_none() {
+            return;
+        }
+        // Which leaders have a sendable batch?
+        let mut nodes: Vec<i32> = Vec::new();
+        for t in self.topics.values() {
+            for p in &t.partitions {
+                if p.in_flight {
+                    continue;
+                }
+                let (Some(leader), Some(front)) = (p.leader, p.batches.front()) else {
+                    continue;
+                };
+                if self.batch_ready(front, now, p.batches.len() == 1) && !nodes.contains(&leader) {
+                    nodes.push(leader);
+                }
+            }
+        }
+        for leader in nodes {
+            let node = NodeId(leader);
+            if !self.client.ready(node, now) {
+                continue;
+            }
+            self.send_to(node, now);
+        }
+    }
+
+    fn send_to(&mut self, node: NodeId, now: Instant) {
+        let Some(versions) = self.client.handshake().versions(node) else {
+            return;
+        };
+        let (lo, hi) = protocol::PRODUCE_VERSIONS;
+        let version = match versions.negotiate(api::PRODUCE, lo, hi) {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail_node_batches(node, &ProduceError::Protocol(e));
+                return;
+            }
+        };
+        let (pid, epoch) = self.producer_id.unwrap_or((-1, -1));
+        let idempotent = self.cfg.enable_idempotence;
+        let max_request = self.cfg.max_request_size;
+        let mut size = REQUEST_OVERHEAD;
+        let mut taken: Vec<(String, i32, Batch)> = Vec::new();
+        let flushing = !self.flush_waiters.is_empty() || self.closing.is_some();
+        let linger = self.cfg.linger;
+        let batch_size = self.cfg.batch_size;
+        for (name, t) in self.topics.iter_mut() {
+            for (i, p) in t.partitions.iter_mut().enumerate() {
+                if p.in_flight || p.leader != Some(node.0) {
+                    continue;
+                }
+                let only = p.batches.len() == 1;
+                let Some(front) = p.batches.front() else {
+                    continue;
+                };
+                let ready = front.retry_at.is_none_or(|t| now >= t)
+                    && (!front.is_open()
+                        || !only
+                        || flushing
+                        || now.saturating_duration_since(front.created) >= linger
+                        || front.buf.len() >= batch_size);
+                if !ready || (size + front.size() > max_request && !taken.is_empty()) {
+                    continue;
+                }
+                let Some(mut b) = p.batches.pop_front() else {
+                    continue;
+                };
+                if let Some(w) = b.writer.take() {
+                    let seq = if idempotent { p.next_sequence } else { -1 };
+                    w.finish(&mut b.buf, pid, epoch, seq);
+                    if idempotent {
+                        b.base_sequence = Some(seq);
+                        p.next_sequence = p.next_sequence.wrapping_add(b.records);
+                    }
+                    b.frozen = Some(b.buf.split().freeze());
+                }
+                size += b.size() + 16;
+                p.in_flight = true;
+                taken.push((name.clone(), i as i32, b));
+            }
+        }
+        if taken.is_empty() {
+            return;
+        }
+        // Write the request straight into the send buffer.
+        {
+            type Part<'a> = (i32, &'a [u8]);
+            type Parts<'a> = Vec<Part<'a>>;
+            let mut grouped: Vec<(&str, Parts<'_>)> = Vec::new();
+            for (name, part, b) in &taken {
+                let bytes: &[u8] = b.frozen.as_deref().unwrap_or(&[]);
+                match grouped.iter_mut().find(|(n, _)| *n == name.as_str()) {
+                    Some((_, v)) => v.push((*part, bytes)),
+                    None => grouped.push((name.as_str(), vec![(*part, bytes)])),
+                }
+            }
+            let topics: Vec<(&str, &[Part<'_>])> =
+                grouped.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+            let corr = self.client.next_correlation_id();
+            self.send_buf.reserve(size);
+            protocol::write_produce_request_unprefixed(
+                &mut self.send_buf,
+                version,
+                corr,
+                &self.cfg.client_id,
+                self.cfg.acks.wire(),
+                self.cfg
+                    .client
+                    .request_timeout
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32,
+                &topics,
+            );
+            let frame = self.send_buf.split().freeze();
+            let expect = self.cfg.acks != Acks::None;
+            self.client.send(
+                ClientRequest::new(node, corr, frame).expect_response(expect),
+                now,
+            );
+            drop(topics);
+            drop(grouped);
+            self.produce_in_flight.insert(
+                corr,
+                InFlightProduce {
+                    node,
+                    version,
+                    batches: taken,
+                },
+            );
+        }
+    }
+
+    // ----- responses ---------------------------------------------------------------------------
+
+    fn handle_response(&mut self, r: ClientResponse) {
+        let now = Instant::now();
+        if let Some(ctl) = self.control_in_flight.remove(&r.correlation_id) {
+            match (ctl, r.outcome) {
+                (Control::Metadata { version }, Outcome::Response(frame)) => {
+                    self.handle_metadata(version, &frame, now)
+                }
+                (Control::Metadata { .. }, _) => self.metadata_failed(now),
+                (Control::InitProducerId { version }, Outcome::Response(frame)) => {
+                    self.pid_in_flight = false;
+                    match protocol::decode_init_producer_id_response(version, &frame) {
+                        Ok(resp) if resp.error.is_none() => {
+                            log::info!(
+                                "producer id {} epoch {}",
+                                resp.producer_id,
+                                resp.producer_epoch
+                            );
+                            self.producer_id = Some((resp.producer_id, resp.producer_epoch));
+                        }
+                        Ok(resp) => log::warn!("InitProducerId: {:?}", resp.error),
+                        Err(e) => log::warn!("InitProducerId: {e}"),
+                    }
+                }
+                (Control::InitProducerId { .. }, _) => self.pid_in_flight = false,
+            }
+            return;
+        }
+        let Some(inflight) = self.produce_in_flight.remove(&r.correlation_id) else {
+            return;
+        };
+        match r.outcome {
+            Outcome::Response(frame) => {
+                match protocol::decode_produce_response(inflight.version, &frame) {
+                    Ok(resp) => self.handle_produce(inflight, resp, now),
+                    Err(e) => {
+                        log::warn!("produce response from {}: {e}", inflight.node);
+                        self.retry_batches(inflight.batches, &format!("{e}"), now);
+                    }
+                }
+            }
+            Outcome::Sent => {
+                for (topic, part, b) in inflight.batches {
+                    self.complete_batch(&topic, part, b, -1);
+                }
+            }
+            Outcome::Disconnected(cause) => {
+                self.metadata_due = true;
+                self.retry_batches(inflight.batches, &format!("disconnected: {cause}"), now);
+            }
+            Outcome::TimedOut => {
+                self.metadata_due = true;
+                self.retry_batches(inflight.batches, "request timed out", now);
+            }
+            Outcome::LocalError(e) => {
+                self.retry_batches(inflight.batches, &format!("{e}"), now);
+            }
+        }
+    }
+
+    fn handle_produce(
+        &mut self,
+        inflight: InFlightProduce,
+        resp: protocol::ProduceResponse,
+        now: Instant,
+    ) {
+        let mut results: HashMap<(String, i32), (Option<KafkaError>, i64)> = HashMap::new();
+        for (topic, parts) in resp.topics {
+            for p in parts {
+                results.insert((topic.clone(), p.partition), (p.error, p.base_offset));
+            }
+        }
+        for (topic, part, b) in inflight.batches {
+            match results.remove(&(topic.clone(), part)) {
+                Some((None, base)) => self.complete_batch(&topic, part, b, base),
+                Some((Some(KafkaError::DuplicateSequenceNumber), base)) => {
+                    self.complete_batch(&topic, part, b, base)
+                }
+                Some((Some(err), _)) if err.is_retriable() => {
+                    if err.invalidates_metadata() {
+                        self.metadata_due = true;
+                    }
+                    self.retry_batches(vec![(topic, part, b)], &err.to_string(), now);
+                }
+                Some((Some(err), _)) => {
+                    self.fail_batch(&topic, part, b, ProduceError::Broker(err));
+                }
+                None => self.retry_batches(
+                    vec![(topic, part, b)],
+                    "partition missing from response",
+                    now,
+                ),
+            }
+        }
+    }
+
+    fn partition_mut(&mut self, topic: &str, part: i32) -> Option<&mut PartitionState> {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(part as usize))
+    }
+
+    fn complete_batch(&mut self, topic: &str, part: i32, b: Batch, base_offset: i64) {
+        if let Some(p) = self.partition_mut(topic, part) {
+            p.in_flight = false;
+        }
+        self.pool.release(b.reserved);
+        for (i, c) in b.completions.into_iter().enumerate() {
+            let offset = if base_offset >= 0 {
+                base_offset + i as i64
+            } else {
+                -1
+            };
+            c.complete(Ok(RecordMetadata {
+                partition: part,
+                offset,
+            }));
+        }
+    }
+
+    fn fail_batch(&mut self, topic: &str, part: i32, b: Batch, err: ProduceError) {
+        if let Some(p) = self.partition_mut(topic, part) {
+            p.in_flight = false;
+        }
+        self.pool.release(b.reserved);
+        for c in b.completions {
+            c.complete(Err(err.clone()));
+        }
+    }
+
+    /// Puts batches back at the front of their partitions, in order, after a backoff; fails them
+    /// when retries or the delivery timeout are exhausted.
+    fn retry_batches(&mut self, batches: Vec<(String, i32, Batch)>, why: &str, now: Instant) {
+        for (topic, part, mut b) in batches.into_iter().rev() {
+            b.attempts += 1;
+            b.last_error = Some(why.to_string());
+            if now >= b.deadline {
+                let last = b.last_error.clone();
+                self.fail_batch(&topic, part, b, ProduceError::DeliveryTimeout { last });
+                continue;
+            }
+            if b.attempts > self.cfg.retries {
+                let last = b.last_error.clone();
+                self.fail_batch(&topic, part, b, ProduceError::RetriesExhausted { last });
+                continue;
+            }
+            let backoff = self.retry.backoff(b.attempts - 1, &mut self.rng);
+            b.retry_at = Some(now + backoff);
+            log::debug!("retrying {topic}-{part} after {backoff:?}: {why}");
+            if let Some(p) = self.partition_mut(&topic, part) {
+                p.in_flight = false;
+                p.batches.push_front(b);
+            }
+        }
+    }
+
+    fn fail_node_batches(&mut self, node: NodeId, err: &ProduceError) {
+        let mut failed = Vec::new();
+        for (name, t) in self.topics.iter_mut() {
+            for (i, p) in t.partitions.iter_mut().enumerate() {
+                if p.leader == Some(node.0) && !p.in_flight {
+                    while let Some(b) = p.batches.pop_front() {
+                        failed.push((name.clone(), i as i32, b));
+                    }
+                }
+            }
+        }
+        for (t, p, b) in failed {
+            self.fail_batch(&t, p, b, err.clone());
+        }
+    }
+
+    // ----- timers ------------------------------------------------------------------------------
+
+    fn expire(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (name, t) in self.topics.iter_mut() {
+            while t
+                .waiting
+                .front()
+                .is_some_and(|p| now >= p.enqueued + self.cfg.delivery_timeout)
+            {
+                if let Some(p) = t.waiting.pop_front() {
+                    self.pool.release(p.reserved);
+                    let last = t.last_error.map(|e| e.to_string());
+                    p.completion
+                        .complete(Err(ProduceError::DeliveryTimeout { last }));
+                }
+            }
+            for (i, p) in t.partitions.iter_mut().enumerate() {
+                if p.in_flight {
+                    continue;
+                }
+                while p.batches.front().is_some_and(|b| now >= b.deadline) {
+                    if let Some(b) = p.batches.pop_front() {
+                        expired.push((name.clone(), i as i32, b));
+                    }
+                }
+            }
+        }
+        for (t, p, b) in expired {
+            let last = b.last_error.clone();
+            self.fail_batch(&t, p, b, ProduceError::DeliveryTimeout { last });
+        }
+    }
+
+    fn next_wake(&self, now: Instant) -> Option<Duration> {
+        let mut wake = now + Duration::from_secs(1);
+        let mut at = |t: Instant| {
+            if t < wake {
+                wake = t;
+            }
+        };
+        for t in self.topics.values() {
+            if let Some(p) = t.waiting.front() {
+                at(p.enqueued + self.cfg.delivery_timeout);
+            }
+            for p in &t.partitions {
+                if let Some(b) = p.batches.front() {
+                    at(b.deadline);
+                    if let Some(r) = b.retry_at {
+                        at(r);
+                    }
+                    if b.is_open() && p.leader.is_some() && !p.in_flight {
+                        at(b.created + self.cfg.linger);
+                    }
+                }
+            }
+        }
+        if let Some(t) = self.metadata_backoff_until {
+            if self.metadata_due {
+                at(t);
+            }
+        }
+        if let Some((d, _)) = &self.closing {
+            at(*d);
+        }
+        // A node in reconnect backoff that we need: wake when it may connect.
+        for n in self.client.nodes() {
+            let d = self.client.connection_delay(*n, now);
+            if d > Duration::ZERO && d < Duration::from_secs(1) {
+                at(now + d);
+            }
+        }
+        Some(wake.saturating_duration_since(now))
+    }
+
+    fn answer_flushes(&mut self) {
+        if !self.flush_waiters.is_empty() && self.is_idle() {
+            for ack in self.flush_waiters.drain(..) {
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    fn fail_everything(&mut self, err: ProduceError) {
+        // Drain queued commands first so every accepted record gets an answer.
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Send(p) => {
+                    self.pool.release(p.reserved);
+                    p.completion.complete(Err(err.clone()));
+                }
+                Command::Flush(ack) => self.flush_waiters.push(ack),
+                Command::Close(_, ack) => {
+                    let _ = ack.send(());
+                }
+            }
+        }
+        let mut all = Vec::new();
+        for (name, t) in self.topics.iter_mut() {
+            for p in t.waiting.drain(..) {
+                self.pool.release(p.reserved);
+                p.completion.complete(Err(err.clone()));
+            }
+            for (i, p) in t.partitions.iter_mut().enumerate() {
+                while let Some(b) = p.batches.pop_front() {
+                    all.push((name.clone(), i as i32, b));
+                }
+            }
+        }
+        for (_, inflight) in self.produce_in_flight.drain() {
+            all.extend(inflight.batches);
+        }
+        for (t, p, b) in all {
+            self.fail_batch(&t, p, b, err.clone());
+        }
+    }
+}
+
+impl From<ProtocolError> for ProduceError {
+    fn from(e: ProtocolError) -> Self {
+        ProduceError::Protocol(e)
+    }
+}

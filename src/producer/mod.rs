@@ -1,0 +1,272 @@
+//! The Kafka producer: records from any thread, batched per partition and sent by one network
+//! thread over the [`NetworkClient`](crate::client::NetworkClient), speaking the real Kafka
+//! protocol (ApiVersions, Metadata, InitProducerId, Produce with record batch v2).
+//!
+//! - [`Producer`] is `Clone + Send + Sync`. [`Producer::send`] returns a [`DeliveryFuture`] (a
+//!   `Future`, and a blocking [`wait`](DeliveryFuture::wait)); [`Producer::send_with_callback`]
+//!   calls back on the network thread; [`Producer::flush`] and [`Producer::close`] bound the wait.
+//! - Records reach the network thread over a crossbeam channel; the thread is woken through the
+//!   Selector's waker only when it is asleep in `poll`.
+//! - Accumulator: per-partition batches bounded by `batch.size`, sent when full or after
+//!   `linger.ms`; `buffer.memory` bounds what is in the producer, and `send` blocks up to
+//!   `max.block.ms` for room, then fails with [`ProduceError::BufferExhausted`] — nothing is dropped
+//!   silently.
+//! - Partitioner: Java-compatible murmur2 of the key; keyless records stick to one partition until
+//!   its batch fills.
+//! - Sender: one batch in flight per partition (so order holds across retries),
+//!   `max.in.flight.requests.per.connection` per broker, metadata refreshed on
+//!   `NOT_LEADER_OR_FOLLOWER`, `UNKNOWN_TOPIC_OR_PARTITION` and disconnects, retriable errors retried
+//!   with `retry.backoff.ms`..`retry.backoff.max.ms` (exponential, jittered) until
+//!   `delivery.timeout.ms`.
+//! - `enable.idempotence` (default on): producer id and epoch from InitProducerId, per-partition
+//!   sequence numbers kept across retries, `DUPLICATE_SEQUENCE_NUMBER` counted as success.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use mqnet::producer::{Producer, ProducerConfig, ProducerRecord};
+//!
+//! let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092")).unwrap();
+//! let delivery = producer.send(ProducerRecord::new("events", "hello").key("user-1"));
+//! let meta = delivery.wait().unwrap();
+//! println!("partition {} offset {}", meta.partition, meta.offset);
+//! producer.close(std::time::Duration::from_secs(10));
+//! ```
+
+mod config;
+mod delivery;
+mod engine;
+mod memory;
+mod record;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Sender};
+
+pub use config::{Acks, ProducerConfig};
+pub use delivery::{DeliveryCallback, DeliveryFuture, DeliveryResult};
+pub use record::{ProduceError, ProducerRecord, RecordMetadata};
+
+use crate::client::ConfigError;
+use crate::net::{Selector, SelectorConfig, SelectorWaker};
+use delivery::Completion;
+use engine::{Command, Engine, Pending};
+use memory::BufferPool;
+
+/// Why a producer could not be created.
+#[derive(Debug)]
+pub enum ProducerError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// The Selector or the network thread could not be created.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ProducerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProducerError::Config(e) => write!(f, "{e}"),
+            ProducerError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProducerError {}
+
+struct Inner {
+    tx: Sender<Command>,
+    waker: SelectorWaker,
+    sleeping: Arc<AtomicBool>,
+    pool: Arc<BufferPool>,
+    max_block: Duration,
+    delivery_timeout: Duration,
+    closed: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn wake(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.waker.wake() {
+                log::warn!("waking the producer thread: {e}");
+            }
+        }
+    }
+
+    fn close(&self, timeout: Duration) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (ack_tx, ack_rx) = bounded(1);
+        let deadline = Instant::now() + timeout;
+        if self.tx.send(Command::Close(deadline, ack_tx)).is_ok() {
+            self.sleeping.store(true, Ordering::SeqCst);
+            self.wake();
+            let _ = ack_rx.recv_timeout(timeout + Duration::from_secs(5));
+        }
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let timeout = self.delivery_timeout;
+        self.close(timeout);
+    }
+}
+
+/// A Kafka producer. See the [module docs](self).
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl Producer {
+    /// Starts a producer: validates the configuration and spawns its network thread. Connections
+    /// are made lazily, on the first send.
+    ///
+    /// # Errors
+    /// [`ProducerError::Config`] for an invalid configuration, [`ProducerError::Io`] when the
+    /// Selector or thread cannot be created.
+    pub fn new(config: ProducerConfig) -> Result<Self, ProducerError> {
+        config.validate().map_err(ProducerError::Config)?;
+        let selector = Selector::with_config(SelectorConfig {
+            connections_max_idle: config.client.connections_max_idle,
+            ..SelectorConfig::default()
+        })
+        .map_err(ProducerError::Io)?;
+        let waker = selector.waker();
+        let (tx, rx) = unbounded();
+        let pool = Arc::new(BufferPool::new(config.buffer_memory));
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let max_block = config.max_block;
+        let delivery_timeout = config.delivery_timeout;
+        let engine = Engine::new(config, rx, pool.clone(), sleeping.clone(), selector)
+            .map_err(ProducerError::Io)?;
+        let thread = std::thread::Builder::new()
+            .name("mqnet-producer".into())
+            .spawn(move || engine.run())
+            .map_err(ProducerError::Io)?;
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                tx,
+                waker,
+                sleeping,
+                pool,
+                max_block,
+                delivery_timeout,
+                closed: AtomicBool::new(false),
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    fn enqueue(&self, record: ProducerRecord, completion: Completion) {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            completion.complete(Err(ProduceError::Closed));
+            return;
+        }
+        let reserved = record.size_estimate();
+        if let Err(e) = self.inner.pool.reserve(reserved, self.inner.max_block) {
+            completion.complete(Err(e));
+            return;
+        }
+        let pending = Pending {
+            record,
+            completion,
+            reserved,
+            enqueued: Instant::now(),
+        };
+        if let Err(e) = self.inner.tx.send(Command::Send(pending)) {
+            if let Command::Send(p) = e.into_inner() {
+                self.inner.pool.release(p.reserved);
+                p.completion.complete(Err(ProduceError::Closed));
+            }
+            return;
+        }
+        self.inner.wake();
+    }
+
+    /// Sends a record. Blocks only while `buffer.memory` is full, for at most `max.block.ms`.
+    /// The returned future resolves once the record is acknowledged (or has failed); at the latest
+    /// when `delivery.timeout.ms` has passed.
+    pub fn send(&self, record: ProducerRecord) -> DeliveryFuture {
+        let (future, completion) = DeliveryFuture::new();
+        self.enqueue(record, completion);
+        future
+    }
+
+    /// Sends a record and calls `callback` once with its result, on the producer's network thread
+    /// (or on this thread, when the record fails before it is queued).
+    pub fn send_with_callback(
+        &self,
+        record: ProducerRecord,
+        callback: impl FnOnce(DeliveryResult) + Send + 'static,
+    ) {
+        self.enqueue(record, Completion::Callback(Box::new(callback)));
+    }
+
+    /// Sends everything queued at once (ignoring `linger.ms`) and blocks until every record sent
+    /// before this call has completed (records sent concurrently may be waited for too), or until
+    /// `timeout`. Returns whether everything completed.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (ack_tx, ack_rx) = bounded(1);
+        if self.inner.tx.send(Command::Flush(ack_tx)).is_err() {
+            return true;
+        }
+        self.inner.sleeping.store(true, Ordering::SeqCst);
+        self.inner.wake();
+        ack_rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// Flushes for at most `timeout`, then stops the network thread; records still not delivered
+    /// fail with [`ProduceError::Closed`]. Later sends fail with `Closed`. Idempotent; every clone
+    /// shares the same producer.
+    pub fn close(&self, timeout: Duration) {
+        self.inner.close(timeout);
+    }
+
+    /// Bytes of records accepted and not yet completed.
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.pool.used()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn producer_is_clone_send_sync() {
+        assert_send_sync::<Producer>();
+    }
+
+    #[test]
+    fn closed_producer_fails_sends_at_once() {
+        let p = Producer::new(ProducerConfig::new("127.0.0.1:1")).unwrap();
+        p.close(Duration::from_millis(100));
+        let r = p.send(ProducerRecord::new("t", "v")).wait();
+        assert_eq!(r, Err(ProduceError::Closed));
+    }
+
+    #[test]
+    fn record_too_large_for_the_buffer_fails_without_blocking() {
+        let cfg = ProducerConfig::new("127.0.0.1:1").buffer_memory(64);
+        let p = Producer::new(cfg).unwrap();
+        let r = p.send(ProducerRecord::new("t", vec![0u8; 1000])).wait();
+        assert!(matches!(r, Err(ProduceError::RecordTooLarge { .. })));
+        p.close(Duration::ZERO);
+    }
+}

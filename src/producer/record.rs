@@ -1,0 +1,160 @@
+//! Records, their metadata once delivered, and delivery errors.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::protocol::{KafkaError, ProtocolError};
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerRecord {
+    /// Topic name.
+    pub topic: String,
+    /// Explicit partition; `None` lets the partitioner choose (murmur2 of the key, sticky when
+    /// there is no key).
+    pub partition: Option<i32>,
+    /// Key (`None`: a null key).
+    pub key: Option<Bytes>,
+    /// Value (`None`: a null value, a tombstone).
+    pub value: Option<Bytes>,
+    /// Headers.
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// CreateTime in milliseconds since the epoch; `None`: now.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ProducerRecord {
+    /// A record for `topic` with `value`, no key.
+    pub fn new(topic: &str, value: impl Into<Bytes>) -> Self {
+        ProducerRecord {
+            topic: topic.to_string(),
+            partition: None,
+            key: None,
+            value: Some(value.into()),
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets an explicit partition.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: Option<Bytes>) -> Self {
+        self.headers.push((name.to_string(), value));
+        self
+    }
+
+    /// Sets the timestamp.
+    pub fn timestamp_ms(mut self, ts: i64) -> Self {
+        self.timestamp_ms = Some(ts);
+        self
+    }
+
+    /// Bytes this record holds (for `buffer.memory` accounting).
+    pub fn size_estimate(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, |b| b.len()) + 10)
+            .sum();
+        self.key.as_ref().map_or(0, |b| b.len())
+            + self.value.as_ref().map_or(0, |b| b.len())
+            + headers
+            + 32
+    }
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    /// The partition.
+    pub partition: i32,
+    /// Its offset; -1 with `acks=0`.
+    pub offset: i64,
+}
+
+/// Why a record was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProduceError {
+    /// `delivery.timeout.ms` passed before the record was acknowledged; `last` is the last
+    /// retriable failure seen, if any.
+    DeliveryTimeout {
+        /// The last failure before the deadline.
+        last: Option<String>,
+    },
+    /// `buffer.memory` stayed full for `max.block.ms`.
+    BufferExhausted,
+    /// The record alone exceeds `max.request.size` or `buffer.memory`.
+    RecordTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The explicit partition does not exist in the topic.
+    InvalidPartition {
+        /// The partition asked for.
+        partition: i32,
+        /// Partitions in the topic.
+        count: i32,
+    },
+    /// The broker answered with a non-retriable error.
+    Broker(KafkaError),
+    /// A retriable error persisted past `retries`.
+    RetriesExhausted {
+        /// The last failure.
+        last: Option<String>,
+    },
+    /// The broker and mqnet share no version of a needed API, or a response did not parse.
+    Protocol(ProtocolError),
+    /// The producer is closed (or closed before the record could be delivered).
+    Closed,
+}
+
+impl fmt::Display for ProduceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProduceError::DeliveryTimeout { last: Some(l) } => {
+                write!(f, "delivery.timeout.ms expired (last error: {l})")
+            }
+            ProduceError::DeliveryTimeout { last: None } => {
+                write!(f, "delivery.timeout.ms expired")
+            }
+            ProduceError::BufferExhausted => {
+                write!(f, "buffer.memory exhausted for max.block.ms")
+            }
+            ProduceError::RecordTooLarge { size, limit } => {
+                write!(f, "record of {size} bytes exceeds the limit of {limit}")
+            }
+            ProduceError::InvalidPartition { partition, count } => {
+                write!(
+                    f,
+                    "partition {partition} does not exist (topic has {count})"
+                )
+            }
+            ProduceError::Broker(e) => write!(f, "broker error: {e}"),
+            ProduceError::RetriesExhausted { last } => {
+                write!(
+                    f,
+                    "retries exhausted (last error: {})",
+                    last.as_deref().unwrap_or("none")
+                )
+            }
+            ProduceError::Protocol(e) => write!(f, "protocol error: {e}"),
+            ProduceError::Closed => write!(f, "producer closed"),
+        }
+    }
+}
+
+impl std::error::Error for ProduceError {}

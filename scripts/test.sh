@@ -9,6 +9,13 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-30}"
 step() { printf '\n== %s\n' "$*"; }
 
 step "tools"
+# librdkafka (its mock cluster and consumer) for the producer's interop tests.
+if ! dpkg -s librdkafka-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq librdkafka-dev pkg-config
+fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi

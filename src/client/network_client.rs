@@ -17,6 +17,29 @@ use super::request::{
 };
 use crate::net::{ChannelId, Received, Selector, SelectorConfig, SendError, Transport};
 
+/// A hasher for the node-id map: ids are small integers, so the identity (spread by a multiply)
+/// beats SipHash on the per-request lookup.
+#[derive(Default, Clone, Copy)]
+struct NodeIdHasher(u64);
+
+impl std::hash::Hasher for NodeIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.0 = u64::from(n as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type NodeIndex = HashMap<NodeId, usize, std::hash::BuildHasherDefault<NodeIdHasher>>;
+
 /// Reads a response's correlation id. The default, [`kafka_correlation_id`], reads the first four
 /// bytes (Kafka's response header).
 pub type CorrelationReader = fn(&[u8]) -> Option<i32>;
@@ -47,6 +70,50 @@ struct NodeRequests {
     sent: usize,
     /// Accepted by `send` but not yet staged (in-flight cap reached), oldest first.
     waiting: VecDeque<(InFlight, Bytes)>,
+    /// Set when a request with its own timeout (or a handshake request) is queued; cleared when
+    /// the node has no requests. While clear, deadlines follow send order, so the oldest request
+    /// holds the earliest deadline and nothing needs scanning.
+    mixed_deadlines: bool,
+}
+
+impl NodeRequests {
+    /// The earliest deadline among the node's requests.
+    fn earliest_deadline(&self) -> Option<Instant> {
+        if !self.mixed_deadlines {
+            return self
+                .in_flight
+                .front()
+                .or(self.waiting.front().map(|(e, _)| e))
+                .map(|e| e.deadline);
+        }
+        self.in_flight
+            .iter()
+            .chain(self.waiting.iter().map(|(e, _)| e))
+            .map(|e| e.deadline)
+            .min()
+    }
+
+    /// Whether any in-flight request's deadline is at or before `now`.
+    fn in_flight_expired(&self, now: Instant) -> bool {
+        if !self.mixed_deadlines {
+            return self.in_flight.front().is_some_and(|e| e.deadline <= now);
+        }
+        self.in_flight.iter().any(|e| e.deadline <= now)
+    }
+
+    /// Whether any waiting request's deadline is at or before `now`.
+    fn waiting_expired(&self, now: Instant) -> bool {
+        if !self.mixed_deadlines {
+            return self.waiting.front().is_some_and(|(e, _)| e.deadline <= now);
+        }
+        self.waiting.iter().any(|(e, _)| e.deadline <= now)
+    }
+
+    fn settle(&mut self) {
+        if self.in_flight.is_empty() && self.waiting.is_empty() {
+            self.mixed_deadlines = false;
+        }
+    }
 }
 
 /// Kafka's `NetworkClient`, Rust-shaped and sans-IO at its core.
@@ -111,7 +178,7 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     correlation_reader: CorrelationReader,
     states: ClusterConnectionStates,
     ids: Vec<NodeId>,
-    index: HashMap<NodeId, usize>,
+    index: NodeIndex,
     requests: Vec<NodeRequests>,
     metrics: Vec<NodeMetrics>,
     /// Channel slot → (channel, node index).
@@ -151,7 +218,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             correlation_reader: kafka_correlation_id,
             states,
             ids: Vec::new(),
-            index: HashMap::new(),
+            index: NodeIndex::default(),
             requests: Vec::new(),
             metrics: Vec::new(),
             channel_nodes: Vec::new(),
@@ -433,6 +500,9 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             return corr;
         }
         let timeout = request.timeout.unwrap_or(self.config.request_timeout);
+        if request.timeout.is_some() {
+            self.requests[i].mixed_deadlines = true;
+        }
         let entry = InFlight {
             correlation_id: corr,
             expect_response: request.expect_response,
@@ -612,8 +682,8 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     pub fn poll_deadline(&self) -> Option<Instant> {
         let mut d = self.states.next_setup_deadline();
         for r in &self.requests {
-            for e in r.in_flight.iter().chain(r.waiting.iter().map(|(e, _)| e)) {
-                d = Some(d.map_or(e.deadline, |x: Instant| x.min(e.deadline)));
+            if let Some(e) = r.earliest_deadline() {
+                d = Some(d.map_or(e, |x: Instant| x.min(e)));
             }
         }
         d
@@ -664,6 +734,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             if !self.requests[i].waiting.is_empty() {
                 self.stage_waiting(i);
             }
+            self.requests[i].settle();
         }
         self.deliver(out);
         Ok(())
@@ -702,6 +773,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 log::debug!("{}: ready", self.ids[i]);
             }
             HandshakeStep::Send(frame) => {
+                self.requests[i].mixed_deadlines = true;
                 let entry = InFlight {
                     correlation_id: corr,
                     expect_response: true,
@@ -834,14 +906,13 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 continue;
             }
             let r = &self.requests[i];
-            let expired = r.in_flight.iter().any(|e| e.deadline <= now);
-            if expired {
+            if r.in_flight_expired(now) {
                 log::warn!("{}: request timed out; closing the connection", self.ids[i]);
                 self.close_node(i, DisconnectCause::RequestTimeout, Some(now), now);
                 continue;
             }
             // Waiting requests past their deadline time out on their own.
-            if r.waiting.iter().any(|(e, _)| e.deadline <= now) {
+            if r.waiting_expired(now) {
                 let node = self.ids[i];
                 let mut k = 0;
                 while k < self.requests[i].waiting.len() {

@@ -4,7 +4,7 @@
 //! - Client: the closed loop [`run_closed_loop`] over a [`RequestLayer`], of which there are two:
 //!   - [`SelectorLayer`] (the default, `--mqnet-client selector`): the request layer's duties done
 //!     directly on the [`Selector`] — one channel per connection, a FIFO of in-flight correlation
-//!     ids per channel. Written while the `NetworkClient` was not merged yet.
+//!     ids per channel: the transport alone, for comparison.
 //!   - [`NetworkClientLayer`] (`--mqnet-client network-client`): mqnet's `NetworkClient` — one node
 //!     per connection, all at the same address, `max.in.flight` = W with `mqnet.pipeline.unsent`,
 //!     its own correlation checks.
@@ -334,9 +334,9 @@ impl RequestLayer for SelectorLayer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClientLayer {
     /// [`SelectorLayer`].
-    #[default]
     Selector,
-    /// [`NetworkClientLayer`].
+    /// [`NetworkClientLayer`]: the default, as a user of mqnet would run it.
+    #[default]
     NetworkClient,
 }
 

@@ -860,7 +860,13 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             };
             let Some(pos) = pos else { continue };
             let r = &mut self.requests[i];
-            let Some(entry) = r.in_flight.remove(pos) else {
+            // Ordered mode always takes the oldest: `pop_front` is O(1), `remove(0)` shifts.
+            let taken = if pos == 0 {
+                r.in_flight.pop_front()
+            } else {
+                r.in_flight.remove(pos)
+            };
+            let Some(entry) = taken else {
                 continue;
             };
             r.sent -= 1;

@@ -752,3 +752,49 @@ fn node_metrics_count_requests_latency_and_connections() {
     assert!((m.request_rate(c.transport().now()) - 10.0 / elapsed).abs() < 1e-6);
     assert_eq!(c.in_flight_count(node), 0);
 }
+
+#[test]
+fn answers_to_no_response_requests_are_dropped_not_taken_for_desync() {
+    // The Echo peer answers every frame, as librdkafka's mock answers acks=0 produce requests.
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9600), Behaviour::Echo);
+    let mut c = client(net, ClientConfig::default().pipeline_unsent(true));
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9600").unwrap();
+    connect(&mut c, node);
+    let now = c.transport().now();
+    let quiet = request(&mut c, node).expect_response(false);
+    let q = c.send(quiet, now);
+    let normal = request(&mut c, node);
+    let n = c.send(normal, now);
+    let mut done = Vec::new();
+    for _ in 0..50 {
+        let now = c.transport().now();
+        done.extend(c.poll(Some(ms(1)), now).unwrap());
+        if done.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!(
+        (done[0].correlation_id, &done[0].outcome),
+        (q, &Outcome::Sent)
+    );
+    assert_eq!(done[1].correlation_id, n);
+    assert!(matches!(done[1].outcome, Outcome::Response(_)));
+    assert_eq!(c.connection_state(node), Some(ConnectionState::Ready));
+    // A response to an id that was never sent still closes the connection.
+    c.transport_mut()
+        .set_behaviour(addr(9600), Behaviour::WrongCorrelation);
+    let now = c.transport().now();
+    let r = request(&mut c, node);
+    c.send(r, now);
+    for _ in 0..50 {
+        let now = c.transport().now();
+        c.poll(Some(ms(1)), now).unwrap();
+    }
+    assert_eq!(
+        c.connection_state(node),
+        Some(ConnectionState::Disconnected)
+    );
+}

@@ -1,8 +1,9 @@
 //! `mqnet-bench`: the loopback benchmark harness of mqnet.
 //!
 //! It measures mqnet's transport side by side with the tokio peer on a Kafka-shaped echo workload,
-//! in one run, and reports ratios. `mqnet-bench` with no arguments runs the default matrix; see
-//! `mqnet-bench --help` and `mqnet-bench echo --help`.
+//! and mqnet's Kafka producer side by side with librdkafka's (`produce`, see [`produce`]), in one
+//! run, and reports ratios. `mqnet-bench` with no arguments runs the default matrix; see
+//! `mqnet-bench --help`, `mqnet-bench echo --help` and `mqnet-bench produce --help`.
 //!
 //! Server and client of each implementation run as separate processes: the harness spawns itself
 //! (`current_exe()`) with a hidden `--role`, server first (it prints its port), then the client (it
@@ -10,6 +11,7 @@
 
 mod child;
 mod mqnet_impl;
+mod produce;
 mod proto;
 mod report;
 mod stats;
@@ -46,12 +48,16 @@ const CLIENT_SLACK: Duration = Duration::from_secs(40);
 #[command(
     name = "mqnet-bench",
     version,
-    about = "Loopback benchmark of mqnet against tokio on a Kafka-shaped echo workload",
-    long_about = "Loopback benchmark of mqnet against tokio on a Kafka-shaped echo workload.\n\n\
+    about = "Loopback benchmark of mqnet against tokio (echo) and librdkafka (producer)",
+    long_about = "Loopback benchmark of mqnet against tokio on a Kafka-shaped echo workload, and \
+        of mqnet's Kafka producer against librdkafka's.\n\n\
         With no arguments it runs the default matrix (about a minute): 100 B C=10 W=64, \
         100 B C=10 W=5, 16 KiB C=10 W=5 and 100 B C=1 W=1 pinned to one CPU, for tokio-mt, \
         tokio-ct and mqnet, each with server and client in separate processes, and prints a \
-        table with ratios against tokio-mt."
+        table with ratios against tokio-mt. When built with the librdkafka peer (feature \
+        rdkafka-peer, on by default) it then runs a produce row: 1,000,000 × 100 B records, \
+        acks=1, linger.ms=5, for librdkafka's BaseProducer and mqnet's producer against an \
+        in-process librdkafka mock cluster, and prints its table with ratios against rdkafka."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -71,6 +77,15 @@ enum Command {
     Echo(EchoArgs),
     /// Runs the default matrix (what `mqnet-bench` with no arguments does).
     Matrix(MatrixArgs),
+    /// Produces N records to a Kafka cluster with mqnet's producer and librdkafka's BaseProducer.
+    ///
+    /// Key = the record's index in decimal, value = S bytes. Both producers get the same acks,
+    /// linger.ms, batch.size and enable.idempotence (on only with acks=all), the same bound on
+    /// buffered bytes (--buffer-memory) and the murmur2 partitioner; they run one after another in
+    /// this process, against the same cluster: --bootstrap-servers, or an in-process librdkafka
+    /// mock cluster with 3 brokers (a fresh topic per implementation). Reports records/s, MB/s
+    /// (values), p50 and p99 send-to-delivery latency, errors, and mqnet ÷ rdkafka.
+    Produce(produce::ProduceArgs),
 }
 
 /// An implementation of the echo workload.
@@ -239,7 +254,13 @@ struct MatrixArgs {
     /// The request layer of the mqnet client.
     #[arg(long, value_enum, default_value_t = MqnetClient::of(ClientLayer::default()))]
     mqnet_client: MqnetClient,
+    /// Records of the produce row (run when the librdkafka peer is built in; 0 skips it).
+    #[arg(long, value_name = "N", default_value_t = MATRIX_PRODUCE_RECORDS)]
+    produce_records: u64,
 }
+
+/// Records of the default matrix's produce row: the issue's target row.
+const MATRIX_PRODUCE_RECORDS: u64 = 1_000_000;
 
 impl Default for MatrixArgs {
     fn default() -> Self {
@@ -251,6 +272,7 @@ impl Default for MatrixArgs {
             peer: Peer::All,
             no_pin: false,
             mqnet_client: MqnetClient::of(ClientLayer::default()),
+            produce_records: MATRIX_PRODUCE_RECORDS,
         }
     }
 }
@@ -718,7 +740,33 @@ fn matrix(a: &MatrixArgs) -> Result<bool, String> {
         row(16 * 1024, 10, 5, None),
         row(100, 1, 1, pin),
     ];
-    Ok(run_matrix(&specs, &a.peer.impls(), a.json, a.plot.as_ref()))
+    let mut ok = run_matrix(&specs, &a.peer.impls(), a.json, a.plot.as_ref());
+    // The produce row, when the librdkafka peer (and its mock cluster) is built in.
+    if produce::RDKAFKA_PEER && a.produce_records >= 2 {
+        let impls = match a.peer {
+            Peer::Tokio => vec![produce::ProduceImpl::Rdkafka],
+            Peer::Mqnet => vec![produce::ProduceImpl::Mqnet],
+            Peer::All => vec![produce::ProduceImpl::Rdkafka, produce::ProduceImpl::Mqnet],
+        };
+        let s = produce::Settings {
+            records: a.produce_records,
+            ..produce::Settings::target()
+        };
+        if !a.json {
+            println!();
+        }
+        let pb = progress(impls.len(), a.json);
+        let r = produce::run_row(&s, &impls, "bench", None, a.json, &pb);
+        pb.finish_and_clear();
+        match r {
+            Ok(row_ok) => ok &= row_ok,
+            Err(e) => {
+                eprintln!("produce: FAILED: {e}");
+                ok = false;
+            }
+        }
+    }
+    Ok(ok)
 }
 
 fn echo(a: &EchoArgs) -> Result<bool, String> {
@@ -820,6 +868,7 @@ fn main() -> ExitCode {
         None => matrix(&MatrixArgs::default()),
         Some(Command::Matrix(a)) => matrix(a),
         Some(Command::Echo(a)) => echo(a),
+        Some(Command::Produce(a)) => produce::produce(a),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

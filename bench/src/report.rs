@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::produce::ProduceResult;
 use crate::stats::RunResult;
 
 /// The implementation every ratio is taken against.
@@ -45,7 +46,8 @@ pub fn workload_label(
     s
 }
 
-fn thousands(v: f64) -> String {
+/// "1,234,567".
+pub fn thousands(v: f64) -> String {
     let n = v.round() as u64;
     let digits = n.to_string();
     let mut out = String::new();
@@ -96,10 +98,6 @@ pub fn table(rows: &[Row]) -> String {
             };
             match r {
                 Ok(r) => {
-                    let ratio = |num: f64, den: Option<f64>| match den {
-                        Some(d) if d > 0.0 => format!("{:.2}×", num / d),
-                        _ => "-".to_string(),
-                    };
                     lines.push(vec![
                         label,
                         name.clone(),
@@ -122,7 +120,15 @@ pub fn table(rows: &[Row]) -> String {
             }
         }
     }
-    let widths: Vec<usize> = (0..header.len())
+    render(&lines)
+}
+
+/// Lays out `lines` (the first is the header) in columns: the first two left-aligned, the rest
+/// right-aligned; a cell starting with "FAILED" runs on, left-aligned, and does not count for the
+/// widths.
+fn render(lines: &[Vec<String>]) -> String {
+    let ncols = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..ncols)
         .map(|c| {
             lines
                 .iter()
@@ -133,7 +139,7 @@ pub fn table(rows: &[Row]) -> String {
         })
         .collect();
     let mut out = String::new();
-    for l in &lines {
+    for l in lines {
         let mut s = String::new();
         for (c, cell) in l.iter().enumerate() {
             let pad = widths[c].saturating_sub(cell.chars().count());
@@ -150,6 +156,74 @@ pub fn table(rows: &[Row]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The implementation the produce ratios are taken against.
+pub const PRODUCE_BASELINE: &str = "rdkafka";
+
+/// One row of the produce table: a workload and the result of every producer on it.
+#[derive(Debug, Clone)]
+pub struct ProduceRow {
+    /// Human label of the workload.
+    pub label: String,
+    /// Results, one per implementation, in run order; `Err` holds why a run failed.
+    pub results: Vec<(String, Result<ProduceResult, String>)>,
+}
+
+fn ratio(num: f64, den: Option<f64>) -> String {
+    match den {
+        Some(d) if d > 0.0 => format!("{:.2}×", num / d),
+        _ => "-".to_string(),
+    }
+}
+
+/// Renders the produce table: one line per implementation per row, with records/s and p50 ratios
+/// against [`PRODUCE_BASELINE`] of the same row.
+pub fn produce_table(rows: &[ProduceRow]) -> String {
+    let header = [
+        "workload",
+        "impl",
+        "records/s",
+        "MB/s",
+        "p50 µs",
+        "p99 µs",
+        "errors",
+        "records/s ÷ rdkafka",
+        "p50 ÷ rdkafka",
+    ];
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for row in rows {
+        let base = row.results.iter().find_map(|(name, r)| match r {
+            Ok(r) if name == PRODUCE_BASELINE => Some(r.clone()),
+            _ => None,
+        });
+        for (i, (name, r)) in row.results.iter().enumerate() {
+            let label = if i == 0 {
+                row.label.clone()
+            } else {
+                String::new()
+            };
+            match r {
+                Ok(r) => lines.push(vec![
+                    label,
+                    name.clone(),
+                    thousands(r.records_per_s),
+                    format!("{:.1}", r.mbps),
+                    us(r.p50_us),
+                    us(r.p99_us),
+                    r.errors.to_string(),
+                    ratio(r.records_per_s, base.as_ref().map(|b| b.records_per_s)),
+                    ratio(r.p50_us, base.as_ref().map(|b| b.p50_us)),
+                ]),
+                Err(e) => {
+                    let mut l = vec![label, name.clone(), format!("FAILED: {e}")];
+                    l.resize(header.len(), String::new());
+                    lines.push(l);
+                }
+            }
+        }
+    }
+    render(&lines)
 }
 
 /// One JSON line per run, without the CDF.
@@ -381,6 +455,48 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(!json_line(&result("mqnet", 1.0, 1.0)).contains("cdf"));
+    }
+
+    fn produced(name: &str, rps: f64, p50: f64) -> ProduceResult {
+        ProduceResult {
+            implementation: name.into(),
+            records: 1000,
+            size: 100,
+            acks: "1".into(),
+            linger_ms: 5,
+            batch_size: 16384,
+            records_per_s: rps,
+            mbps: rps * 100.0 / 1e6,
+            p50_us: p50,
+            p99_us: p50 * 2.0,
+            p999_us: p50 * 3.0,
+            max_us: p50 * 4.0,
+            errors: 0,
+            delivered: 1000,
+            seconds: 1.0,
+            topic: "t".into(),
+            partitions: 4,
+            cluster: "mock".into(),
+            cores: 2,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn produce_table_has_ratios_against_rdkafka() {
+        let rows = vec![ProduceRow {
+            label: "1,000 × 100 B acks=1".into(),
+            results: vec![
+                ("rdkafka".into(), Ok(produced("rdkafka", 400_000.0, 1000.0))),
+                ("mqnet".into(), Ok(produced("mqnet", 500_000.0, 500.0))),
+            ],
+        }];
+        let t = produce_table(&rows);
+        assert!(t.contains("records/s ÷ rdkafka"), "{t}");
+        assert!(t.contains("500,000"), "{t}");
+        assert!(t.contains("1.25×"), "{t}");
+        assert!(t.contains("0.50×"), "{t}");
+        assert_eq!(t.lines().count(), 3, "{t}");
     }
 
     #[test]

@@ -74,9 +74,28 @@ struct NodeRequests {
     /// the node has no requests. While clear, deadlines follow send order, so the oldest request
     /// holds the earliest deadline and nothing needs scanning.
     mixed_deadlines: bool,
+    /// Correlation ids of recent requests that expected no response and completed `Sent`. A peer
+    /// that answers them anyway (librdkafka's mock answers `acks=0` produce requests; a real
+    /// broker does not) has its answer dropped instead of being taken for a desynchronised stream.
+    unanswered: VecDeque<i32>,
 }
 
+/// How many no-response correlation ids a node remembers.
+const UNANSWERED_MEMORY: usize = 64;
+
 impl NodeRequests {
+    /// Forgets `id` if it is a recent no-response request; returns whether it was.
+    fn take_unanswered(&mut self, id: Option<i32>) -> bool {
+        let Some(id) = id else { return false };
+        match self.unanswered.iter().position(|c| *c == id) {
+            Some(pos) => {
+                self.unanswered.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The earliest deadline among the node's requests.
     fn earliest_deadline(&self) -> Option<Instant> {
         if !self.mixed_deadlines {
@@ -657,6 +676,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let failed: Vec<InFlight> = {
             let r = &mut self.requests[i];
             r.sent = 0;
+            r.unanswered.clear();
             r.in_flight
                 .drain(..)
                 .chain(r.waiting.drain(..).map(|(e, _)| e))
@@ -809,6 +829,10 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             if entry.expect_response {
                 r.sent += 1;
             } else if let Some(entry) = r.in_flight.remove(idx) {
+                if r.unanswered.len() == UNANSWERED_MEMORY {
+                    r.unanswered.pop_front();
+                }
+                r.unanswered.push_back(entry.correlation_id);
                 let node = self.ids[i];
                 self.finish(node, i, entry, Outcome::Sent, Some(now));
             }
@@ -823,6 +847,13 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 continue;
             };
             let actual = (self.correlation_reader)(&rec.frame);
+            if self.requests[i].take_unanswered(actual) {
+                log::debug!(
+                    "{}: dropping a response to no-response request {actual:?}",
+                    self.ids[i]
+                );
+                continue;
+            }
             let r = &self.requests[i];
             let pos = match self.config.response_order {
                 ResponseOrder::Ordered => match r.in_flight.front() {

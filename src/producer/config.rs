@@ -222,13 +222,21 @@ impl ProducerConfig {
     ///
     /// # Errors
     /// [`ConfigError::InvalidValue`] naming the offending key: idempotence needs `acks=all` and
-    /// `max.in.flight.requests.per.connection <= 5`; `bootstrap.servers` must not be empty.
+    /// `max.in.flight.requests.per.connection <= 5`; `delivery.timeout.ms` must be at least
+    /// `linger.ms + request.timeout.ms`; `bootstrap.servers` must not be empty.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.bootstrap_servers.is_empty() {
             return Err(ConfigError::InvalidValue {
                 key: "bootstrap.servers".into(),
                 value: String::new(),
                 expected: "at least one host:port",
+            });
+        }
+        if self.delivery_timeout < self.linger + self.client.request_timeout {
+            return Err(ConfigError::InvalidValue {
+                key: "delivery.timeout.ms".into(),
+                value: self.delivery_timeout.as_millis().to_string(),
+                expected: "at least linger.ms + request.timeout.ms (Kafka's rule)",
             });
         }
         if self.enable_idempotence && self.acks != Acks::All {
@@ -349,7 +357,7 @@ mod tests {
         let c = ProducerConfig::from_properties(
             "bootstrap.servers=a:1, b:2\nclient.id=x\nacks=1\nlinger.ms=7\nbatch.size=100\n\
              buffer.memory=1000\nmax.block.ms=9\nretries=3\nretry.backoff.ms=11\n\
-             retry.backoff.max.ms=12\ndelivery.timeout.ms=13\nenable.idempotence=false\n\
+             retry.backoff.max.ms=12\ndelivery.timeout.ms=30\nenable.idempotence=false\n\
              max.request.size=14\nmetadata.max.age.ms=15\nrequest.timeout.ms=16\n",
         )
         .unwrap();
@@ -363,7 +371,7 @@ mod tests {
         assert_eq!(c.retries, 3);
         assert_eq!(c.retry_backoff, Duration::from_millis(11));
         assert_eq!(c.retry_backoff_max, Duration::from_millis(12));
-        assert_eq!(c.delivery_timeout, Duration::from_millis(13));
+        assert_eq!(c.delivery_timeout, Duration::from_millis(30));
         assert!(!c.enable_idempotence);
         assert_eq!(c.max_request_size, 14);
         assert_eq!(c.metadata_max_age, Duration::from_millis(15));

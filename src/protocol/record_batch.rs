@@ -11,7 +11,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::wire::{put_varint, put_varlong, varint_size, varlong_size};
+use super::wire::{varint_size, varlong_size};
 
 /// Size of the record batch v2 header (everything before the first record).
 pub const RECORD_BATCH_OVERHEAD: usize = 61;
@@ -46,14 +46,69 @@ fn nullable_size(b: Option<&[u8]>) -> usize {
     }
 }
 
-#[inline]
-fn put_nullable(buf: &mut BytesMut, b: Option<&[u8]>) {
-    match b {
-        Some(b) => {
-            put_varint(buf, b.len() as i32);
-            buf.put_slice(b);
+/// Small fields of a record, encoded on the stack and written with one `put_slice`: writing varints
+/// byte by byte through `BufMut::put_u8` cost about a fifth of the producer's network thread.
+struct Scratch {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch {
+            bytes: [0; 32],
+            len: 0,
         }
-        None => put_varint(buf, -1),
+    }
+
+    #[inline]
+    fn uvarlong(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.bytes[self.len] = (v as u8) | 0x80;
+            self.len += 1;
+            v >>= 7;
+        }
+        self.bytes[self.len] = v as u8;
+        self.len += 1;
+    }
+
+    #[inline]
+    fn varint(&mut self, v: i32) {
+        self.uvarlong(u64::from(((v << 1) ^ (v >> 31)) as u32));
+    }
+
+    #[inline]
+    fn varlong(&mut self, v: i64) {
+        self.uvarlong(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    /// Writes the scratch bytes, then `tail`; empties the scratch.
+    #[inline]
+    fn flush(&mut self, buf: &mut BytesMut, tail: &[u8]) {
+        buf.put_slice(&self.bytes[..self.len]);
+        buf.put_slice(tail);
+        self.len = 0;
+    }
+
+    /// A nullable bytes field's length (or -1); returns its content to write after it.
+    #[inline]
+    fn nullable<'a>(&mut self, b: Option<&'a [u8]>) -> &'a [u8] {
+        match b {
+            Some(b) => {
+                self.varint(b.len() as i32);
+                b
+            }
+            None => {
+                self.varint(-1);
+                &[]
+            }
+        }
     }
 }
 
@@ -138,16 +193,26 @@ impl RecordBatchWriter {
         let body = body_size(offset_delta, timestamp_delta, key, value, headers);
         let total = varint_size(body as i32) + body;
         buf.reserve(total);
-        put_varint(buf, body as i32);
-        buf.put_i8(0);
-        put_varlong(buf, timestamp_delta);
-        put_varint(buf, offset_delta);
-        put_nullable(buf, key);
-        put_nullable(buf, value);
-        put_varint(buf, headers.len() as i32);
-        for (k, v) in headers {
-            put_nullable(buf, Some(k.as_bytes()));
-            put_nullable(buf, *v);
+        // At most 5 + 1 + 10 + 5 + 5 bytes of fields before the first flush: fits the scratch.
+        let mut s = Scratch::new();
+        s.varint(body as i32);
+        s.byte(0);
+        s.varlong(timestamp_delta);
+        s.varint(offset_delta);
+        let k = s.nullable(key);
+        s.flush(buf, k);
+        let v = s.nullable(value);
+        s.flush(buf, v);
+        // The header count rides with the first header's name length (or alone).
+        s.varint(headers.len() as i32);
+        for (name, hv) in headers {
+            let n = s.nullable(Some(name.as_bytes()));
+            s.flush(buf, n);
+            let v = s.nullable(*hv);
+            s.flush(buf, v);
+        }
+        if headers.is_empty() {
+            s.flush(buf, &[]);
         }
         self.count += 1;
         if timestamp_ms > self.max_timestamp {

@@ -224,7 +224,7 @@ pub(crate) fn put_uvarint(buf: &mut impl BufMut, mut v: u32) {
 }
 
 /// Writes `v` as an unsigned 64-bit varint.
-#[inline]
+#[cfg(test)]
 pub(crate) fn put_uvarlong(buf: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
         buf.put_u8((v as u8) | 0x80);
@@ -234,13 +234,13 @@ pub(crate) fn put_uvarlong(buf: &mut impl BufMut, mut v: u64) {
 }
 
 /// Writes `v` as a zig-zag varint.
-#[inline]
+#[cfg(test)]
 pub(crate) fn put_varint(buf: &mut impl BufMut, v: i32) {
     put_uvarint(buf, ((v << 1) ^ (v >> 31)) as u32);
 }
 
 /// Writes `v` as a zig-zag varlong.
-#[inline]
+#[cfg(test)]
 pub(crate) fn put_varlong(buf: &mut impl BufMut, v: i64) {
     put_uvarlong(buf, ((v << 1) ^ (v >> 63)) as u64);
 }

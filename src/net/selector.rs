@@ -157,9 +157,11 @@ impl Outputs {
 /// 4. **Handle readiness**: first channels carried over from the previous poll, then each event.
 ///    Connecting sockets finish the non-blocking connect (`take_error`, then `peer_addr`; a spurious
 ///    event leaves them connecting). Listeners accept up to `accept_budget` connections. Writable
-///    channels write. Readable, unmuted channels read until `WouldBlock` or until `read_budget` bytes
-///    (then they are revisited on the next poll without waiting for an event), and every complete
-///    frame is split off the read buffer and reported.
+///    channels write. Readable, unmuted channels read until `WouldBlock`, until `read_budget` bytes
+///    (then they are revisited on the next poll without waiting for an event), or until a read
+///    returns less than it asked for — with edge-triggered readiness that means the receive queue
+///    was empty, and later data raises a new edge; events that report the peer's FIN or an error
+///    are read to the end. Every complete frame is split off the read buffer and reported.
 /// 5. **Expire** channels idle longer than `connections_max_idle`, oldest first, and finish graceful
 ///    closes whose deadline passed.
 ///
@@ -788,7 +790,8 @@ impl Selector {
                         event.is_readable() || event.is_read_closed() || event.is_error();
                     let writable =
                         event.is_writable() || event.is_write_closed() || event.is_error();
-                    self.handle_channel(id, readable, writable, now);
+                    let peer_done = event.is_read_closed() || event.is_error();
+                    self.handle_channel(id, readable, writable, peer_done, now);
                 }
                 None => {}
             }
@@ -841,7 +844,7 @@ impl Selector {
         for id in work.drain(..) {
             if let Some(ch) = self.channel_mut(id) {
                 ch.in_read_list = false;
-                self.read_channel(id, now);
+                self.read_channel(id, now, false);
             }
         }
         self.scratch = work;
@@ -859,7 +862,14 @@ impl Selector {
         drop(list);
     }
 
-    fn handle_channel(&mut self, id: ChannelId, readable: bool, writable: bool, now: Instant) {
+    fn handle_channel(
+        &mut self,
+        id: ChannelId,
+        readable: bool,
+        writable: bool,
+        peer_done: bool,
+        now: Instant,
+    ) {
         let Some(ch) = self.channel_mut(id) else {
             return;
         };
@@ -876,7 +886,7 @@ impl Selector {
             self.write_channel(id, now);
         }
         if readable {
-            self.read_channel(id, now);
+            self.read_channel(id, now, !peer_done);
         }
     }
 
@@ -1013,7 +1023,12 @@ impl Selector {
         }
     }
 
-    fn read_channel(&mut self, id: ChannelId, now: Instant) {
+    /// Reads the channel until `WouldBlock`, the read budget, or — when `short_read_drains` — a
+    /// read that returns less than it asked for. With edge-triggered readiness that is safe: the
+    /// receive queue was empty at that instant, and data arriving later raises a new edge. It is
+    /// used only for events that did not report the peer's FIN or an error (a FIN queued behind the
+    /// data raises no new edge), and saves one `recv` per readable channel per poll.
+    fn read_channel(&mut self, id: ChannelId, now: Instant, short_read_drains: bool) {
         let budget = self.config.read_budget;
         let chunk = self.config.read_chunk.max(HEADER_LEN);
         let decoder = self.decoder;
@@ -1029,6 +1044,7 @@ impl Selector {
             return;
         }
         let mut read_total = 0usize;
+        let mut drained = false;
         let mut outcome: Option<DisconnectReason> = None;
         let mut touched = false;
         loop {
@@ -1082,6 +1098,11 @@ impl Selector {
             {
                 ch.read_buf.reserve(want);
             }
+            if drained {
+                ch.read_more = false;
+                break;
+            }
+            let asked = (ch.read_buf.capacity() - ch.read_buf.len()).min(budget - read_total);
             match ch.read_once(budget - read_total) {
                 Ok(0) => {
                     outcome = Some(if ch.read_buf.is_empty() {
@@ -1097,6 +1118,7 @@ impl Selector {
                     read_total += n;
                     self.metrics.bytes_in += n as u64;
                     touched = true;
+                    drained = short_read_drains && n < asked;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ch.read_more = false;

@@ -403,6 +403,34 @@ impl Engine {
 
     // ----- metadata ----------------------------------------------------------------------------
 
+    /// Where and at which version to send a control request (Metadata, InitProducerId): the least
+    /// loaded node once it is Ready, at the highest version both sides support. A node that shares
+    /// no version with us is disconnected, so it backs off and another node is tried.
+    fn control_target(
+        &mut self,
+        api_key: i16,
+        (lo, hi): (i16, i16),
+        now: Instant,
+    ) -> Option<(NodeId, i16)> {
+        let node = self.client.least_loaded_node(now)?;
+        if !self.client.ready(node, now) {
+            return None;
+        }
+        match self
+            .client
+            .handshake()
+            .versions(node)?
+            .negotiate(api_key, lo, hi)
+        {
+            Ok(version) => Some((node, version)),
+            Err(e) => {
+                log::error!("{node}: {e}");
+                self.client.disconnect(node, now);
+                None
+            }
+        }
+    }
+
     fn maybe_request_metadata(&mut self, now: Instant) {
         if self.metadata_in_flight {
             return;
@@ -416,23 +444,10 @@ impl Engine {
         if self.metadata_backoff_until.is_some_and(|t| now < t) {
             return;
         }
-        let Some(node) = self.client.least_loaded_node(now) else {
+        let Some((node, version)) =
+            self.control_target(api::METADATA, protocol::METADATA_VERSIONS, now)
+        else {
             return;
-        };
-        if !self.client.ready(node, now) {
-            return;
-        }
-        let Some(versions) = self.client.handshake().versions(node) else {
-            return;
-        };
-        let (lo, hi) = protocol::METADATA_VERSIONS;
-        let version = match versions.negotiate(api::METADATA, lo, hi) {
-            Ok(v) => v,
-            Err(e) => {
-                log::error!("{node}: {e}");
-                self.client.disconnect(node, now);
-                return;
-            }
         };
         let topics: Vec<&str> = self.topics.keys().map(String::as_str).collect();
         let corr = self.client.next_correlation_id();
@@ -549,22 +564,12 @@ impl Engine {
         if !self.cfg.enable_idempotence || self.producer_id.is_some() || self.pid_in_flight {
             return;
         }
-        let Some(node) = self.client.least_loaded_node(now) else {
+        let Some((node, version)) = self.control_target(
+            api::INIT_PRODUCER_ID,
+            protocol::INIT_PRODUCER_ID_VERSIONS,
+            now,
+        ) else {
             return;
-        };
-        if !self.client.ready(node, now) {
-            return;
-        }
-        let Some(versions) = self.client.handshake().versions(node) else {
-            return;
-        };
-        let (lo, hi) = protocol::INIT_PRODUCER_ID_VERSIONS;
-        let version = match versions.negotiate(api::INIT_PRODUCER_ID, lo, hi) {
-            Ok(v) => v,
-            Err(e) => {
-                log::error!("{node}: {e}");
-                return;
-            }
         };
         let corr = self.client.next_correlation_id();
         match protocol::encode_init_producer_id_request(version, corr, &self.cfg.client_id) {
@@ -580,16 +585,25 @@ impl Engine {
 
     // ----- sending -----------------------------------------------------------------------------
 
-    fn batch_ready(&self, b: &Batch, now: Instant, open_is_last: bool) -> bool {
-        if b.retry_at.is_some_and(|t| now < t) {
-            return false;
-        }
-        let flushing = !self.flush_waiters.is_empty() || self.closing.is_some();
-        !b.is_open()
-            || !open_is_last
-            || flushing
-            || now.saturating_duration_since(b.created) >= self.cfg.linger
-            || b.buf.len() >= self.cfg.batch_size
+    /// Whether a partition's front batch may be sent now: not waiting out a retry backoff, and
+    /// closed (another batch follows it), full, past `linger.ms`, or flushing.
+    fn batch_ready(
+        b: &Batch,
+        now: Instant,
+        only: bool,
+        flushing: bool,
+        cfg: &ProducerConfig,
+    ) -> bool {
+        b.retry_at.is_none_or(|t| now >= t)
+            && (!b.is_open()
+                || !only
+                || flushing
+                || now.saturating_duration_since(b.created) >= cfg.linger
+                || b.buf.len() >= cfg.batch_size)
+    }
+
+    fn flushing(&self) -> bool {
+        !self.flush_waiters.is_empty() || self.closing.is_some()
     }
 
     fn send_ready(&mut self, now: Instant) {
@@ -597,6 +611,7 @@ impl Engine {
             return;
         }
         // Which leaders have a sendable batch?
+        let flushing = self.flushing();
         let mut nodes: Vec<i32> = Vec::new();
         for t in self.topics.values() {
             for p in &t.partitions {
@@ -606,7 +621,9 @@ impl Engine {
                 let (Some(leader), Some(front)) = (p.leader, p.batches.front()) else {
                     continue;
                 };
-                if self.batch_ready(front, now, p.batches.len() == 1) && !nodes.contains(&leader) {
+                if Self::batch_ready(front, now, p.batches.len() == 1, flushing, &self.cfg)
+                    && !nodes.contains(&leader)
+                {
                     nodes.push(leader);
                 }
             }
@@ -637,9 +654,7 @@ impl Engine {
         let max_request = self.cfg.max_request_size;
         let mut size = REQUEST_OVERHEAD;
         let mut taken: Vec<(String, i32, Batch)> = Vec::new();
-        let flushing = !self.flush_waiters.is_empty() || self.closing.is_some();
-        let linger = self.cfg.linger;
-        let batch_size = self.cfg.batch_size;
+        let flushing = self.flushing();
         for (name, t) in self.topics.iter_mut() {
             for (i, p) in t.partitions.iter_mut().enumerate() {
                 if p.in_flight || p.leader != Some(node.0) {
@@ -649,12 +664,7 @@ impl Engine {
                 let Some(front) = p.batches.front() else {
                     continue;
                 };
-                let ready = front.retry_at.is_none_or(|t| now >= t)
-                    && (!front.is_open()
-                        || !only
-                        || flushing
-                        || now.saturating_duration_since(front.created) >= linger
-                        || front.buf.len() >= batch_size);
+                let ready = Self::batch_ready(front, now, only, flushing, &self.cfg);
                 if !ready || (size + front.size() > max_request && !taken.is_empty()) {
                     continue;
                 }

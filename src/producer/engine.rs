@@ -143,6 +143,11 @@ pub(crate) struct Engine {
     metadata_failures: u32,
     producer_id: Option<(i64, i16)>,
     pid_in_flight: bool,
+    /// A batch holding sequence numbers failed with its outcome unknown (retries or
+    /// `delivery.timeout.ms` ran out): the partition's sequence has a gap the broker will never
+    /// accept. As Kafka does (KIP-360), sending pauses, requests in flight drain, the producer
+    /// gets a new id/epoch and every partition's sequence restarts at 0.
+    sequence_reset_due: bool,
     flush_waiters: Vec<Sender<()>>,
     closing: Option<(Instant, Sender<()>)>,
     retry: ExponentialBackoff,
@@ -188,6 +193,7 @@ impl Engine {
             metadata_failures: 0,
             producer_id: None,
             pid_in_flight: false,
+            sequence_reset_due: false,
             flush_waiters: Vec::new(),
             closing: None,
             retry,
@@ -607,7 +613,8 @@ impl Engine {
     }
 
     fn send_ready(&mut self, now: Instant) {
-        if self.cfg.enable_idempotence && self.producer_id.is_none() {
+        self.maybe_reset_sequences();
+        if self.cfg.enable_idempotence && (self.producer_id.is_none() || self.sequence_reset_due) {
             return;
         }
         // Which leaders have a sendable batch?
@@ -679,6 +686,17 @@ impl Engine {
                         p.next_sequence = p.next_sequence.wrapping_add(b.records);
                     }
                     b.frozen = Some(b.buf.split().freeze());
+                } else if idempotent && b.base_sequence.is_none() {
+                    // Stamped under a producer id given up since (sequence reset): re-stamp it
+                    // with the new id, epoch and sequence (a copy; this path is rare).
+                    if let Some(frozen) = b.frozen.take() {
+                        let mut fresh = BytesMut::from(&frozen[..]);
+                        let seq = p.next_sequence;
+                        protocol::restamp_batch(&mut fresh, pid, epoch, seq);
+                        b.base_sequence = Some(seq);
+                        p.next_sequence = p.next_sequence.wrapping_add(b.records);
+                        b.frozen = Some(fresh.freeze());
+                    }
                 }
                 size += b.size() + 16;
                 p.in_flight = true;
@@ -874,6 +892,36 @@ impl Engine {
         }
     }
 
+    /// A batch that holds sequence numbers is given up with its outcome unknown: schedule the
+    /// epoch bump and sequence reset (see `sequence_reset_due`).
+    fn abandon_sequence(&mut self, b: &Batch) {
+        if self.cfg.enable_idempotence && b.base_sequence.is_some() {
+            self.sequence_reset_due = true;
+        }
+    }
+
+    /// Carries out a due sequence reset once no produce request is in flight: forget the producer
+    /// id (a new InitProducerId follows), restart every partition at sequence 0, and mark queued
+    /// batches that were stamped under the old id for re-stamping when they are next sent.
+    fn maybe_reset_sequences(&mut self) {
+        if !self.sequence_reset_due || !self.produce_in_flight.is_empty() {
+            return;
+        }
+        log::warn!(
+            "a batch failed with its outcome unknown: new producer id, sequences restart at 0"
+        );
+        self.producer_id = None;
+        for t in self.topics.values_mut() {
+            for p in t.partitions.iter_mut() {
+                p.next_sequence = 0;
+                for b in p.batches.iter_mut() {
+                    b.base_sequence = None;
+                }
+            }
+        }
+        self.sequence_reset_due = false;
+    }
+
     fn fail_batch(&mut self, topic: &str, part: i32, b: Batch, err: ProduceError) {
         if let Some(p) = self.partition_mut(topic, part) {
             p.in_flight = false;
@@ -892,11 +940,13 @@ impl Engine {
             b.last_error = Some(why.to_string());
             if now >= b.deadline {
                 let last = b.last_error.clone();
+                self.abandon_sequence(&b);
                 self.fail_batch(&topic, part, b, ProduceError::DeliveryTimeout { last });
                 continue;
             }
             if b.attempts > self.cfg.retries {
                 let last = b.last_error.clone();
+                self.abandon_sequence(&b);
                 self.fail_batch(&topic, part, b, ProduceError::RetriesExhausted { last });
                 continue;
             }
@@ -953,6 +1003,7 @@ impl Engine {
         }
         for (t, p, b) in expired {
             let last = b.last_error.clone();
+            self.abandon_sequence(&b);
             self.fail_batch(&t, p, b, ProduceError::DeliveryTimeout { last });
         }
         // Batches in flight past their deadline: their records fail now, as `delivery.timeout.ms`

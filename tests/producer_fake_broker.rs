@@ -1819,8 +1819,8 @@ fn keyless_records_stick_to_a_partition_for_a_batch() {
     assert!(used.len() > 1, "keyless records all went to {used:?}");
     for (k, (p, len)) in runs.iter().enumerate().take(runs.len() - 1) {
         assert!(
-            *len >= per_batch,
-            "run {k} on partition {p} has {len} records, less than a batch ({per_batch}): {runs:?}"
+            *len == per_batch,
+            "run {k} on partition {p} has {len} records, not one batch ({per_batch}): {runs:?}"
         );
     }
     let st = broker.state();

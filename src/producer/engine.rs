@@ -312,7 +312,8 @@ impl Engine {
             return Some(p);
         };
         let count = topic.partitions.len() as i32;
-        let partition = match (p.record.partition, &p.record.key) {
+        let keyless = p.record.partition.is_none() && p.record.key.is_none();
+        let mut partition = match (p.record.partition, &p.record.key) {
             (Some(n), _) => {
                 if n < 0 || n >= count {
                     self.pool.release(p.reserved);
@@ -343,21 +344,39 @@ impl Engine {
             .collect();
         let key = p.record.key.as_deref();
         let value = p.record.value.as_deref();
-        let part = &mut topic.partitions[partition];
-        // Does it fit the open batch?
-        let fits = part.batches.back().is_some_and(|b| {
-            b.is_open() && {
-                let size = RecordBatchWriter::record_size(
-                    b.records,
-                    ts - b.base_timestamp,
-                    key,
-                    value,
-                    &headers,
-                );
-                b.buf.len() + size <= batch_size.max(BATCH_HEADER + size).min(max_request)
-                    && b.buf.len() + size + REQUEST_OVERHEAD <= max_request
+        // Does it fit the partition's open batch?
+        let fits_in = |part: &PartitionState| {
+            part.batches.back().is_some_and(|b| {
+                b.is_open() && {
+                    let size = RecordBatchWriter::record_size(
+                        b.records,
+                        ts - b.base_timestamp,
+                        key,
+                        value,
+                        &headers,
+                    );
+                    b.buf.len() + size <= batch_size.max(BATCH_HEADER + size).min(max_request)
+                        && b.buf.len() + size + REQUEST_OVERHEAD <= max_request
+                }
+            })
+        };
+        let mut fits = fits_in(&topic.partitions[partition]);
+        let sticky_full = topic.partitions[partition]
+            .batches
+            .back()
+            .is_some_and(|b| b.is_open() && b.records > 0);
+        if !fits && keyless && sticky_full && count > 1 {
+            // Kafka's sticky partitioner: the full batch stays behind, ready to send, and this
+            // record starts the next sticky partition (another one, chosen at random).
+            let mut next = self.rng.next_index(topic.partitions.len() - 1);
+            if next >= partition {
+                next += 1;
             }
-        });
+            topic.sticky = Some(next);
+            partition = next;
+            fits = fits_in(&topic.partitions[partition]);
+        }
+        let part = &mut topic.partitions[partition];
         if !fits {
             // (A record that fits the open batch is never too large on its own: its size there is
             // at least `single`, and the batch already holds a header.)
@@ -388,11 +407,6 @@ impl Engine {
                 base_timestamp: ts,
                 last_error: None,
             });
-            // A keyless topic moves its sticky partition once a batch fills (Kafka's sticky
-            // partitioner).
-            if p.record.partition.is_none() && p.record.key.is_none() && part.batches.len() > 1 {
-                topic.sticky = None;
-            }
         }
         let part = &mut topic.partitions[partition];
         if let Some(b) = part.batches.back_mut() {

@@ -2,115 +2,42 @@
 //! driven over one [`NetworkClient`].
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
+use super::accumulator::{Accumulator, Batch, Pending, Rejected, TopicMap, REQUEST_OVERHEAD};
 use super::config::{Acks, ProducerConfig};
-use super::delivery::Completion;
 use super::memory::BufferPool;
-use super::record::{ProduceError, ProducerRecord, RecordMetadata};
+use super::record::{ProduceError, RecordMetadata};
 use crate::client::{
     ClientRequest, ClientResponse, ExponentialBackoff, NetworkClient, NodeId, Outcome, SplitMix64,
 };
 use crate::net::Selector;
-use crate::protocol::{
-    self, api, ApiVersionsHandshake, KafkaError, ProtocolError, RecordBatchWriter,
-};
+use crate::protocol::{self, api, ApiVersionsHandshake, KafkaError, ProtocolError};
 
-/// A record on its way from `send` to a batch.
-pub(crate) struct Pending {
-    pub record: ProducerRecord,
-    pub completion: Completion,
-    pub reserved: usize,
-    pub enqueued: Instant,
-}
-
-/// What application threads send to the network thread.
+/// What application threads send to the network thread (records go through the
+/// [`Accumulator`] instead).
 pub(crate) enum Command {
-    Send(Pending),
     Flush(Sender<()>),
     Close(Instant, Sender<()>),
-}
-
-/// Overhead of a produce request around its batches, for `max.request.size` (header, topic and
-/// partition framing; generous).
-const REQUEST_OVERHEAD: usize = 256;
-/// Size of the record batch v2 header.
-const BATCH_HEADER: usize = 61;
-
-/// FNV-1a, for the topic map. The map is looked up for every record; topic names are short and
-/// come from the application, so SipHash's resistance to flooding buys nothing here, and it cost
-/// about a tenth of the network thread's instructions at a million records per second.
-struct TopicHasher(u64);
-
-impl Default for TopicHasher {
-    fn default() -> Self {
-        TopicHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for TopicHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-type TopicMap<V> = HashMap<String, V, BuildHasherDefault<TopicHasher>>;
-
-struct Batch {
-    buf: BytesMut,
-    writer: Option<RecordBatchWriter>,
-    frozen: Option<Bytes>,
-    completions: Vec<Completion>,
-    reserved: usize,
-    created: Instant,
-    /// Earliest `enqueued + delivery.timeout.ms` of its records.
-    deadline: Instant,
-    retry_at: Option<Instant>,
-    attempts: u32,
-    base_sequence: Option<i32>,
-    records: i32,
-    base_timestamp: i64,
-    last_error: Option<String>,
-}
-
-impl Batch {
-    fn is_open(&self) -> bool {
-        self.writer.is_some()
-    }
-
-    fn size(&self) -> usize {
-        match &self.frozen {
-            Some(b) => b.len(),
-            None => self.buf.len(),
-        }
-    }
 }
 
 #[derive(Default)]
 struct PartitionState {
     leader: Option<i32>,
+    /// Batches taken from the accumulator, ready to send (or waiting out a retry backoff).
     batches: VecDeque<Batch>,
     in_flight: bool,
     next_sequence: i32,
 }
 
+#[derive(Default)]
 struct TopicState {
     partitions: Vec<PartitionState>,
-    /// Records waiting for the topic's metadata.
-    waiting: VecDeque<Pending>,
-    sticky: Option<usize>,
     last_error: Option<KafkaError>,
 }
 
@@ -130,6 +57,11 @@ pub(crate) struct Engine {
     cfg: ProducerConfig,
     client: NetworkClient<Selector, ApiVersionsHandshake>,
     rx: Receiver<Command>,
+    acc: Arc<Accumulator>,
+    /// The accumulator held nothing at the last look.
+    acc_empty: bool,
+    /// When the accumulator next needs a look (a linger or delivery timeout), as of the last look.
+    acc_wake: Option<Instant>,
     pool: Arc<BufferPool>,
     sleeping: Arc<AtomicBool>,
     topics: TopicMap<TopicState>,
@@ -157,16 +89,19 @@ pub(crate) struct Engine {
     disconnected_rx: bool,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// Completes records that failed before reaching a batch (never under the accumulator's lock).
+fn reject_all(pool: &BufferPool, rejected: Vec<Rejected>) {
+    for r in rejected {
+        pool.release(r.reserved);
+        r.completion.complete(Err(r.error));
+    }
 }
 
 impl Engine {
     pub fn new(
         cfg: ProducerConfig,
         rx: Receiver<Command>,
+        acc: Arc<Accumulator>,
         pool: Arc<BufferPool>,
         sleeping: Arc<AtomicBool>,
         selector: Selector,
@@ -180,6 +115,9 @@ impl Engine {
         Ok(Engine {
             client,
             rx,
+            acc,
+            acc_empty: true,
+            acc_wake: None,
             pool,
             sleeping,
             topics: TopicMap::default(),
@@ -209,7 +147,8 @@ impl Engine {
     pub fn run(mut self) {
         loop {
             let now = Instant::now();
-            self.drain_commands(now);
+            self.drain_commands();
+            self.collect(now);
             if self.finished(now) {
                 break;
             }
@@ -220,7 +159,9 @@ impl Engine {
             self.answer_flushes();
             let timeout = self.next_wake(now);
             self.sleeping.store(true, Ordering::SeqCst);
-            let timeout = if self.rx.is_empty() {
+            // An append or command that came after the look above and saw us awake did not wake
+            // us: check for it now that `sleeping` is set (both sides use SeqCst).
+            let timeout = if self.rx.is_empty() && !self.acc.changed.load(Ordering::SeqCst) {
                 timeout
             } else {
                 Some(Duration::ZERO)
@@ -250,20 +191,19 @@ impl Engine {
     }
 
     fn is_idle(&self) -> bool {
-        self.produce_in_flight.is_empty()
+        self.acc_empty
+            && self.produce_in_flight.is_empty()
             && self
                 .topics
                 .values()
-                .all(|t| t.waiting.is_empty() && t.partitions.iter().all(|p| p.batches.is_empty()))
+                .all(|t| t.partitions.iter().all(|p| p.batches.is_empty()))
     }
 
-    // ----- commands ----------------------------------------------------------------------------
+    // ----- commands and the accumulator --------------------------------------------------------
 
-    fn drain_commands(&mut self, now: Instant) {
-        // Bounded, so a flood of sends cannot starve the network.
-        for _ in 0..100_000 {
+    fn drain_commands(&mut self) {
+        loop {
             match self.rx.try_recv() {
-                Ok(Command::Send(p)) => self.accept(p, now),
                 Ok(Command::Flush(ack)) => self.flush_waiters.push(ack),
                 Ok(Command::Close(deadline, ack)) => self.closing = Some((deadline, ack)),
                 Err(TryRecvError::Empty) => break,
@@ -275,150 +215,90 @@ impl Engine {
         }
     }
 
-    fn accept(&mut self, p: Pending, now: Instant) {
-        if self.closing.is_some() {
-            self.pool.release(p.reserved);
-            p.completion.complete(Err(ProduceError::Closed));
-            return;
-        }
-        // One lookup of the topic per record: `append` hands the record back when the topic's
-        // partitions are not known yet.
-        if let Some(p) = self.append(p, now) {
-            let t = self
-                .topics
-                .entry(p.record.topic.clone())
-                .or_insert_with(|| TopicState {
-                    partitions: Vec::new(),
-                    waiting: VecDeque::new(),
-                    sticky: None,
-                    last_error: None,
-                });
-            t.waiting.push_back(p);
-            self.metadata_due = true;
-        }
-    }
-
-    /// Chooses the partition and appends to its open batch (opening one when needed). Hands the
-    /// record back when its topic has no known partitions yet.
-    fn append(&mut self, p: Pending, now: Instant) -> Option<Pending> {
+    /// Looks at the accumulator: learns new topics, takes sealed batches, and takes a partition's
+    /// open batch once it may be sent (the partition has a leader, nothing in flight and nothing
+    /// queued here, and the batch is full, past `linger.ms`, or flushing) or is past its delivery
+    /// timeout; fails waiting records past theirs. A batch left open keeps filling while its
+    /// partition's previous batch is in flight.
+    fn collect(&mut self, now: Instant) {
+        self.acc.changed.store(false, Ordering::SeqCst);
+        let flushing = self.flushing();
+        let linger = self.cfg.linger;
         let batch_size = self.cfg.batch_size;
-        let max_request = self.cfg.max_request_size;
         let delivery_timeout = self.cfg.delivery_timeout;
-        let Some(topic) = self
-            .topics
-            .get_mut(&p.record.topic)
-            .filter(|t| !t.partitions.is_empty())
-        else {
-            return Some(p);
+        let mut expired: Vec<(String, Pending)> = Vec::new();
+        let mut wake: Option<Instant> = None;
+        let mut at = |t: Instant| {
+            if wake.is_none_or(|w| t < w) {
+                wake = Some(t);
+            }
         };
-        let count = topic.partitions.len() as i32;
-        let keyless = p.record.partition.is_none() && p.record.key.is_none();
-        let mut partition = match (p.record.partition, &p.record.key) {
-            (Some(n), _) => {
-                if n < 0 || n >= count {
-                    self.pool.release(p.reserved);
-                    p.completion.complete(Err(ProduceError::InvalidPartition {
-                        partition: n,
-                        count,
-                    }));
-                    return None;
+        let mut empty = true;
+        let acc = self.acc.clone();
+        let mut st = acc.lock();
+        if st.new_topics {
+            st.new_topics = false;
+            for name in st.topics.keys() {
+                if !self.topics.contains_key(name) {
+                    self.topics.insert(name.clone(), TopicState::default());
+                    self.metadata_due = true;
                 }
-                n as usize
             }
-            (None, Some(key)) => protocol::partition_for_key(key, count) as usize,
-            (None, None) => match topic.sticky {
-                Some(s) => s,
-                None => {
-                    let s = self.rng.next_index(topic.partitions.len());
-                    topic.sticky = Some(s);
-                    s
+        }
+        for (name, at_topic) in st.topics.iter_mut() {
+            let Some(topic) = self.topics.get_mut(name) else {
+                continue;
+            };
+            while at_topic
+                .waiting
+                .front()
+                .is_some_and(|p| now >= p.enqueued + delivery_timeout)
+            {
+                if let Some(p) = at_topic.waiting.pop_front() {
+                    expired.push((name.clone(), p));
                 }
-            },
-        };
-        let ts = p.record.timestamp_ms.unwrap_or_else(now_ms);
-        let headers: Vec<(&str, Option<&[u8]>)> = p
-            .record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_deref()))
-            .collect();
-        let key = p.record.key.as_deref();
-        let value = p.record.value.as_deref();
-        // Does it fit the partition's open batch?
-        let fits_in = |part: &PartitionState| {
-            part.batches.back().is_some_and(|b| {
-                b.is_open() && {
-                    let size = RecordBatchWriter::record_size(
-                        b.records,
-                        ts - b.base_timestamp,
-                        key,
-                        value,
-                        &headers,
-                    );
-                    b.buf.len() + size <= batch_size.max(BATCH_HEADER + size).min(max_request)
-                        && b.buf.len() + size + REQUEST_OVERHEAD <= max_request
+            }
+            if let Some(p) = at_topic.waiting.front() {
+                empty = false;
+                at(p.enqueued + delivery_timeout);
+            }
+            for (ap, p) in at_topic
+                .partitions
+                .iter_mut()
+                .zip(topic.partitions.iter_mut())
+            {
+                p.batches.extend(ap.sealed.drain(..));
+                let Some(b) = ap.open.as_ref() else {
+                    continue;
+                };
+                let sendable = p.leader.is_some() && !p.in_flight && p.batches.is_empty();
+                let lingered = now.saturating_duration_since(b.created) >= linger;
+                if now >= b.deadline
+                    || (sendable && (flushing || lingered || b.buf.len() >= batch_size))
+                {
+                    p.batches.extend(ap.open.take());
+                } else {
+                    empty = false;
+                    at(b.deadline);
+                    if sendable {
+                        at(b.created + linger);
+                    }
                 }
-            })
-        };
-        let mut fits = fits_in(&topic.partitions[partition]);
-        let sticky_full = topic.partitions[partition]
-            .batches
-            .back()
-            .is_some_and(|b| b.is_open() && b.records > 0);
-        if !fits && keyless && sticky_full && count > 1 {
-            // Kafka's sticky partitioner: the full batch stays behind, ready to send, and this
-            // record starts the next sticky partition (another one, chosen at random).
-            let mut next = self.rng.next_index(topic.partitions.len() - 1);
-            if next >= partition {
-                next += 1;
             }
-            topic.sticky = Some(next);
-            partition = next;
-            fits = fits_in(&topic.partitions[partition]);
         }
-        let part = &mut topic.partitions[partition];
-        if !fits {
-            // (A record that fits the open batch is never too large on its own: its size there is
-            // at least `single`, and the batch already holds a header.)
-            let single = RecordBatchWriter::record_size(0, 0, key, value, &headers);
-            if BATCH_HEADER + single + REQUEST_OVERHEAD > max_request {
-                self.pool.release(p.reserved);
-                p.completion.complete(Err(ProduceError::RecordTooLarge {
-                    size: BATCH_HEADER + single + REQUEST_OVERHEAD,
-                    limit: max_request,
-                }));
-                return None;
-            }
-            // Open a new batch; the one before it (if any) is now ready to send.
-            let mut buf = BytesMut::with_capacity(batch_size.max(BATCH_HEADER + single));
-            let writer = RecordBatchWriter::begin(&mut buf, ts);
-            part.batches.push_back(Batch {
-                buf,
-                writer: Some(writer),
-                frozen: None,
-                completions: Vec::new(),
-                reserved: 0,
-                created: now,
-                deadline: p.enqueued + delivery_timeout,
-                retry_at: None,
-                attempts: 0,
-                base_sequence: None,
-                records: 0,
-                base_timestamp: ts,
-                last_error: None,
-            });
+        drop(st);
+        self.acc_empty = empty;
+        self.acc_wake = wake;
+        for (name, p) in expired {
+            self.pool.release(p.reserved);
+            let last = self
+                .topics
+                .get(&name)
+                .and_then(|t| t.last_error)
+                .map(|e| e.to_string());
+            p.completion
+                .complete(Err(ProduceError::DeliveryTimeout { last }));
         }
-        let part = &mut topic.partitions[partition];
-        if let Some(b) = part.batches.back_mut() {
-            if let Some(w) = b.writer.as_mut() {
-                w.append(&mut b.buf, ts, key, value, &headers);
-            }
-            b.records += 1;
-            b.reserved += p.reserved;
-            b.deadline = b.deadline.min(p.enqueued + delivery_timeout);
-            b.completions.push(p.completion);
-        }
-        None
     }
 
     // ----- metadata ----------------------------------------------------------------------------
@@ -514,6 +394,9 @@ impl Engine {
             }
         }
         let mut retry_soon = false;
+        let mut rejected = Vec::new();
+        let acc = self.acc.clone();
+        let mut st = acc.lock();
         for t in md.topics {
             let Some(state) = self.topics.get_mut(&t.name) else {
                 continue;
@@ -546,35 +429,15 @@ impl Engine {
                 };
             }
             state.last_error = None;
+            // The accumulator learns the partitions (records that waited for them are appended
+            // now, in order).
+            rejected.extend(st.set_partitions(&t.name, state.partitions.len()));
         }
+        drop(st);
+        reject_all(&self.pool, rejected);
         if retry_soon {
             self.metadata_due = true;
             self.metadata_backoff_until = Some(now + self.cfg.retry_backoff);
-        }
-        // Records that waited for metadata can be partitioned now.
-        let ready: Vec<String> = self
-            .topics
-            .iter()
-            .filter(|(_, t)| !t.partitions.is_empty() && !t.waiting.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for name in ready {
-            let waiting = self
-                .topics
-                .get_mut(&name)
-                .map(|t| std::mem::take(&mut t.waiting))
-                .unwrap_or_default();
-            for p in waiting {
-                if let Some(p) = self.append(p, now) {
-                    match self.topics.get_mut(&name) {
-                        Some(t) => t.waiting.push_back(p),
-                        None => {
-                            self.pool.release(p.reserved);
-                            p.completion.complete(Err(ProduceError::Closed));
-                        }
-                    }
-                }
-            }
         }
     }
 
@@ -605,21 +468,10 @@ impl Engine {
 
     // ----- sending -----------------------------------------------------------------------------
 
-    /// Whether a partition's front batch may be sent now: not waiting out a retry backoff, and
-    /// closed (another batch follows it), full, past `linger.ms`, or flushing.
-    fn batch_ready(
-        b: &Batch,
-        now: Instant,
-        only: bool,
-        flushing: bool,
-        cfg: &ProducerConfig,
-    ) -> bool {
+    /// Whether a partition's front batch may be sent now: not waiting out a retry backoff (a
+    /// batch here was taken from the accumulator because it was ready).
+    fn batch_ready(b: &Batch, now: Instant) -> bool {
         b.retry_at.is_none_or(|t| now >= t)
-            && (!b.is_open()
-                || !only
-                || flushing
-                || now.saturating_duration_since(b.created) >= cfg.linger
-                || b.buf.len() >= cfg.batch_size)
     }
 
     fn flushing(&self) -> bool {
@@ -632,7 +484,6 @@ impl Engine {
             return;
         }
         // Which leaders have a sendable batch?
-        let flushing = self.flushing();
         let mut nodes: Vec<i32> = Vec::new();
         for t in self.topics.values() {
             for p in &t.partitions {
@@ -642,9 +493,7 @@ impl Engine {
                 let (Some(leader), Some(front)) = (p.leader, p.batches.front()) else {
                     continue;
                 };
-                if Self::batch_ready(front, now, p.batches.len() == 1, flushing, &self.cfg)
-                    && !nodes.contains(&leader)
-                {
+                if Self::batch_ready(front, now) && !nodes.contains(&leader) {
                     nodes.push(leader);
                 }
             }
@@ -675,17 +524,15 @@ impl Engine {
         let max_request = self.cfg.max_request_size;
         let mut size = REQUEST_OVERHEAD;
         let mut taken: Vec<(String, i32, Batch)> = Vec::new();
-        let flushing = self.flushing();
         for (name, t) in self.topics.iter_mut() {
             for (i, p) in t.partitions.iter_mut().enumerate() {
                 if p.in_flight || p.leader != Some(node.0) {
                     continue;
                 }
-                let only = p.batches.len() == 1;
                 let Some(front) = p.batches.front() else {
                     continue;
                 };
-                let ready = Self::batch_ready(front, now, only, flushing, &self.cfg);
+                let ready = Self::batch_ready(front, now);
                 if !ready || (size + front.size() > max_request && !taken.is_empty()) {
                     continue;
                 }
@@ -995,18 +842,6 @@ impl Engine {
     fn expire(&mut self, now: Instant) {
         let mut expired = Vec::new();
         for (name, t) in self.topics.iter_mut() {
-            while t
-                .waiting
-                .front()
-                .is_some_and(|p| now >= p.enqueued + self.cfg.delivery_timeout)
-            {
-                if let Some(p) = t.waiting.pop_front() {
-                    self.pool.release(p.reserved);
-                    let last = t.last_error.map(|e| e.to_string());
-                    p.completion
-                        .complete(Err(ProduceError::DeliveryTimeout { last }));
-                }
-            }
             for (i, p) in t.partitions.iter_mut().enumerate() {
                 while p.batches.front().is_some_and(|b| now >= b.deadline) {
                     if let Some(b) = p.batches.pop_front() {
@@ -1055,18 +890,15 @@ impl Engine {
                 }
             }
         }
+        if let Some(t) = self.acc_wake {
+            at(t);
+        }
         for t in self.topics.values() {
-            if let Some(p) = t.waiting.front() {
-                at(p.enqueued + self.cfg.delivery_timeout);
-            }
             for p in &t.partitions {
                 if let Some(b) = p.batches.front() {
                     at(b.deadline);
                     if let Some(r) = b.retry_at {
                         at(r);
-                    }
-                    if b.is_open() && p.leader.is_some() && !p.in_flight {
-                        at(b.created + self.cfg.linger);
                     }
                 }
             }
@@ -1098,36 +930,51 @@ impl Engine {
     }
 
     fn fail_everything(&mut self, err: ProduceError) {
-        // Drain queued commands first so every accepted record gets an answer.
+        // Drain queued commands first so every flush gets an answer.
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
-                Command::Send(p) => {
-                    self.pool.release(p.reserved);
-                    p.completion.complete(Err(err.clone()));
-                }
                 Command::Flush(ack) => self.flush_waiters.push(ack),
                 Command::Close(_, ack) => {
                     let _ = ack.send(());
                 }
             }
         }
-        let mut all = Vec::new();
-        for (name, t) in self.topics.iter_mut() {
-            for p in t.waiting.drain(..) {
-                self.pool.release(p.reserved);
-                p.completion.complete(Err(err.clone()));
+        let mut accumulated = Vec::new();
+        let mut waiting = Vec::new();
+        {
+            // Close the accumulator (later appends fail at once) and take everything in it.
+            let mut st = self.acc.lock();
+            st.closed = true;
+            for (name, t) in st.topics.iter_mut() {
+                waiting.extend(t.waiting.drain(..));
+                for (i, p) in t.partitions.iter_mut().enumerate() {
+                    for b in p.sealed.drain(..).chain(p.open.take()) {
+                        accumulated.push((name.clone(), i as i32, b));
+                    }
+                }
             }
+        }
+        self.acc_empty = true;
+        // Oldest first: in flight, queued here, in the accumulator, waiting for metadata.
+        let mut all: Vec<(String, i32, Batch)> = self
+            .produce_in_flight
+            .drain()
+            .flat_map(|(_, inflight)| inflight.batches)
+            .collect();
+        for (name, t) in self.topics.iter_mut() {
             for (i, p) in t.partitions.iter_mut().enumerate() {
                 while let Some(b) = p.batches.pop_front() {
                     all.push((name.clone(), i as i32, b));
                 }
             }
         }
-        for (_, inflight) in self.produce_in_flight.drain() {
-            all.extend(inflight.batches);
-        }
+        all.extend(accumulated);
         for (t, p, b) in all {
             self.fail_batch(&t, p, b, err.clone());
+        }
+        for p in waiting {
+            self.pool.release(p.reserved);
+            p.completion.complete(Err(err.clone()));
         }
     }
 }

@@ -5,10 +5,10 @@
 //! - [`Producer`] is `Clone + Send + Sync`. [`Producer::send`] returns a [`DeliveryFuture`] (a
 //!   `Future`, and a blocking [`wait`](DeliveryFuture::wait)); [`Producer::send_with_callback`]
 //!   calls back on the network thread; [`Producer::flush`] and [`Producer::close`] bound the wait.
-//! - Records reach the network thread over a crossbeam channel; the thread is woken through the
-//!   Selector's waker only when it is asleep in `poll`.
-//! - Accumulator: per-partition batches bounded by `batch.size`, sent when full or after
-//!   `linger.ms`; `buffer.memory` bounds what is in the producer, and `send` blocks up to
+//! - Accumulator: `send` encodes the record straight into its partition's batch, on the calling
+//!   thread (Kafka's `RecordAccumulator`); the network thread takes whole batches, when full or
+//!   after `linger.ms`, and is woken through the Selector's waker only when a batch or a topic
+//!   was opened while it was asleep in `poll`. Batches are bounded by `batch.size`; `buffer.memory` bounds what is in the producer, and `send` blocks up to
 //!   `max.block.ms` for room, then fails with [`ProduceError::BufferExhausted`] — nothing is dropped
 //!   silently.
 //! - Partitioner: Java-compatible murmur2 of the key; keyless records stick to one partition until
@@ -33,6 +33,7 @@
 //! producer.close(std::time::Duration::from_secs(10));
 //! ```
 
+mod accumulator;
 mod config;
 mod delivery;
 mod engine;
@@ -52,8 +53,9 @@ pub use record::{ProduceError, ProducerRecord, RecordMetadata};
 
 use crate::client::ConfigError;
 use crate::net::{Selector, SelectorConfig, SelectorWaker};
+use accumulator::{Accumulator, Appended, Pending};
 use delivery::Completion;
-use engine::{Command, Engine, Pending};
+use engine::{Command, Engine};
 use memory::BufferPool;
 
 /// Why a producer could not be created.
@@ -78,6 +80,7 @@ impl std::error::Error for ProducerError {}
 
 struct Inner {
     tx: Sender<Command>,
+    acc: Arc<Accumulator>,
     waker: SelectorWaker,
     sleeping: Arc<AtomicBool>,
     pool: Arc<BufferPool>,
@@ -148,11 +151,23 @@ impl Producer {
         let waker = selector.waker();
         let (tx, rx) = unbounded();
         let pool = Arc::new(BufferPool::new(config.buffer_memory));
+        let acc = Arc::new(Accumulator::new(
+            config.batch_size,
+            config.max_request_size,
+            config.delivery_timeout,
+        ));
         let sleeping = Arc::new(AtomicBool::new(false));
         let max_block = config.max_block;
         let delivery_timeout = config.delivery_timeout;
-        let engine = Engine::new(config, rx, pool.clone(), sleeping.clone(), selector)
-            .map_err(ProducerError::Io)?;
+        let engine = Engine::new(
+            config,
+            rx,
+            acc.clone(),
+            pool.clone(),
+            sleeping.clone(),
+            selector,
+        )
+        .map_err(ProducerError::Io)?;
         let thread = std::thread::Builder::new()
             .name("mqnet-producer".into())
             .spawn(move || engine.run())
@@ -160,6 +175,7 @@ impl Producer {
         Ok(Producer {
             inner: Arc::new(Inner {
                 tx,
+                acc,
                 waker,
                 sleeping,
                 pool,
@@ -171,6 +187,9 @@ impl Producer {
         })
     }
 
+    /// Reserves the record's bytes, then encodes it into its partition's batch on this thread
+    /// (the network thread takes whole batches); wakes the network thread when a batch or a topic
+    /// was opened.
     fn enqueue(&self, record: ProducerRecord, completion: Completion) {
         if self.inner.closed.load(Ordering::SeqCst) {
             completion.complete(Err(ProduceError::Closed));
@@ -187,14 +206,17 @@ impl Producer {
             reserved,
             enqueued: Instant::now(),
         };
-        if let Err(e) = self.inner.tx.send(Command::Send(pending)) {
-            if let Command::Send(p) = e.into_inner() {
-                self.inner.pool.release(p.reserved);
-                p.completion.complete(Err(ProduceError::Closed));
+        match self.inner.acc.append(pending) {
+            Appended::Queued { wake: false } => {}
+            Appended::Queued { wake: true } => {
+                self.inner.acc.changed.store(true, Ordering::SeqCst);
+                self.inner.wake();
             }
-            return;
+            Appended::Rejected(r) => {
+                self.inner.pool.release(r.reserved);
+                r.completion.complete(Err(r.error));
+            }
         }
-        self.inner.wake();
     }
 
     /// Sends a record. Blocks only while `buffer.memory` is full, for at most `max.block.ms`.

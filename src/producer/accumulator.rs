@@ -347,7 +347,8 @@ impl AccTopic {
                 buf,
                 writer: Some(writer),
                 frozen: None,
-                completions: Vec::with_capacity(64),
+                // Room for the completions of a batch of records this size (no regrowth).
+                completions: Vec::with_capacity(batch_size / single.max(1) + 1),
                 reserved: 0,
                 created: p.enqueued,
                 deadline: p.enqueued + delivery_timeout,

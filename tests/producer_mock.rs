@@ -87,8 +87,20 @@ fn consume(bootstrap: &str, topic: &str, partitions: i32, expected: usize) -> Ve
 /// Every index `0..n` exactly once, in increasing index order within each partition, on the
 /// partition murmur2 gives its key.
 fn check_exactly_once_in_order(consumed: &[Consumed], n: usize, partitions: i32) {
+    check_exactly_once_in_stream_order(consumed, n, partitions, 1);
+}
+
+/// As [`check_exactly_once_in_order`], for indices sent by `streams` threads (thread `t` sent the
+/// indices `i` with `i % streams == t`, in increasing order): the order is checked per partition
+/// and thread.
+fn check_exactly_once_in_stream_order(
+    consumed: &[Consumed],
+    n: usize,
+    partitions: i32,
+    streams: usize,
+) {
     let mut seen = vec![0u32; n];
-    let mut last: HashMap<i32, i64> = HashMap::new();
+    let mut last: HashMap<(i32, usize), i64> = HashMap::new();
     let mut sorted: Vec<&Consumed> = consumed.iter().collect();
     sorted.sort_by_key(|(p, off, _, _)| (*p, *off));
     for (p, _off, key, value) in sorted {
@@ -101,7 +113,7 @@ fn check_exactly_once_in_order(consumed: &[Consumed], n: usize, partitions: i32)
             partition_for_key(key.as_bytes(), partitions),
             "key {key} on the murmur2 partition"
         );
-        let prev = last.insert(*p, i as i64).unwrap_or(-1);
+        let prev = last.insert((*p, i % streams), i as i64).unwrap_or(-1);
         assert!(
             (i as i64) > prev,
             "partition {p}: index {i} after {prev} (send order broken)"
@@ -148,6 +160,38 @@ fn hundred_thousand_keyed_records_arrive_exactly_once_in_order() {
     producer.close(Duration::from_secs(10));
     let consumed = consume(&bootstrap, topic, 4, n);
     check_exactly_once_in_order(&consumed, n, 4);
+}
+
+#[test]
+fn four_threads_sharing_one_producer_lose_duplicate_and_reorder_nothing() {
+    let topic = "threads";
+    let threads = 4;
+    let c = cluster(topic, 4);
+    let bootstrap = c.bootstrap_servers();
+    let producer = Producer::new(config(&bootstrap)).unwrap();
+    let n = 40_000;
+    // Thread t sends the indices t, t + 4, t + 8, ... in that order, all at once, on one producer.
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let producer = producer.clone();
+                s.spawn(move || {
+                    let futures: Vec<DeliveryFuture> = (t..n)
+                        .step_by(threads)
+                        .map(|i| producer.send(record(topic, i)))
+                        .collect();
+                    wait_all(futures)
+                })
+            })
+            .collect();
+        for h in handles {
+            let metas = h.join().expect("sending thread");
+            assert_eq!(metas.len(), n / threads);
+        }
+    });
+    producer.close(Duration::from_secs(10));
+    let consumed = consume(&bootstrap, topic, 4, n);
+    check_exactly_once_in_stream_order(&consumed, n, 4, threads);
 }
 
 #[test]

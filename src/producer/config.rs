@@ -197,10 +197,30 @@ impl ProducerConfig {
         Ok(cfg)
     }
 
-    /// From a `key=value` properties text (`#` comments).
+    /// From a `key=value` properties text (`#` comments), with Kafka's key names; keys not given
+    /// keep Kafka's defaults.
     ///
     /// # Errors
-    /// As [`ProducerConfig::from_pairs`].
+    /// As [`ProducerConfig::from_pairs`]: an unknown key or a bad value names the key.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mqnet::producer::{Acks, ProducerConfig};
+    ///
+    /// let cfg = ProducerConfig::from_properties(
+    ///     "bootstrap.servers=10.0.0.1:9092,10.0.0.2:9092\n\
+    ///      ## throughput over latency\n\
+    ///      acks=1\n\
+    ///      enable.idempotence=false\n\
+    ///      linger.ms=20\n",
+    /// )
+    /// .unwrap();
+    /// assert_eq!(cfg.acks, Acks::Leader);
+    /// assert_eq!(cfg.bootstrap_servers.len(), 2);
+    /// let err = ProducerConfig::from_properties("bootstrap.servers=h:1\nlinger=5\n").unwrap_err();
+    /// assert!(err.to_string().contains("linger"));
+    /// ```
     pub fn from_properties(text: &str) -> Result<Self, ConfigError> {
         ProducerConfig::from_pairs(parse_properties(text)?)
     }

@@ -221,7 +221,31 @@ impl Producer {
 
     /// Sends a record. Blocks only while `buffer.memory` is full, for at most `max.block.ms`.
     /// The returned future resolves once the record is acknowledged (or has failed); at the latest
-    /// when `delivery.timeout.ms` has passed.
+    /// when `delivery.timeout.ms` has passed. Call it from any thread; records sent from one thread
+    /// to one partition are delivered in the order sent.
+    ///
+    /// The record is encoded into its partition's batch on the calling thread; nothing is sent
+    /// until the batch is full, `linger.ms` has passed, or [`flush`](Self::flush) is called.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # use mqnet::producer::{Producer, ProducerConfig, ProducerRecord, ProduceError};
+    /// let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092")).unwrap();
+    /// // Many records in flight at once, then wait for each: records are batched meanwhile.
+    /// let futures: Vec<_> = (0..1000)
+    ///     .map(|i| producer.send(ProducerRecord::new("events", format!("v{i}")).key(i.to_string())))
+    ///     .collect();
+    /// for f in futures {
+    ///     match f.wait() {
+    ///         Ok(meta) => assert!(meta.offset >= 0),
+    ///         Err(ProduceError::DeliveryTimeout { last }) => eprintln!("gave up: {last:?}"),
+    ///         Err(e) => eprintln!("failed: {e}"),
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// In async code, `.await` the future instead of calling `wait`.
     pub fn send(&self, record: ProducerRecord) -> DeliveryFuture {
         let (future, completion) = DeliveryFuture::new();
         self.enqueue(record, completion);
@@ -229,7 +253,27 @@ impl Producer {
     }
 
     /// Sends a record and calls `callback` once with its result, on the producer's network thread
-    /// (or on this thread, when the record fails before it is queued).
+    /// (or on this thread, when the record fails before it is queued). Keep the callback short: it
+    /// runs on the thread that drives the network. A callback that captures nothing costs no
+    /// allocation.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # use std::sync::atomic::{AtomicU64, Ordering};
+    /// # use std::time::Duration;
+    /// # use mqnet::producer::{Producer, ProducerConfig, ProducerRecord};
+    /// static DELIVERED: AtomicU64 = AtomicU64::new(0);
+    /// let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092").linger_ms(5)).unwrap();
+    /// for i in 0..100_000u32 {
+    ///     producer.send_with_callback(ProducerRecord::new("events", i.to_be_bytes().to_vec()), |r| {
+    ///         if r.is_ok() {
+    ///             DELIVERED.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     });
+    /// }
+    /// assert!(producer.flush(Duration::from_secs(30)));
+    /// ```
     pub fn send_with_callback(
         &self,
         record: ProducerRecord,
@@ -240,7 +284,8 @@ impl Producer {
 
     /// Sends everything queued at once (ignoring `linger.ms`) and blocks until every record sent
     /// before this call has completed (records sent concurrently may be waited for too), or until
-    /// `timeout`. Returns whether everything completed.
+    /// `timeout`. Returns whether everything completed (a record that *failed* has completed: check
+    /// the futures or callbacks for outcomes).
     pub fn flush(&self, timeout: Duration) -> bool {
         let (ack_tx, ack_rx) = bounded(1);
         if self.inner.tx.send(Command::Flush(ack_tx)).is_err() {
@@ -253,7 +298,21 @@ impl Producer {
 
     /// Flushes for at most `timeout`, then stops the network thread; records still not delivered
     /// fail with [`ProduceError::Closed`]. Later sends fail with `Closed`. Idempotent; every clone
-    /// shares the same producer.
+    /// shares the same producer. Dropping the last clone closes with `delivery.timeout.ms` as the
+    /// timeout.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use mqnet::producer::{Producer, ProducerConfig, ProducerRecord, ProduceError};
+    /// let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092")).unwrap();
+    /// let pending = producer.send(ProducerRecord::new("events", "last words"));
+    /// producer.close(Duration::from_secs(5));
+    /// // Delivered within the 5 s, or failed with `Closed`; either way it has completed.
+    /// assert!(pending.wait_timeout(Duration::ZERO).is_some());
+    /// assert_eq!(producer.send(ProducerRecord::new("events", "late")).wait(), Err(ProduceError::Closed));
+    /// ```
     pub fn close(&self, timeout: Duration) {
         self.inner.close(timeout);
     }

@@ -208,6 +208,9 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     receives: Vec<Received>,
     scratch_channels: Vec<ChannelId>,
     next_correlation: i32,
+    /// The last latency computed by `finish`, with its (sent, completed) instants: requests sent
+    /// in one poll and completed in one poll share it, so it is computed once per such run.
+    latency_memo: (Instant, Instant, Duration),
 }
 
 impl NetworkClient<Selector, NoHandshake> {
@@ -228,6 +231,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     /// A client over `transport`, running `handshake` on each new connection.
     pub fn with_transport(transport: T, config: ClientConfig, handshake: H) -> Self {
         let states = ClusterConnectionStates::new(&config);
+        let t0 = transport.now();
         NetworkClient {
             transport,
             config,
@@ -246,6 +250,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             receives: Vec::new(),
             scratch_channels: Vec::new(),
             next_correlation: 0,
+            latency_memo: (t0, t0, Duration::ZERO),
         }
     }
 
@@ -612,9 +617,19 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         if entry.internal {
             return;
         }
-        let latency = now.map_or(Duration::ZERO, |t| {
-            t.saturating_duration_since(entry.created)
-        });
+        let latency = match now {
+            None => Duration::ZERO,
+            Some(t) => {
+                let (sent, at, l) = self.latency_memo;
+                if sent == entry.created && at == t {
+                    l
+                } else {
+                    let l = t.saturating_duration_since(entry.created);
+                    self.latency_memo = (entry.created, t, l);
+                    l
+                }
+            }
+        };
         let m = &mut self.metrics[i];
         match &outcome {
             Outcome::Response(_) | Outcome::Sent => {
@@ -755,6 +770,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 self.stage_waiting(i);
             }
             self.requests[i].settle();
+            self.metrics[i].flush_latencies();
         }
         self.deliver(out);
         Ok(())

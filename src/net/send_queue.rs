@@ -88,7 +88,9 @@ impl SendQueue {
         let header = header.unwrap_or([0; HEADER_LEN]);
         self.staged_bytes += len;
         if len <= COALESCE_MAX && self.coalesce_room(len) {
-            self.cbuf.extend_from_slice(&header[..header_len]);
+            if header_len == HEADER_LEN {
+                self.cbuf.extend_from_slice(&header);
+            }
             self.cbuf.extend_from_slice(&body);
             self.frames.push_back(Staged {
                 header,
@@ -114,6 +116,7 @@ impl SendQueue {
     /// Makes room for `len` more bytes in the contiguous buffer, within [`COALESCE_LIMIT`]; returns
     /// whether there is. Moves the unwritten bytes to the front when that makes room, and grows
     /// the allocation (doubling, from [`COALESCE_INITIAL`]) only up to the limit.
+    #[inline]
     fn coalesce_room(&mut self, len: usize) -> bool {
         let live = self.cbuf.len() - self.cstart;
         if live + len > COALESCE_LIMIT {

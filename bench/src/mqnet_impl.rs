@@ -625,13 +625,13 @@ pub fn run_closed_loop<L: RequestLayer>(
 /// # Errors
 /// A poll failure of the request layer.
 pub fn run_client(addr: SocketAddr, w: &Workload, layer: ClientLayer) -> io::Result<RunResult> {
-    let (rec, window) = match layer {
+    let (mut rec, window) = match layer {
         ClientLayer::Selector => run_closed_loop(&mut SelectorLayer::new(MAX_PAYLOAD)?, addr, w)?,
         ClientLayer::NetworkClient => {
             run_closed_loop(&mut NetworkClientLayer::new(w.inflight)?, addr, w)?
         }
     };
-    let mut r = RunResult::from_recorder("mqnet", w, &rec, &window);
+    let mut r = RunResult::from_recorder("mqnet", w, &mut rec, &window);
     r.mqnet_client = Some(layer.name().to_string());
     Ok(r)
 }

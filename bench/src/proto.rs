@@ -7,7 +7,7 @@
 //! The length prefixes are written by the framing layer (the Selector, or `LengthDelimitedCodec`);
 //! the functions here build and check payloads only.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// Smallest request payload: api_key, api_version, correlation_id.
 pub const MIN_REQUEST: usize = 8;
@@ -31,7 +31,7 @@ impl Encoder {
     pub fn new(max: usize) -> Self {
         Encoder {
             arena: BytesMut::with_capacity((max * 64).clamp(64 * 1024, 4 * 1024 * 1024)),
-            zeros: vec![0; max],
+            zeros: vec![0; max + PREFIX],
         }
     }
 
@@ -64,20 +64,24 @@ impl Encoder {
     }
 
     /// `[len]` (if `prefixed`) `[api_key api_version]` (if `header` is given) `corr` padding, with
-    /// a payload of `size` bytes.
+    /// a payload of `size` bytes: one copy of zeros, then the fixed fields written over its front.
     #[inline]
     fn build(&mut self, prefixed: bool, size: usize, header: Option<i32>, corr: i32) -> Bytes {
-        self.room(size + if prefixed { PREFIX } else { 0 });
+        let total = size + if prefixed { PREFIX } else { 0 };
+        self.room(total);
+        let start = self.arena.len();
+        self.arena.extend_from_slice(&self.zeros[..total]);
+        let frame = &mut self.arena[start..];
+        let mut at = 0;
         if prefixed {
-            self.arena.put_u32(size as u32);
+            frame[..PREFIX].copy_from_slice(&(size as u32).to_be_bytes());
+            at = PREFIX;
         }
-        let mut fixed = 4;
         if let Some(h) = header {
-            self.arena.put_i32(h);
-            fixed += 4;
+            frame[at..at + 4].copy_from_slice(&h.to_be_bytes());
+            at += 4;
         }
-        self.arena.put_i32(corr);
-        self.arena.put_slice(&self.zeros[..size - fixed]);
+        frame[at..at + 4].copy_from_slice(&corr.to_be_bytes());
         self.arena.split().freeze()
     }
 }

@@ -53,10 +53,18 @@ impl Window {
 }
 
 /// Latencies and counters of (part of) a run.
+///
+/// Consecutive responses with the same send and arrival instants (a batch sent together and
+/// answered in one poll) have the same latency: they are counted as a run and recorded into the
+/// histogram once per run (`record_n`), so the histogram holds exactly what one record per
+/// response would give. Summarising and merging fold in the pending run.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    /// Latencies in nanoseconds.
-    pub hist: Histogram<u64>,
+    /// Latencies in nanoseconds, except the pending run.
+    hist: Histogram<u64>,
+    /// The pending run: (send instant, arrival instant, latency in ns), and its length.
+    run: Option<(Instant, Instant, u64)>,
+    run_len: u64,
     /// Responses measured inside the window.
     pub measured: u64,
     /// Errors: bad or mismatched responses, failed requests, lost connections, connect failures.
@@ -77,6 +85,8 @@ impl Recorder {
         Recorder {
             hist: Histogram::new_with_bounds(1, 120_000_000_000, 3)
                 .expect("valid histogram bounds"),
+            run: None,
+            run_len: 0,
             measured: 0,
             errors: 0,
             last: None,
@@ -86,17 +96,36 @@ impl Recorder {
     /// Records one response that arrived at `now` for a request sent at `sent`.
     #[inline]
     pub fn record(&mut self, sent: Instant, now: Instant) {
-        let ns = now.saturating_duration_since(sent).as_nanos();
-        self.hist
-            .saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+        match self.run {
+            Some((s, n, _)) if s == sent && n == now => self.run_len += 1,
+            _ => {
+                self.flush();
+                let ns = now.saturating_duration_since(sent).as_nanos();
+                let ns = u64::try_from(ns).unwrap_or(u64::MAX).max(1);
+                self.run = Some((sent, now, ns));
+                self.run_len = 1;
+            }
+        }
         self.measured += 1;
         self.last = Some(now);
     }
 
+    /// Records the pending run into the histogram.
+    fn flush(&mut self) {
+        if let Some((_, _, ns)) = self.run.take() {
+            self.hist
+                .saturating_record_n(ns, std::mem::take(&mut self.run_len));
+        }
+    }
+
     /// Adds `other` into this recorder.
     pub fn merge(&mut self, other: &Recorder) {
+        self.flush();
         // Same bounds on both sides: addition cannot fail.
         let _ = self.hist.add(&other.hist);
+        if let Some((_, _, ns)) = other.run {
+            self.hist.saturating_record_n(ns, other.run_len);
+        }
         self.measured += other.measured;
         self.errors += other.errors;
         self.last = match (self.last, other.last) {
@@ -164,7 +193,7 @@ fn cdf_quantiles() -> impl Iterator<Item = f64> {
 
 impl RunResult {
     /// Summarises `rec`, measured over `window`, for implementation `name` and workload `w`.
-    pub fn from_recorder(name: &str, w: &Workload, rec: &Recorder, window: &Window) -> Self {
+    pub fn from_recorder(name: &str, w: &Workload, rec: &mut Recorder, window: &Window) -> Self {
         // In count mode the window closes at the last measured response.
         let end = match (w.count, rec.last) {
             (Some(_), Some(last)) => last.min(window.end),
@@ -178,6 +207,7 @@ impl RunResult {
         };
         let per_request = (w.size + PREFIX + w.resp_size + PREFIX) as f64;
         let us = |ns: u64| ns as f64 / 1000.0;
+        rec.flush();
         let h = &rec.hist;
         let (p50, p99, p999, max) = if h.is_empty() {
             (0.0, 0.0, 0.0, 0.0)
@@ -242,7 +272,7 @@ mod tests {
             let sent = window.start;
             rec.record(sent, sent + Duration::from_micros(i));
         }
-        let r = RunResult::from_recorder("x", &w, &rec, &window);
+        let r = RunResult::from_recorder("x", &w, &mut rec, &window);
         assert_eq!(r.requests, 1000);
         assert!((r.rps - 500.0).abs() < 1e-9);
         assert!((r.p50_us - 500.0).abs() < 1.0, "{}", r.p50_us);

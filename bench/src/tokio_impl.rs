@@ -234,7 +234,7 @@ async fn client_conn(
 /// Building the runtime failed. Connection failures and bad responses are counted as errors.
 pub fn run_client(flavor: Flavor, addr: SocketAddr, w: &Workload) -> io::Result<RunResult> {
     let rt = flavor.runtime()?;
-    let (rec, window) = rt.block_on(async {
+    let (mut rec, window) = rt.block_on(async {
         let mut rec = Recorder::new();
         let mut streams = Vec::with_capacity(w.conns);
         for i in 0..w.conns {
@@ -289,7 +289,12 @@ pub fn run_client(flavor: Flavor, addr: SocketAddr, w: &Workload) -> io::Result<
         (rec, shared.window)
     });
     rt.shutdown_background();
-    Ok(RunResult::from_recorder(flavor.name(), w, &rec, &window))
+    Ok(RunResult::from_recorder(
+        flavor.name(),
+        w,
+        &mut rec,
+        &window,
+    ))
 }
 
 #[cfg(test)]

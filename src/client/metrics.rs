@@ -6,6 +6,11 @@ use hdrhistogram::Histogram;
 
 /// Request and connection counters of one node, with a latency histogram (microseconds, 1 µs to
 /// 60 s, two significant digits). Recording allocates nothing.
+///
+/// Latencies are recorded in runs: consecutive equal latencies (requests sent in the same poll
+/// and answered in the same poll) are counted and folded into the histogram, sum and maximum once
+/// per run. The client folds every run in before its `poll` returns, so between polls the fields
+/// are exact.
 #[derive(Debug, Clone)]
 pub struct NodeMetrics {
     since: Instant,
@@ -32,6 +37,9 @@ pub struct NodeMetrics {
     pub latency_max: Duration,
     /// Latency histogram in microseconds.
     pub latency_us: Histogram<u64>,
+    /// The run of equal latencies not yet folded in: its latency and length.
+    run_latency: Duration,
+    run_len: u32,
 }
 
 impl NodeMetrics {
@@ -50,16 +58,38 @@ impl NodeMetrics {
             latency_max: Duration::ZERO,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2)
                 .unwrap_or_else(|_| Histogram::new(2).expect("2 significant digits are valid")),
+            run_latency: Duration::ZERO,
+            run_len: 0,
         }
     }
 
+    /// Records one latency: extends the current run when it is equal to the run's, else folds the
+    /// run in and starts a new one. [`flush_latencies`](Self::flush_latencies) folds in the last.
+    #[inline]
     pub(crate) fn record_latency(&mut self, latency: Duration) {
-        self.latency_sum += latency;
+        if self.run_len > 0 && latency == self.run_latency && self.run_len < u32::MAX {
+            self.run_len += 1;
+            return;
+        }
+        self.flush_latencies();
+        self.run_latency = latency;
+        self.run_len = 1;
+    }
+
+    /// Folds the pending run of equal latencies into the histogram, sum and maximum.
+    #[inline]
+    pub(crate) fn flush_latencies(&mut self) {
+        let n = std::mem::take(&mut self.run_len);
+        if n == 0 {
+            return;
+        }
+        let latency = self.run_latency;
+        self.latency_sum = self.latency_sum.saturating_add(latency.saturating_mul(n));
         self.latency_max = self.latency_max.max(latency);
         let us = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        self.latency_us.saturating_record(us);
+        self.latency_us.saturating_record_n(us, u64::from(n));
     }
 
     /// Average latency of responses so far.
@@ -79,5 +109,28 @@ impl NodeMetrics {
         } else {
             self.requests_sent as f64 / secs
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_equal_latencies_fold_in_as_single_records_would() {
+        let now = Instant::now();
+        let mut m = NodeMetrics::new(now);
+        let mut expect = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).unwrap();
+        let us = |n: u64| Duration::from_micros(n);
+        let seq = [5, 5, 5, 7, 7, 5, 1, 1, 1, 1, 900, 0];
+        for &v in &seq {
+            m.record_latency(us(v));
+            expect.saturating_record(v.max(1));
+        }
+        m.flush_latencies();
+        m.flush_latencies(); // idempotent
+        assert_eq!(m.latency_us, expect);
+        assert_eq!(m.latency_max, us(900));
+        assert_eq!(m.latency_sum, us(seq.iter().sum()));
     }
 }

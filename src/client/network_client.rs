@@ -40,6 +40,10 @@ impl std::hash::Hasher for NodeIdHasher {
 
 type NodeIndex = HashMap<NodeId, usize, std::hash::BuildHasherDefault<NodeIdHasher>>;
 
+/// Node ids in `0..DENSE_IDS` (broker ids usually are) are also indexed by a plain array, so the
+/// per-request lookup is one bounds check and a load.
+const DENSE_IDS: usize = 4096;
+
 /// Reads a response's correlation id. The default, [`kafka_correlation_id`], reads the first four
 /// bytes (Kafka's response header).
 pub type CorrelationReader = fn(&[u8]) -> Option<i32>;
@@ -198,6 +202,8 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     states: ClusterConnectionStates,
     ids: Vec<NodeId>,
     index: NodeIndex,
+    /// `dense[id]` = node index + 1 for ids in `0..DENSE_IDS`, 0 for none.
+    dense: Vec<usize>,
     requests: Vec<NodeRequests>,
     metrics: Vec<NodeMetrics>,
     /// Channel slot → (channel, node index).
@@ -208,6 +214,12 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     receives: Vec<Received>,
     scratch_channels: Vec<ChannelId>,
     next_correlation: i32,
+    /// The last latency computed by `finish`, with its (sent, completed) instants: requests sent
+    /// in one poll and completed in one poll share it, so it is computed once per such run.
+    latency_memo: (Instant, Instant, Duration),
+    /// The last deadline computed by `send`, with its (now, timeout): requests sent together share
+    /// it.
+    deadline_memo: (Instant, Duration, Instant),
 }
 
 impl NetworkClient<Selector, NoHandshake> {
@@ -228,6 +240,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     /// A client over `transport`, running `handshake` on each new connection.
     pub fn with_transport(transport: T, config: ClientConfig, handshake: H) -> Self {
         let states = ClusterConnectionStates::new(&config);
+        let t0 = transport.now();
         NetworkClient {
             transport,
             config,
@@ -238,6 +251,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             states,
             ids: Vec::new(),
             index: NodeIndex::default(),
+            dense: Vec::new(),
             requests: Vec::new(),
             metrics: Vec::new(),
             channel_nodes: Vec::new(),
@@ -246,6 +260,8 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             receives: Vec::new(),
             scratch_channels: Vec::new(),
             next_correlation: 0,
+            latency_memo: (t0, t0, Duration::ZERO),
+            deadline_memo: (t0, Duration::ZERO, t0),
         }
     }
 
@@ -315,6 +331,14 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let i = self.states.add(host, port, self.rng.as_mut());
         self.ids.push(node);
         self.index.insert(node, i);
+        if let Ok(id) = usize::try_from(node.0) {
+            if id < DENSE_IDS {
+                if self.dense.len() <= id {
+                    self.dense.resize(id + 1, 0);
+                }
+                self.dense[id] = i + 1;
+            }
+        }
         self.requests.push(NodeRequests::default());
         self.metrics.push(NodeMetrics::new(self.transport.now()));
         Ok(())
@@ -327,7 +351,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     /// The node's connection state (`None` for an unknown node).
     pub fn connection_state(&self, node: NodeId) -> Option<ConnectionState> {
-        self.index.get(&node).map(|&i| self.states.get(i).state)
+        self.node_index(node).map(|i| self.states.get(i).state)
     }
 
     /// The node's metrics.
@@ -361,7 +385,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     /// Whether a request can be sent to `node` now and staged at once: the connection is Ready and
     /// the in-flight rules allow one more.
     pub fn is_ready(&self, node: NodeId, _now: Instant) -> bool {
-        self.index.get(&node).is_some_and(|&i| {
+        self.node_index(node).is_some_and(|i| {
             self.states.get(i).state == ConnectionState::Ready && self.can_stage(i)
         })
     }
@@ -370,7 +394,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     /// disconnected and its backoff has elapsed. Call it for every node you want to talk to, then
     /// poll.
     pub fn ready(&mut self, node: NodeId, now: Instant) -> bool {
-        let Some(&i) = self.index.get(&node) else {
+        let Some(i) = self.node_index(node) else {
             return false;
         };
         if self.is_ready(node, now) {
@@ -481,6 +505,20 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         }
     }
 
+    /// The node's index: the dense array for small non-negative ids, else the map.
+    #[inline]
+    fn node_index(&self, node: NodeId) -> Option<usize> {
+        if let Ok(id) = usize::try_from(node.0) {
+            if id < DENSE_IDS {
+                return match self.dense.get(id) {
+                    Some(&k) if k > 0 => Some(k - 1),
+                    _ => None,
+                };
+            }
+        }
+        self.index.get(&node).copied()
+    }
+
     fn node_of(&self, ch: ChannelId) -> Option<usize> {
         match self.channel_nodes.get(ch.slot()) {
             Some(Some((c, i))) if *c == ch && self.states.get(*i).channel == Some(ch) => Some(*i),
@@ -499,7 +537,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     /// the network.
     pub fn send(&mut self, request: ClientRequest, now: Instant) -> i32 {
         let corr = request.correlation_id;
-        let Some(&i) = self.index.get(&request.node) else {
+        let Some(i) = self.node_index(request.node) else {
             self.complete_local(request, LocalError::UnknownNode);
             return corr;
         };
@@ -522,12 +560,20 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         if request.timeout.is_some() {
             self.requests[i].mixed_deadlines = true;
         }
+        let deadline = match self.deadline_memo {
+            (at, t, d) if at == now && t == timeout => d,
+            _ => {
+                let d = now + timeout;
+                self.deadline_memo = (now, timeout, d);
+                d
+            }
+        };
         let entry = InFlight {
             correlation_id: corr,
             expect_response: request.expect_response,
             internal: false,
             created: now,
-            deadline: now + timeout,
+            deadline,
             tag: request.tag,
             callback: request.callback,
         };
@@ -612,9 +658,19 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         if entry.internal {
             return;
         }
-        let latency = now.map_or(Duration::ZERO, |t| {
-            t.saturating_duration_since(entry.created)
-        });
+        let latency = match now {
+            None => Duration::ZERO,
+            Some(t) => {
+                let (sent, at, l) = self.latency_memo;
+                if sent == entry.created && at == t {
+                    l
+                } else {
+                    let l = t.saturating_duration_since(entry.created);
+                    self.latency_memo = (entry.created, t, l);
+                    l
+                }
+            }
+        };
         let m = &mut self.metrics[i];
         match &outcome {
             Outcome::Response(_) | Outcome::Sent => {
@@ -755,6 +811,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 self.stage_waiting(i);
             }
             self.requests[i].settle();
+            self.metrics[i].flush_latencies();
         }
         self.deliver(out);
         Ok(())

@@ -149,7 +149,9 @@ impl Outputs {
 /// 1. **Clear** every output of the previous poll, then carry in what happened between polls (a
 ///    connect that completed immediately, a graceful close with nothing left to flush).
 /// 2. **Write** the staged sends of every channel that has some and is not blocked, with vectored
-///    writes across frame boundaries, until the socket says `WouldBlock`.
+///    writes across frame boundaries, until the socket says `WouldBlock`. Small frames (at most 512
+///    bytes with their prefix) were copied into one contiguous buffer per channel by `send`, so a
+///    run of them is written as one slice.
 /// 3. **Select**: wait in `epoll_wait` for at most the caller's timeout, shortened to the next idle
 ///    expiry or graceful-close deadline, and to zero when step 1, 2 or 4 has something to report or
 ///    a channel is left with work from the previous poll (read budget spent, unmuted with data

@@ -1,4 +1,9 @@
 //! A channel's staged sends: a byte-bounded queue of frames written with vectored writes.
+//!
+//! Small frames (prefix and payload of at most [`COALESCE_MAX`] bytes) are copied, prefix included,
+//! into one contiguous per-channel buffer when staged, so a run of them leaves as one `iovec`
+//! instead of two per frame: the kernel's per-segment cost of a gather (about 25 ns per 100-byte
+//! frame on loopback) is larger than the copy. Larger frames are written from their own buffers.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -13,20 +18,28 @@ use super::frame::HEADER_LEN;
 /// syscall-bound: 32 frames per write.) The array lives on the stack: 8 KiB.
 const MAX_IOVECS: usize = 512;
 
-/// One staged frame: an optional length prefix held inline, and the payload.
+/// Frames of at most this many bytes on the wire (prefix included) are copied into the channel's
+/// contiguous buffer when staged.
+pub(crate) const COALESCE_MAX: usize = 512;
+
+/// The contiguous buffer holds at most this many unwritten bytes; frames beyond it are staged
+/// as they are. Its allocation starts at [`COALESCE_INITIAL`] and grows to at most this.
+const COALESCE_LIMIT: usize = 64 * 1024;
+const COALESCE_INITIAL: usize = 4 * 1024;
+
+/// One staged frame: an optional length prefix held inline and the payload, or (`coalesced`) a
+/// run of `len` bytes of the queue's contiguous buffer.
 #[derive(Debug)]
 struct Staged {
     header: [u8; HEADER_LEN],
     /// `HEADER_LEN` when `header` must be written before `body`, 0 when `body` carries its own prefix.
     header_len: u8,
+    /// The frame's bytes (prefix included) are in the queue's contiguous buffer; `body` is empty.
+    coalesced: bool,
     body: Bytes,
+    /// Bytes on the wire.
+    len: usize,
     seq: u64,
-}
-
-impl Staged {
-    fn len(&self) -> usize {
-        self.header_len as usize + self.body.len()
-    }
 }
 
 /// The outcome of one [`SendQueue::write_to`] call.
@@ -48,6 +61,9 @@ pub(crate) struct SendQueue {
     /// Bytes staged and not yet written.
     staged_bytes: usize,
     next_seq: u64,
+    /// The bytes of coalesced frames, in staging order; `cbuf[cstart..]` is not yet written.
+    cbuf: Vec<u8>,
+    cstart: usize,
 }
 
 impl SendQueue {
@@ -67,19 +83,61 @@ impl SendQueue {
     pub fn push(&mut self, header: Option<[u8; HEADER_LEN]>, body: Bytes) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let staged = Staged {
-            header: header.unwrap_or([0; HEADER_LEN]),
-            header_len: if header.is_some() {
-                HEADER_LEN as u8
-            } else {
-                0
-            },
-            body,
-            seq,
-        };
-        self.staged_bytes += staged.len();
-        self.frames.push_back(staged);
+        let header_len = if header.is_some() { HEADER_LEN } else { 0 };
+        let len = header_len + body.len();
+        let header = header.unwrap_or([0; HEADER_LEN]);
+        self.staged_bytes += len;
+        if len <= COALESCE_MAX && self.coalesce_room(len) {
+            if header_len == HEADER_LEN {
+                self.cbuf.extend_from_slice(&header);
+            }
+            self.cbuf.extend_from_slice(&body);
+            self.frames.push_back(Staged {
+                header,
+                header_len: header_len as u8,
+                coalesced: true,
+                body: Bytes::new(),
+                len,
+                seq,
+            });
+        } else {
+            self.frames.push_back(Staged {
+                header,
+                header_len: header_len as u8,
+                coalesced: false,
+                body,
+                len,
+                seq,
+            });
+        }
         seq
+    }
+
+    /// Makes room for `len` more bytes in the contiguous buffer, within [`COALESCE_LIMIT`]; returns
+    /// whether there is. Moves the unwritten bytes to the front when that makes room, and grows
+    /// the allocation (doubling, from [`COALESCE_INITIAL`]) only up to the limit.
+    #[inline]
+    fn coalesce_room(&mut self, len: usize) -> bool {
+        let live = self.cbuf.len() - self.cstart;
+        if live + len > COALESCE_LIMIT {
+            return false;
+        }
+        if self.cbuf.capacity() - self.cbuf.len() >= len {
+            return true;
+        }
+        if self.cstart > 0 {
+            self.cbuf.copy_within(self.cstart.., 0);
+            self.cbuf.truncate(live);
+            self.cstart = 0;
+            if self.cbuf.capacity() - live >= len {
+                return true;
+            }
+        }
+        let want = (self.cbuf.capacity() * 2)
+            .clamp(COALESCE_INITIAL, COALESCE_LIMIT)
+            .max(live + len);
+        self.cbuf.reserve_exact(want - live);
+        true
     }
 
     /// Writes as much as `w` takes, across frame boundaries, resuming a partial write. Calls `done`
@@ -115,16 +173,33 @@ impl SendQueue {
     }
 
     /// Fills `slices` with the unwritten parts of the queued frames; returns how many it filled.
+    /// Consecutive coalesced frames share one slice.
     fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
         let mut count = 0;
         let mut skip = self.front_written;
+        // The next unwritten coalesced byte, and where the current run of coalesced frames began.
+        let mut cpos = self.cstart;
+        let mut run: Option<usize> = None;
         for f in &self.frames {
+            if f.coalesced {
+                run.get_or_insert(cpos);
+                cpos += f.len - skip;
+                skip = 0;
+                continue;
+            }
+            if let Some(start) = run.take() {
+                slices[count] = IoSlice::new(&self.cbuf[start..cpos]);
+                count += 1;
+                if count == MAX_IOVECS {
+                    return count;
+                }
+            }
             let hl = f.header_len as usize;
             if skip < hl {
                 slices[count] = IoSlice::new(&f.header[skip..hl]);
                 count += 1;
                 if count == MAX_IOVECS {
-                    break;
+                    return count;
                 }
                 skip = 0;
             } else {
@@ -134,10 +209,14 @@ impl SendQueue {
                 slices[count] = IoSlice::new(&f.body[skip..]);
                 count += 1;
                 if count == MAX_IOVECS {
-                    break;
+                    return count;
                 }
             }
             skip = 0;
+        }
+        if let Some(start) = run {
+            slices[count] = IoSlice::new(&self.cbuf[start..cpos]);
+            count += 1;
         }
         count
     }
@@ -148,7 +227,10 @@ impl SendQueue {
             let Some(front) = self.frames.front() else {
                 break;
             };
-            let remaining = front.len() - self.front_written;
+            let remaining = front.len - self.front_written;
+            if front.coalesced {
+                self.cstart += n.min(remaining);
+            }
             if n >= remaining {
                 n -= remaining;
                 self.front_written = 0;
@@ -160,6 +242,10 @@ impl SendQueue {
                 n = 0;
             }
         }
+        if self.cstart == self.cbuf.len() {
+            self.cbuf.clear();
+            self.cstart = 0;
+        }
     }
 
     /// Drops every staged frame; returns how many there were.
@@ -168,6 +254,8 @@ impl SendQueue {
         self.frames.clear();
         self.front_written = 0;
         self.staged_bytes = 0;
+        self.cbuf.clear();
+        self.cstart = 0;
         n
     }
 }
@@ -256,6 +344,67 @@ mod tests {
         assert_eq!(done, (0..200).collect::<Vec<u64>>());
         let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
         assert_eq!(w.out, expected(&refs));
+    }
+
+    #[test]
+    fn small_and_large_frames_interleave_through_partial_writes() {
+        // Sizes around the coalescing threshold, and enough small frames to pass its byte limit.
+        let sizes = [0, 1, 100, COALESCE_MAX - 4, COALESCE_MAX - 3, 4000, 7, 300];
+        let payloads: Vec<Vec<u8>> = (0..600usize)
+            .map(|i| vec![(i % 251) as u8; sizes[i % sizes.len()]])
+            .collect();
+        for (cap, block_every) in [(7, 3), (97, 4), (5000, 0), (1 << 20, 2)] {
+            let mut q = SendQueue::default();
+            let mut done = Vec::new();
+            let mut w = Trickle {
+                out: Vec::new(),
+                cap,
+                calls: 0,
+                block_every,
+            };
+            // Stage in bursts with writes in between, so the buffer wraps and compacts.
+            for chunk in payloads.chunks(37) {
+                for (k, p) in chunk.iter().enumerate() {
+                    if k % 2 == 0 {
+                        q.push(
+                            Some((p.len() as u32).to_be_bytes()),
+                            Bytes::copy_from_slice(p),
+                        );
+                    } else {
+                        let mut framed = (p.len() as u32).to_be_bytes().to_vec();
+                        framed.extend_from_slice(p);
+                        q.push(None, Bytes::from(framed));
+                    }
+                }
+                q.write_to(&mut w, |s| done.push(s)).unwrap();
+            }
+            for _ in 0..10_000_000 {
+                if q.is_empty() {
+                    break;
+                }
+                q.write_to(&mut w, |s| done.push(s)).unwrap();
+            }
+            assert!(q.is_empty());
+            assert_eq!(q.staged_bytes(), 0);
+            assert_eq!(done, (0..payloads.len() as u64).collect::<Vec<_>>());
+            let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+            assert_eq!(w.out, expected(&refs), "cap {cap}");
+            assert!(q.cbuf.capacity() <= COALESCE_LIMIT);
+        }
+    }
+
+    #[test]
+    fn a_run_of_small_frames_is_one_slice() {
+        let mut q = SendQueue::default();
+        for i in 0..100u8 {
+            q.push(Some(1u32.to_be_bytes()), Bytes::copy_from_slice(&[i]));
+        }
+        q.push(Some(600u32.to_be_bytes()), Bytes::from(vec![1; 600]));
+        q.push(Some(1u32.to_be_bytes()), Bytes::from_static(b"z"));
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        // The run, the large frame's prefix and payload, the last small frame.
+        assert_eq!(q.gather(&mut slices), 4);
+        assert_eq!(slices[0].len(), 500);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! network thread takes when they are ready to send (Kafka's `RecordAccumulator`).
 //!
 //! A record is encoded into its partition's open batch by the thread that calls `send`, under one
-//! mutex; the record itself (topic, key, value, headers) is dropped on that thread. The network
-//! thread only takes whole batches, so its work per record is the completion alone. Records for a
+//! mutex; the record itself (topic, key, value, headers) is dropped on that thread. A batch that
+//! fills up is sealed and passed to the network thread over the producer's crossbeam channel (sent
+//! while the lock is held, so it is always ahead of its successor); an open batch past `linger.ms`
+//! is taken by the network thread itself. Its work per record is the completion alone. Records for a
 //! topic whose partitions are not known yet wait in the topic's queue, in order, until the network
 //! thread has the metadata and appends them (later records of that topic queue behind them, so
 //! per-partition order is kept).
@@ -14,12 +16,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use crossbeam_channel::Sender;
 
 use super::delivery::Completion;
+use super::engine::Command;
 use super::record::{ProduceError, ProducerRecord};
 use crate::client::SplitMix64;
 use crate::protocol::{self, RecordBatchWriter};
@@ -100,18 +105,17 @@ impl Batch {
     }
 }
 
-/// A partition's batches that the network thread has not taken yet.
+/// A partition's batch that the network thread has not taken yet.
 #[derive(Default)]
 pub(crate) struct AccPartition {
-    /// Batches closed because a record did not fit, oldest first.
-    pub sealed: VecDeque<Batch>,
     /// The batch records are appended to.
     pub open: Option<Batch>,
 }
 
 /// A topic in the accumulator.
-#[derive(Default)]
 pub(crate) struct AccTopic {
+    /// Its name, shared with the sealed batches sent to the network thread.
+    name: Arc<str>,
     /// One entry per partition; empty until the topic's metadata is known.
     pub partitions: Vec<AccPartition>,
     /// Records waiting for the topic's metadata, in send order.
@@ -136,13 +140,17 @@ pub(crate) struct AccState {
     pub closed: bool,
     rng: SplitMix64,
     limits: Limits,
+    /// Sealed batches go to the network thread here.
+    tx: Sender<Command>,
 }
 
 /// What [`Accumulator::append`] did with a record.
 pub(crate) enum Appended {
     /// In a batch or waiting for metadata. `wake`: it opened a batch or a topic, so the network
     /// thread should look (a linger timer to start, a full batch to send, metadata to fetch).
-    Queued { wake: bool },
+    /// `orphan`: the batch it sealed could not be handed over (the network thread is gone): its
+    /// records must be failed.
+    Queued { wake: bool, orphan: Option<Batch> },
     /// Failed before it was queued.
     Rejected(Rejected),
 }
@@ -162,7 +170,12 @@ fn now_ms() -> i64 {
 }
 
 impl Accumulator {
-    pub fn new(batch_size: usize, max_request: usize, delivery_timeout: Duration) -> Self {
+    pub fn new(
+        batch_size: usize,
+        max_request: usize,
+        delivery_timeout: Duration,
+        tx: Sender<Command>,
+    ) -> Self {
         Accumulator {
             state: Mutex::new(AccState {
                 topics: TopicMap::default(),
@@ -174,6 +187,7 @@ impl Accumulator {
                     max_request,
                     delivery_timeout,
                 },
+                tx,
             }),
             changed: AtomicBool::new(false),
         }
@@ -201,59 +215,107 @@ impl Accumulator {
         match st.topics.get_mut(p.record.topic.as_str()) {
             Some(t) if !t.partitions.is_empty() && t.waiting.is_empty() => {
                 match t.append(p, &mut st.rng, st.limits) {
-                    Ok(opened) => Appended::Queued { wake: opened },
+                    Ok((opened, sealed)) => Appended::Queued {
+                        wake: opened,
+                        orphan: sealed.and_then(|(partition, batch)| {
+                            hand_over(&st.tx, &t.name, partition, batch)
+                        }),
+                    },
                     Err(r) => Appended::Rejected(r),
                 }
             }
             Some(t) => {
                 t.waiting.push_back(p);
-                Appended::Queued { wake: false }
+                Appended::Queued {
+                    wake: false,
+                    orphan: None,
+                }
             }
             None => {
-                let mut t = AccTopic::default();
                 let name = p.record.topic.clone();
+                let mut t = AccTopic {
+                    name: Arc::from(name.as_str()),
+                    partitions: Vec::new(),
+                    waiting: VecDeque::new(),
+                    sticky: None,
+                };
                 t.waiting.push_back(p);
                 st.topics.insert(name, t);
                 st.new_topics = true;
-                Appended::Queued { wake: true }
+                Appended::Queued {
+                    wake: true,
+                    orphan: None,
+                }
             }
         }
     }
 }
 
+/// Sends a sealed batch to the network thread; hands it back if that thread is gone.
+fn hand_over(
+    tx: &Sender<Command>,
+    topic: &Arc<str>,
+    partition: i32,
+    batch: Batch,
+) -> Option<Batch> {
+    let cmd = Command::Batch {
+        topic: topic.clone(),
+        partition,
+        batch,
+    };
+    match tx.send(cmd) {
+        Ok(()) => None,
+        Err(e) => match e.into_inner() {
+            Command::Batch { batch, .. } => Some(batch),
+            _ => None,
+        },
+    }
+}
+
+/// What [`AccState::set_partitions`] produced: records that failed, and batches sealed on the way
+/// (for the caller, the network thread, to queue before anything it takes later).
+#[derive(Default)]
+pub(crate) struct Partitioned {
+    pub rejected: Vec<Rejected>,
+    pub sealed: Vec<(i32, Batch)>,
+}
+
 impl AccState {
     /// Sets a topic's partition count (it only grows) and appends the records that waited for it.
-    /// Returns the records that failed on the way.
-    pub fn set_partitions(&mut self, topic: &str, count: usize) -> Vec<Rejected> {
-        let mut rejected = Vec::new();
+    /// Called by the network thread.
+    pub fn set_partitions(&mut self, topic: &str, count: usize) -> Partitioned {
+        let mut out = Partitioned::default();
         let limits = self.limits;
         let Some(t) = self.topics.get_mut(topic) else {
-            return rejected;
+            return out;
         };
         if t.partitions.len() < count {
             t.partitions.resize_with(count, AccPartition::default);
         }
         if t.partitions.is_empty() {
-            return rejected;
+            return out;
         }
         while let Some(p) = t.waiting.pop_front() {
-            if let Err(r) = t.append(p, &mut self.rng, limits) {
-                rejected.push(r);
+            match t.append(p, &mut self.rng, limits) {
+                Ok((_, sealed)) => out.sealed.extend(sealed),
+                Err(r) => out.rejected.push(r),
             }
         }
-        rejected
+        out
     }
 }
 
 impl AccTopic {
-    /// Chooses the partition and appends to its open batch, opening one when needed (the batch it
-    /// replaces is sealed). Returns whether a batch was opened.
+    /// Chooses the partition and appends to its open batch, opening one when needed. Returns
+    /// whether a batch was opened, and the batch it replaced (sealed: ready to send) with its
+    /// partition.
+    #[allow(clippy::type_complexity)]
     fn append(
         &mut self,
         p: Pending,
         rng: &mut SplitMix64,
         limits: Limits,
-    ) -> Result<bool, Rejected> {
+    ) -> Result<(bool, Option<(i32, Batch)>), Rejected> {
         let Limits {
             batch_size,
             max_request,
@@ -326,6 +388,7 @@ impl AccTopic {
         }
         let part = &mut self.partitions[partition];
         let mut opened = false;
+        let mut sealed = None;
         if !fits {
             // (A record that fits the open batch is never too large on its own: its size there is
             // at least `single`, and the batch already holds a header.)
@@ -359,9 +422,7 @@ impl AccTopic {
                 base_timestamp: ts,
                 last_error: None,
             };
-            if let Some(old) = part.open.replace(fresh) {
-                part.sealed.push_back(old);
-            }
+            sealed = part.open.replace(fresh).map(|old| (partition as i32, old));
             opened = true;
         }
         if let Some(b) = part.open.as_mut() {
@@ -373,7 +434,7 @@ impl AccTopic {
             b.deadline = b.deadline.min(p.enqueued + delivery_timeout);
             b.completions.push(p.completion);
         }
-        Ok(opened)
+        Ok((opened, sealed))
     }
 }
 
@@ -381,6 +442,7 @@ impl AccTopic {
 mod tests {
     use super::*;
     use crate::producer::delivery::DeliveryFuture;
+    use crossbeam_channel::{unbounded, Receiver};
 
     fn pending(topic: &str, key: &str, now: Instant) -> (Pending, DeliveryFuture) {
         let (future, completion) = DeliveryFuture::new();
@@ -397,70 +459,115 @@ mod tests {
         )
     }
 
-    fn acc() -> Accumulator {
-        Accumulator::new(16_384, 1_048_576, Duration::from_secs(120))
+    fn acc(batch_size: usize) -> (Accumulator, Receiver<Command>) {
+        let (tx, rx) = unbounded();
+        (
+            Accumulator::new(batch_size, 1_048_576, Duration::from_secs(120), tx),
+            rx,
+        )
+    }
+
+    fn wake(a: Appended) -> Option<bool> {
+        match a {
+            Appended::Queued { wake, orphan: None } => Some(wake),
+            _ => None,
+        }
     }
 
     #[test]
     fn records_wait_for_metadata_and_keep_their_order_after_it() {
-        let acc = acc();
+        let (acc, _rx) = acc(16_384);
         let now = Instant::now();
         let mut futures = Vec::new();
         // The first record opens the topic (wake); the second queues behind it.
         for (i, want_wake) in [(0, true), (1, false)] {
             let (p, f) = pending("t", &format!("k{i}"), now);
             futures.push(f);
-            assert!(matches!(acc.append(p), Appended::Queued { wake } if wake == want_wake));
+            assert_eq!(wake(acc.append(p)), Some(want_wake));
         }
-        {
+        let out = {
             let mut st = acc.lock();
             assert!(st.new_topics);
-            assert!(st.set_partitions("t", 1).is_empty());
-            // A third record, after the metadata, lands behind the two that waited.
-            drop(st);
-            let (p, f) = pending("t", "k2", now);
-            futures.push(f);
-            assert!(matches!(acc.append(p), Appended::Queued { wake: false }));
-            st = acc.lock();
-            let t = &st.topics["t"];
-            assert!(t.waiting.is_empty());
-            let b = t.partitions[0].open.as_ref().unwrap();
-            assert_eq!(b.records, 3);
-            assert_eq!(b.completions.len(), 3);
-        }
+            st.set_partitions("t", 1)
+        };
+        assert!(out.rejected.is_empty() && out.sealed.is_empty());
+        // A third record, after the metadata, lands behind the two that waited.
+        let (p, f) = pending("t", "k2", now);
+        futures.push(f);
+        assert_eq!(wake(acc.append(p)), Some(false));
+        let st = acc.lock();
+        let t = &st.topics["t"];
+        assert!(t.waiting.is_empty());
+        let b = t.partitions[0].open.as_ref().unwrap();
+        assert_eq!(b.records, 3);
+        assert_eq!(b.completions.len(), 3);
     }
 
     #[test]
-    fn a_record_that_does_not_fit_seals_the_batch_and_opens_another() {
-        let acc = Accumulator::new(200, 1_048_576, Duration::from_secs(120));
+    fn a_record_that_does_not_fit_seals_the_batch_and_hands_it_over() {
+        let (acc, rx) = acc(200);
         let now = Instant::now();
         let (p, _f0) = pending("t", "a", now);
         acc.append(p);
-        assert!(acc.lock().set_partitions("t", 1).is_empty());
+        assert!(acc.lock().set_partitions("t", 1).sealed.is_empty());
         let mut opened = 0;
         let mut futures = Vec::new();
         for i in 0..20 {
             let (p, f) = pending("t", &format!("key-{i}"), now);
             futures.push(f);
-            if let Appended::Queued { wake: true } = acc.append(p) {
+            if wake(acc.append(p)) == Some(true) {
                 opened += 1;
             }
         }
+        let sealed: Vec<Batch> = rx
+            .try_iter()
+            .map(|c| match c {
+                Command::Batch {
+                    topic,
+                    partition: 0,
+                    batch,
+                } if &*topic == "t" => batch,
+                _ => panic!("not a sealed batch of t-0"),
+            })
+            .collect();
+        assert_eq!(opened, sealed.len());
+        assert!(!sealed.is_empty());
         let st = acc.lock();
-        let part = &st.topics["t"].partitions[0];
-        assert_eq!(opened, part.sealed.len());
-        assert!(!part.sealed.is_empty());
-        let total: i32 = part.sealed.iter().map(|b| b.records).sum::<i32>()
-            + part.open.as_ref().unwrap().records;
+        let open = st.topics["t"].partitions[0].open.as_ref().unwrap();
+        let total: i32 = sealed.iter().map(|b| b.records).sum::<i32>() + open.records;
         assert_eq!(total, 21);
-        for b in &part.sealed {
+        for b in &sealed {
             assert!(b.buf.len() <= 200, "batch of {} bytes", b.buf.len());
         }
     }
 
     #[test]
+    fn a_sealed_batch_the_network_thread_cannot_take_is_handed_back() {
+        let (acc, rx) = acc(200);
+        let now = Instant::now();
+        let (p, _f0) = pending("t", "a", now);
+        acc.append(p);
+        acc.lock().set_partitions("t", 1);
+        drop(rx);
+        let mut futures = Vec::new();
+        let mut orphans = 0;
+        for i in 0..20 {
+            let (p, f) = pending("t", &format!("key-{i}"), now);
+            futures.push(f);
+            if let Appended::Queued {
+                orphan: Some(b), ..
+            } = acc.append(p)
+            {
+                assert!(b.records > 0);
+                orphans += 1;
+            }
+        }
+        assert!(orphans > 0);
+    }
+
+    #[test]
     fn a_closed_accumulator_rejects_and_a_bad_partition_is_rejected() {
-        let acc = acc();
+        let (acc, _rx) = acc(16_384);
         let now = Instant::now();
         let (p, _f) = pending("t", "a", now);
         acc.append(p);

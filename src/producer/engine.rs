@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use super::accumulator::{Accumulator, Batch, Pending, Rejected, TopicMap, REQUEST_OVERHEAD};
+use super::accumulator::{
+    Accumulator, Batch, Partitioned, Pending, Rejected, TopicMap, REQUEST_OVERHEAD,
+};
 use super::config::{Acks, ProducerConfig};
 use super::memory::BufferPool;
 use super::record::{ProduceError, RecordMetadata};
@@ -19,9 +21,18 @@ use crate::client::{
 use crate::net::Selector;
 use crate::protocol::{self, api, ApiVersionsHandshake, KafkaError, ProtocolError};
 
-/// What application threads send to the network thread (records go through the
-/// [`Accumulator`] instead).
+/// What application threads send to the network thread.
+// Nearly every command is a `Batch`; boxing it would add an allocation per batch to spare the rare
+// flush and close a few bytes of channel slot.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
+    /// A batch that filled up, sealed by the thread that appended to it (sent while it held the
+    /// accumulator's lock: see [`Engine::collect`]).
+    Batch {
+        topic: Arc<str>,
+        partition: i32,
+        batch: Batch,
+    },
     Flush(Sender<()>),
     Close(Instant, Sender<()>),
 }
@@ -147,7 +158,6 @@ impl Engine {
     pub fn run(mut self) {
         loop {
             let now = Instant::now();
-            self.drain_commands();
             self.collect(now);
             if self.finished(now) {
                 break;
@@ -201,9 +211,15 @@ impl Engine {
 
     // ----- commands and the accumulator --------------------------------------------------------
 
+    /// Takes every queued command: sealed batches join their partition's queue.
     fn drain_commands(&mut self) {
         loop {
             match self.rx.try_recv() {
+                Ok(Command::Batch {
+                    topic,
+                    partition,
+                    batch,
+                }) => self.queue_batch(&topic, partition, batch),
                 Ok(Command::Flush(ack)) => self.flush_waiters.push(ack),
                 Ok(Command::Close(deadline, ack)) => self.closing = Some((deadline, ack)),
                 Err(TryRecvError::Empty) => break,
@@ -215,14 +231,29 @@ impl Engine {
         }
     }
 
-    /// Looks at the accumulator: learns new topics, takes sealed batches, and takes a partition's
-    /// open batch once it may be sent (the partition has a leader, nothing in flight and nothing
-    /// queued here, and the batch is full, past `linger.ms`, or flushing) or is past its delivery
-    /// timeout; fails waiting records past theirs. A batch left open keeps filling while its
-    /// partition's previous batch is in flight.
+    /// Queues a batch taken from the accumulator behind the partition's others.
+    fn queue_batch(&mut self, topic: &str, partition: i32, batch: Batch) {
+        match self.partition_mut(topic, partition) {
+            Some(p) => p.batches.push_back(batch),
+            // Unreachable: a topic's batches exist only after its partitions were set here.
+            None => {
+                log::error!("a batch for unknown partition {topic}-{partition}");
+                self.fail_batch(topic, partition, batch, ProduceError::Closed);
+            }
+        }
+    }
+
+    /// Looks at the accumulator: takes the commands (sealed batches among them), learns new
+    /// topics, and takes a partition's open batch once it may be sent (the partition has a leader,
+    /// nothing in flight and nothing queued here, and the batch is full, past `linger.ms`, or
+    /// flushing) or is past its delivery timeout; fails waiting records past theirs. A batch left
+    /// open keeps filling while its partition's previous batch is in flight.
+    ///
+    /// Order: a sealed batch is sent on the channel while its sender holds the accumulator's lock,
+    /// so draining the channel under the lock, before looking at open batches, queues every
+    /// partition's batches in the order they were opened.
     fn collect(&mut self, now: Instant) {
         self.acc.changed.store(false, Ordering::SeqCst);
-        let flushing = self.flushing();
         let linger = self.cfg.linger;
         let batch_size = self.cfg.batch_size;
         let delivery_timeout = self.cfg.delivery_timeout;
@@ -236,6 +267,8 @@ impl Engine {
         let mut empty = true;
         let acc = self.acc.clone();
         let mut st = acc.lock();
+        self.drain_commands();
+        let flushing = self.flushing();
         if st.new_topics {
             st.new_topics = false;
             for name in st.topics.keys() {
@@ -267,7 +300,6 @@ impl Engine {
                 .iter_mut()
                 .zip(topic.partitions.iter_mut())
             {
-                p.batches.extend(ap.sealed.drain(..));
                 let Some(b) = ap.open.as_ref() else {
                     continue;
                 };
@@ -431,7 +463,16 @@ impl Engine {
             state.last_error = None;
             // The accumulator learns the partitions (records that waited for them are appended
             // now, in order).
-            rejected.extend(st.set_partitions(&t.name, state.partitions.len()));
+            let Partitioned {
+                rejected: failed,
+                sealed,
+            } = st.set_partitions(&t.name, state.partitions.len());
+            rejected.extend(failed);
+            for (i, b) in sealed {
+                if let Some(ps) = state.partitions.get_mut(i as usize) {
+                    ps.batches.push_back(b);
+                }
+            }
         }
         drop(st);
         reject_all(&self.pool, rejected);
@@ -930,25 +971,19 @@ impl Engine {
     }
 
     fn fail_everything(&mut self, err: ProduceError) {
-        // Drain queued commands first so every flush gets an answer.
-        while let Ok(cmd) = self.rx.try_recv() {
-            match cmd {
-                Command::Flush(ack) => self.flush_waiters.push(ack),
-                Command::Close(_, ack) => {
-                    let _ = ack.send(());
-                }
-            }
-        }
         let mut accumulated = Vec::new();
         let mut waiting = Vec::new();
         {
-            // Close the accumulator (later appends fail at once) and take everything in it.
-            let mut st = self.acc.lock();
+            // Close the accumulator (later appends fail at once), take the queued commands (so
+            // every sealed batch and flush gets an answer) and everything left in it.
+            let acc = self.acc.clone();
+            let mut st = acc.lock();
             st.closed = true;
+            self.drain_commands();
             for (name, t) in st.topics.iter_mut() {
                 waiting.extend(t.waiting.drain(..));
                 for (i, p) in t.partitions.iter_mut().enumerate() {
-                    for b in p.sealed.drain(..).chain(p.open.take()) {
+                    if let Some(b) = p.open.take() {
                         accumulated.push((name.clone(), i as i32, b));
                     }
                 }

@@ -6,9 +6,11 @@
 //!   `Future`, and a blocking [`wait`](DeliveryFuture::wait)); [`Producer::send_with_callback`]
 //!   calls back on the network thread; [`Producer::flush`] and [`Producer::close`] bound the wait.
 //! - Accumulator: `send` encodes the record straight into its partition's batch, on the calling
-//!   thread (Kafka's `RecordAccumulator`); the network thread takes whole batches, when full or
-//!   after `linger.ms`, and is woken through the Selector's waker only when a batch or a topic
-//!   was opened while it was asleep in `poll`. Batches are bounded by `batch.size`; `buffer.memory` bounds what is in the producer, and `send` blocks up to
+//!   thread (Kafka's `RecordAccumulator`). Records reach the network thread in whole batches: a
+//!   batch that fills up is passed over a crossbeam channel, one past `linger.ms` is taken by the
+//!   network thread; that thread is woken through the Selector's waker only when a batch or a
+//!   topic was opened (or a batch sealed) while it was asleep in `poll`. Batches are bounded by
+//!   `batch.size`; `buffer.memory` bounds what is in the producer, and `send` blocks up to
 //!   `max.block.ms` for room, then fails with [`ProduceError::BufferExhausted`] — nothing is dropped
 //!   silently.
 //! - Partitioner: Java-compatible murmur2 of the key; keyless records stick to one partition until
@@ -155,6 +157,7 @@ impl Producer {
             config.batch_size,
             config.max_request_size,
             config.delivery_timeout,
+            tx.clone(),
         ));
         let sleeping = Arc::new(AtomicBool::new(false));
         let max_block = config.max_block;
@@ -207,10 +210,21 @@ impl Producer {
             enqueued: Instant::now(),
         };
         match self.inner.acc.append(pending) {
-            Appended::Queued { wake: false } => {}
-            Appended::Queued { wake: true } => {
-                self.inner.acc.changed.store(true, Ordering::SeqCst);
-                self.inner.wake();
+            Appended::Queued { wake, orphan: None } => {
+                if wake {
+                    self.inner.acc.changed.store(true, Ordering::SeqCst);
+                    self.inner.wake();
+                }
+            }
+            Appended::Queued {
+                orphan: Some(batch),
+                ..
+            } => {
+                // The network thread is gone (closed): the batch's records fail.
+                self.inner.pool.release(batch.reserved);
+                for c in batch.completions {
+                    c.complete(Err(ProduceError::Closed));
+                }
             }
             Appended::Rejected(r) => {
                 self.inner.pool.release(r.reserved);

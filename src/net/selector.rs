@@ -761,8 +761,9 @@ impl Selector {
         let select_start = Instant::now();
         let res = self.poll.poll(&mut events, timeout);
         let now = Instant::now();
+        let selecting = now.saturating_duration_since(select_start);
         self.metrics.selects += 1;
-        self.metrics.select_time += now - select_start;
+        self.metrics.select_time += selecting;
         match res {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => events.clear(),
@@ -805,7 +806,7 @@ impl Selector {
         self.finish_closing(now);
 
         let total = Instant::now().saturating_duration_since(started);
-        self.metrics.io_time += total.saturating_sub(now - select_start);
+        self.metrics.io_time += total.saturating_sub(selecting);
         Ok(())
     }
 

@@ -18,6 +18,11 @@ use super::frame::HEADER_LEN;
 /// syscall-bound: 32 frames per write.) The array lives on the stack: 8 KiB.
 const MAX_IOVECS: usize = 512;
 
+/// Queues of at most this many frames gather into a [`SMALL_IOVECS`]-slot array instead (two
+/// slices per frame at most: every frame fits).
+const SMALL_FRAMES: usize = 8;
+const SMALL_IOVECS: usize = 2 * SMALL_FRAMES;
+
 /// Frames of at most this many bytes on the wire (prefix included) are copied into the channel's
 /// contiguous buffer when staged.
 pub(crate) const COALESCE_MAX: usize = 512;
@@ -153,9 +158,14 @@ impl SendQueue {
         let mut progress = WriteProgress::default();
         while !self.frames.is_empty() {
             let n = {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let count = self.gather(&mut slices);
-                match w.write_vectored(&slices[..count]) {
+                // A few frames (the latency-bound case) gather into a small array: filling all
+                // 512 slots of the large one costs more than the rest of a one-frame write.
+                let written = if self.frames.len() <= SMALL_FRAMES {
+                    self.write_gathered::<SMALL_IOVECS, W>(w)
+                } else {
+                    self.write_gathered::<MAX_IOVECS, W>(w)
+                };
+                match written {
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -172,9 +182,18 @@ impl SendQueue {
         Ok(progress)
     }
 
-    /// Fills `slices` with the unwritten parts of the queued frames; returns how many it filled.
-    /// Consecutive coalesced frames share one slice.
-    fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+    /// One vectored write of what [`gather`](Self::gather) collects into an `N`-slot array.
+    #[inline]
+    fn write_gathered<const N: usize, W: Write>(&self, w: &mut W) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); N];
+        let count = self.gather(&mut slices);
+        w.write_vectored(&slices[..count])
+    }
+
+    /// Fills `slices` with the unwritten parts of the queued frames; returns how many it filled
+    /// (at most `slices.len()`). Consecutive coalesced frames share one slice.
+    fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let max = slices.len();
         let mut count = 0;
         let mut skip = self.front_written;
         // The next unwritten coalesced byte, and where the current run of coalesced frames began.
@@ -190,7 +209,7 @@ impl SendQueue {
             if let Some(start) = run.take() {
                 slices[count] = IoSlice::new(&self.cbuf[start..cpos]);
                 count += 1;
-                if count == MAX_IOVECS {
+                if count == max {
                     return count;
                 }
             }
@@ -198,7 +217,7 @@ impl SendQueue {
             if skip < hl {
                 slices[count] = IoSlice::new(&f.header[skip..hl]);
                 count += 1;
-                if count == MAX_IOVECS {
+                if count == max {
                     return count;
                 }
                 skip = 0;
@@ -208,7 +227,7 @@ impl SendQueue {
             if skip < f.body.len() {
                 slices[count] = IoSlice::new(&f.body[skip..]);
                 count += 1;
-                if count == MAX_IOVECS {
+                if count == max {
                     return count;
                 }
             }
@@ -405,6 +424,17 @@ mod tests {
         // The run, the large frame's prefix and payload, the last small frame.
         assert_eq!(q.gather(&mut slices), 4);
         assert_eq!(slices[0].len(), 500);
+    }
+
+    #[test]
+    fn gather_stops_at_the_arrays_length() {
+        let mut q = SendQueue::default();
+        for _ in 0..3 {
+            q.push(Some(600u32.to_be_bytes()), Bytes::from(vec![1; 600]));
+        }
+        let mut slices = [IoSlice::new(&[]); 5];
+        assert_eq!(q.gather(&mut slices), 5);
+        assert_eq!(slices[4].len(), 4, "the third frame's prefix");
     }
 
     #[test]

@@ -41,17 +41,42 @@ impl Slot {
     }
 }
 
-/// How a record's result is handed back.
-pub(crate) enum Completion {
+/// Where a record's result goes.
+enum Target {
     Slot(Arc<Slot>),
     Callback(DeliveryCallback),
 }
 
+/// How a record's result is handed back: exactly once. A completion dropped without
+/// [`complete`](Completion::complete) (a bug, or the network thread unwinding from a panic)
+/// completes with [`ProduceError::Closed`](super::ProduceError::Closed), so no future waits
+/// forever; a callback is not called while the thread is panicking (it could panic again and
+/// abort), it is dropped.
+pub(crate) struct Completion(Option<Target>);
+
 impl Completion {
-    pub(crate) fn complete(self, r: DeliveryResult) {
-        match self {
-            Completion::Slot(s) => s.set(r),
-            Completion::Callback(cb) => cb(r),
+    /// A completion that calls `cb`.
+    pub(crate) fn callback(cb: DeliveryCallback) -> Self {
+        Completion(Some(Target::Callback(cb)))
+    }
+
+    pub(crate) fn complete(mut self, r: DeliveryResult) {
+        match self.0.take() {
+            Some(Target::Slot(s)) => s.set(r),
+            Some(Target::Callback(cb)) => cb(r),
+            None => {}
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(Target::Slot(s)) => s.set(Err(super::ProduceError::Closed)),
+            Some(Target::Callback(cb)) if !std::thread::panicking() => {
+                cb(Err(super::ProduceError::Closed))
+            }
+            _ => {}
         }
     }
 }
@@ -70,7 +95,7 @@ impl DeliveryFuture {
         let slot = Arc::new(Slot::default());
         (
             DeliveryFuture { slot: slot.clone() },
-            Completion::Slot(slot),
+            Completion(Some(Target::Slot(slot))),
         )
     }
 
@@ -139,5 +164,59 @@ impl Future for DeliveryFuture {
                 Poll::Pending
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::ProduceError;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_dropped_completion_resolves_its_future_with_closed() {
+        let (future, completion) = DeliveryFuture::new();
+        drop(completion);
+        assert_eq!(
+            future.wait_timeout(Duration::ZERO),
+            Some(Err(ProduceError::Closed))
+        );
+    }
+
+    #[test]
+    fn a_completion_completes_once() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let c = Completion::callback(Box::new(|r| {
+            assert!(r.is_ok());
+            CALLS.fetch_add(1, Ordering::SeqCst);
+        }));
+        c.complete(Ok(RecordMetadata {
+            partition: 0,
+            offset: 7,
+        }));
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+        let (future, completion) = DeliveryFuture::new();
+        completion.complete(Ok(RecordMetadata {
+            partition: 1,
+            offset: 2,
+        }));
+        assert_eq!(
+            future.wait(),
+            Ok(RecordMetadata {
+                partition: 1,
+                offset: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_dropped_callback_completion_is_called_with_closed() {
+        static CLOSED: AtomicUsize = AtomicUsize::new(0);
+        drop(Completion::callback(Box::new(|r| {
+            if r == Err(ProduceError::Closed) {
+                CLOSED.fetch_add(1, Ordering::SeqCst);
+            }
+        })));
+        assert_eq!(CLOSED.load(Ordering::SeqCst), 1);
     }
 }

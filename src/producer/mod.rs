@@ -293,7 +293,7 @@ impl Producer {
         record: ProducerRecord,
         callback: impl FnOnce(DeliveryResult) + Send + 'static,
     ) {
-        self.enqueue(record, Completion::Callback(Box::new(callback)));
+        self.enqueue(record, Completion::callback(Box::new(callback)));
     }
 
     /// Sends everything queued at once (ignoring `linger.ms`) and blocks until every record sent

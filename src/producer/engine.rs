@@ -1014,6 +1014,19 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// On any exit, a panic included: close the accumulator, so later sends fail at once, and drop
+    /// what it holds (a dropped completion resolves with `Closed`). After a normal run it is
+    /// already closed and empty.
+    fn drop(&mut self) {
+        let mut st = self.acc.lock();
+        st.closed = true;
+        let topics = std::mem::take(&mut st.topics);
+        drop(st);
+        drop(topics);
+    }
+}
+
 impl From<ProtocolError> for ProduceError {
     fn from(e: ProtocolError) -> Self {
         ProduceError::Protocol(e)

@@ -98,6 +98,8 @@ pub(crate) struct Engine {
     responses: Vec<ClientResponse>,
     send_buf: BytesMut,
     disconnected_rx: bool,
+    /// Batches that arrived for a partition not known here (never, by construction).
+    strays: Vec<(String, i32, Batch)>,
 }
 
 /// Completes records that failed before reaching a batch (never under the accumulator's lock).
@@ -150,6 +152,7 @@ impl Engine {
             responses: Vec::new(),
             send_buf: BytesMut::with_capacity(cfg.batch_size * 4),
             disconnected_rx: false,
+            strays: Vec::new(),
             cfg,
         })
     }
@@ -235,11 +238,19 @@ impl Engine {
     fn queue_batch(&mut self, topic: &str, partition: i32, batch: Batch) {
         match self.partition_mut(topic, partition) {
             Some(p) => p.batches.push_back(batch),
-            // Unreachable: a topic's batches exist only after its partitions were set here.
+            // Unreachable: a topic's batches exist only after its partitions were set here. Failed
+            // by `fail_strays`, outside the accumulator's lock.
             None => {
                 log::error!("a batch for unknown partition {topic}-{partition}");
-                self.fail_batch(topic, partition, batch, ProduceError::Closed);
+                self.strays.push((topic.to_string(), partition, batch));
             }
+        }
+    }
+
+    /// Fails the batches `queue_batch` had no partition for.
+    fn fail_strays(&mut self) {
+        for (topic, partition, batch) in std::mem::take(&mut self.strays) {
+            self.fail_batch(&topic, partition, batch, ProduceError::Closed);
         }
     }
 
@@ -319,6 +330,7 @@ impl Engine {
             }
         }
         drop(st);
+        self.fail_strays();
         self.acc_empty = empty;
         self.acc_wake = wake;
         for (name, p) in expired {
@@ -989,6 +1001,7 @@ impl Engine {
                 }
             }
         }
+        self.fail_strays();
         self.acc_empty = true;
         // Oldest first: in flight, queued here, in the accumulator, waiting for metadata.
         let mut all: Vec<(String, i32, Batch)> = self

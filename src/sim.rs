@@ -90,6 +90,7 @@ pub struct SimNetwork {
     sends: Vec<CompletedSend>,
     receives: Vec<Received>,
     connects: u64,
+    history: Vec<(Instant, SocketAddr)>,
 }
 
 impl Default for SimNetwork {
@@ -116,6 +117,7 @@ impl SimNetwork {
             sends: Vec::new(),
             receives: Vec::new(),
             connects: 0,
+            history: Vec::new(),
         }
     }
 
@@ -149,6 +151,11 @@ impl SimNetwork {
     /// Connect attempts made so far.
     pub fn connect_attempts(&self) -> u64 {
         self.connects
+    }
+
+    /// Every connect attempt so far: when, and to which address.
+    pub fn connect_history(&self) -> &[(Instant, SocketAddr)] {
+        &self.history
     }
 
     /// The peer at `addr` closes every connection cleanly (reported at the next poll).
@@ -238,6 +245,7 @@ impl SimNetwork {
 impl Transport for SimNetwork {
     fn connect(&mut self, addr: SocketAddr, _options: &SocketOptions) -> io::Result<ChannelId> {
         self.connects += 1;
+        self.history.push((self.now, addr));
         let id = ChannelId {
             index: self.next_index,
             generation: 0,

@@ -134,6 +134,11 @@ impl ClusterConnectionStates {
         &mut self.nodes[index]
     }
 
+    /// Removes the node at `index`; the nodes after it move down by one index.
+    pub fn remove(&mut self, index: usize) -> NodeConnection {
+        self.nodes.remove(index)
+    }
+
     /// Number of nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()

@@ -344,6 +344,70 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         Ok(())
     }
 
+    /// Removes a node: closes its channel, completes each of its in-flight and waiting requests
+    /// once with `Disconnected(NodeRemoved)` (returned by the next poll), and forgets it. Returns
+    /// whether the node was known. Requests sent to it afterwards complete
+    /// `LocalError(UnknownNode)`; adding the id again starts it afresh.
+    pub fn remove_node(&mut self, node: NodeId, now: Instant) -> bool {
+        let Some(i) = self.node_index(node) else {
+            return false;
+        };
+        let was = self.states.get(i).state;
+        if let Some(ch) = self.states.get(i).channel {
+            self.transport.close(ch);
+            if let Some(slot) = self.channel_nodes.get_mut(ch.slot()) {
+                *slot = None;
+            }
+        }
+        if was == ConnectionState::Ready || was == ConnectionState::Handshaking {
+            self.metrics[i].connections_closed += 1;
+            self.handshake.on_disconnect(node);
+        }
+        let failed: Vec<InFlight> = {
+            let r = &mut self.requests[i];
+            r.in_flight
+                .drain(..)
+                .chain(r.waiting.drain(..).map(|(e, _)| e))
+                .collect()
+        };
+        for entry in failed {
+            self.finish(
+                node,
+                i,
+                entry,
+                Outcome::Disconnected(DisconnectCause::NodeRemoved),
+                Some(now),
+            );
+        }
+        self.states.remove(i);
+        self.ids.remove(i);
+        self.requests.remove(i);
+        self.metrics.remove(i);
+        self.index.remove(&node);
+        for v in self.index.values_mut() {
+            if *v > i {
+                *v -= 1;
+            }
+        }
+        if let Ok(id) = usize::try_from(node.0) {
+            if let Some(d) = self.dense.get_mut(id) {
+                *d = 0;
+            }
+        }
+        for d in &mut self.dense {
+            if *d > i + 1 {
+                *d -= 1;
+            }
+        }
+        for (_, n) in self.channel_nodes.iter_mut().flatten() {
+            if *n > i {
+                *n -= 1;
+            }
+        }
+        log::debug!("{node}: removed");
+        true
+    }
+
     /// The known nodes, in the order they were added.
     pub fn nodes(&self) -> &[NodeId] {
         &self.ids

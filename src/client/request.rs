@@ -110,6 +110,8 @@ pub enum DisconnectCause {
     HandshakeFailed,
     /// [`NetworkClient::disconnect`](super::NetworkClient::disconnect) was called.
     Local,
+    /// [`NetworkClient::remove_node`](super::NetworkClient::remove_node) removed the node.
+    NodeRemoved,
 }
 
 impl fmt::Display for DisconnectCause {
@@ -126,6 +128,7 @@ impl fmt::Display for DisconnectCause {
             DisconnectCause::SetupTimeout => write!(f, "connection setup timed out"),
             DisconnectCause::HandshakeFailed => write!(f, "handshake failed"),
             DisconnectCause::Local => write!(f, "disconnected locally"),
+            DisconnectCause::NodeRemoved => write!(f, "the node was removed"),
         }
     }
 }

@@ -240,7 +240,7 @@ impl FailoverOptions {
             }
             "warnAfterReconnectAttempts" => {
                 self.warn_after_reconnect_attempts = match v.parse::<i64>() {
-                    Ok(n) if n <= 0 && n >= -1 => 0,
+                    Ok(n) if (-1..=0).contains(&n) => 0,
                     Ok(n) => u32::try_from(n).map_err(|_| bad(ATTEMPTS))?,
                     Err(_) => return Err(bad(ATTEMPTS)),
                 };

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::client::{Handshake, JitterSource, NetworkClient, NodeId};
+use crate::client::{Handshake, JitterSource, NetworkClient, NodeId, SplitMix64};
 use crate::net::Transport;
 
 /// Chooses one bootstrap address at a time and fails over round robin.
@@ -11,10 +11,13 @@ use crate::net::Transport;
 /// Rules (RocketMQ `namesrvIndex` semantics, one pick per call as in 5.3):
 /// - the first choice is at a random index of the list;
 /// - the chosen address is kept while it is healthy (its node is Ready or being set up);
-/// - when its node fails (disconnected after an attempt, or handshake failed), the next address in
-///   round-robin order is chosen;
+/// - when its node fails (an attempt made since it was chosen ended without reaching Ready, or its
+///   established connection closed), the next address in round-robin order is chosen. The failure
+///   is read from the client's counters, so it is noticed however rarely the caller polls;
 /// - [`update`](BootstrapFailover::update) replaces the list; if the chosen address is no longer in
-///   it, the next pick selects anew.
+///   it, a new one is chosen at random (not round robin from a position in the old list), and the
+///   nodes of addresses no longer listed are removed from the client at the next
+///   [`poll`](BootstrapFailover::poll).
 ///
 /// Each address is registered with the client as a node with a stable negative id (-1, -2, ...),
 /// as Kafka does for bootstrap nodes.
@@ -37,6 +40,13 @@ pub struct BootstrapFailover {
     cursor: usize,
     ids: HashMap<String, NodeId>,
     next_id: i32,
+    /// Random choices after a list change.
+    rng: SplitMix64,
+    /// The chosen node's (connect attempts, connections closed) when it was chosen: a failure is
+    /// a change of these while the node is disconnected.
+    baseline: Option<(NodeId, u64, u64)>,
+    /// Nodes of addresses that left the list, to remove from the client.
+    stale: Vec<NodeId>,
 }
 
 impl BootstrapFailover {
@@ -52,12 +62,16 @@ impl BootstrapFailover {
         } else {
             ((rng.next_f64() * list.len() as f64) as usize).min(list.len() - 1)
         };
+        let seed = (rng.next_f64() * (1u64 << 53) as f64) as u64;
         let mut f = BootstrapFailover {
             chosen: if list.is_empty() { None } else { Some(start) },
             cursor: start,
             list,
             ids: HashMap::new(),
             next_id: -1,
+            rng: SplitMix64::new(seed),
+            baseline: None,
+            stale: Vec::new(),
         };
         for a in f.list.clone() {
             f.id_for(&a);
@@ -110,29 +124,53 @@ impl BootstrapFailover {
         let from = self.chosen.unwrap_or(self.cursor);
         self.cursor = (from + 1) % self.list.len();
         self.chosen = Some(self.cursor);
+        self.baseline = None;
     }
 
-    /// Replaces the list. The chosen address stays chosen if it is still listed; otherwise the next
-    /// pick selects round robin from the position it had.
+    /// Replaces the list. The chosen address stays chosen if it is still listed; otherwise one is
+    /// chosen at random from the new list. Nodes of addresses no longer listed are removed from
+    /// the client at the next [`poll`](Self::poll).
     pub fn update<I, S>(&mut self, addresses: I)
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         let current = self.chosen.map(|i| self.list[i].clone());
-        self.list = addresses.into_iter().map(Into::into).collect();
+        let old = std::mem::replace(
+            &mut self.list,
+            addresses.into_iter().map(Into::into).collect(),
+        );
         for a in self.list.clone() {
             self.id_for(&a);
         }
+        for a in old {
+            if !self.list.contains(&a) {
+                let id = self.id_for(&a);
+                if !self.stale.contains(&id) {
+                    self.stale.push(id);
+                }
+            }
+        }
+        let listed: Vec<NodeId> = self
+            .list
+            .iter()
+            .filter_map(|a| self.ids.get(a))
+            .copied()
+            .collect();
+        self.stale.retain(|id| !listed.contains(id));
         self.chosen = current.and_then(|c| self.list.iter().position(|a| *a == c));
         if self.chosen.is_none() && !self.list.is_empty() {
-            self.cursor %= self.list.len();
+            let i = self.rng.next_index(self.list.len());
+            self.cursor = i;
+            self.chosen = Some(i);
+            self.baseline = None;
         }
     }
 
-    /// Drives the choice against a client: registers the chosen address as a node, fails over when
-    /// that node has failed, and asks the client to connect it. Returns the chosen node when it is
-    /// Ready. Call it each time round your poll loop.
+    /// Drives the choice against a client: removes the nodes of addresses no longer listed,
+    /// registers the chosen address as a node, fails over when that node has failed since it was
+    /// chosen, and asks the client to connect it. Returns the chosen node when it is Ready. Call
+    /// it each time round your poll loop, at any rate.
     ///
     /// # Errors
     /// When an address is not `host:port`.
@@ -141,30 +179,48 @@ impl BootstrapFailover {
         client: &mut NetworkClient<T, H>,
         now: Instant,
     ) -> std::io::Result<Option<NodeId>> {
-        let Some(addr) = self.chosen().map(str::to_string) else {
-            return Ok(None);
-        };
-        let node = self.id_for(&addr);
-        client.add_node(node, &addr)?;
-        // Failed: disconnected after an attempt, and still backing off from that failure.
-        let failed = client
-            .connection_state(node)
-            .is_some_and(|s| s.is_disconnected())
-            && client
-                .node_metrics(node)
-                .is_some_and(|m| m.connect_attempts > 0)
-            && client.connection_delay(node, now) > std::time::Duration::ZERO;
-        if failed {
-            self.failed();
-            let Some(next) = self.chosen().map(str::to_string) else {
+        for id in std::mem::take(&mut self.stale) {
+            client.remove_node(id, now);
+        }
+        // Bounded: at most one failover per listed address in one call.
+        for _ in 0..self.list.len().max(1) {
+            let Some(addr) = self.chosen().map(str::to_string) else {
                 return Ok(None);
             };
-            let next_node = self.id_for(&next);
-            client.add_node(next_node, &next)?;
-            client.ready(next_node, now);
-            return Ok(None);
+            let node = self.id_for(&addr);
+            client.add_node(node, &addr)?;
+            let counters = |c: &NetworkClient<T, H>| {
+                c.node_metrics(node)
+                    .map_or((0, 0), |m| (m.connect_attempts, m.connections_closed))
+            };
+            let (attempts, closed) = counters(client);
+            let (base_attempts, base_closed) = match self.baseline {
+                Some((n, a, c)) if n == node => (a, c),
+                _ => {
+                    // Chosen just now: what happened to this node before does not count.
+                    let busy = client
+                        .connection_state(node)
+                        .is_some_and(|s| !s.is_disconnected());
+                    let a = if busy {
+                        attempts.saturating_sub(1)
+                    } else {
+                        attempts
+                    };
+                    self.baseline = Some((node, a, closed));
+                    (a, closed)
+                }
+            };
+            let failed = client
+                .connection_state(node)
+                .is_some_and(|s| s.is_disconnected())
+                && (attempts > base_attempts || closed > base_closed);
+            if failed {
+                self.failed();
+                continue;
+            }
+            return Ok(client.ready(node, now).then_some(node));
         }
-        Ok(client.ready(node, now).then_some(node))
+        Ok(None)
     }
 }
 

@@ -10,6 +10,7 @@
 //! prints its result as one JSON line), and kills and reaps both by PID.
 
 mod child;
+mod failover;
 mod mqnet_impl;
 mod produce;
 mod proto;
@@ -86,6 +87,10 @@ enum Command {
     /// mock cluster with 3 brokers (a fresh topic per implementation). Reports records/s, MB/s
     /// (values), p50 and p99 send-to-delivery latency, errors, and mqnet ÷ rdkafka.
     Produce(produce::ProduceArgs),
+    /// Failover drill: 2-3 mqnet echo servers as child processes, the live one killed every N
+    /// seconds, over one failover transport; reports sent / answered / lost / duplicated / failed
+    /// and the Interrupted→Resumed time, with a standby and without.
+    Failover(failover::FailoverArgs),
 }
 
 /// An implementation of the echo workload.
@@ -801,6 +806,26 @@ fn echo(a: &EchoArgs) -> Result<bool, String> {
         return Ok(true);
     }
     let w = workload(a)?;
+    if let Some(connect) = a.connect.as_deref().filter(|c| failover::is_failover(c)) {
+        // One logical connection over a failover transport (C × W requests in flight on it).
+        let label = report::workload_label(w.size, w.conns, w.inflight, w.idle, a.pin);
+        let r = failover::echo_client(connect, &w);
+        let ok = r.as_ref().is_ok_and(|r| r.errors == 0);
+        if let (true, Ok(res)) = (a.json, &r) {
+            println!("{}", report::json_line(res));
+        }
+        if let Err(e) = &r {
+            eprintln!("mqnet-failover: FAILED: {e}");
+        }
+        let rows = [Row {
+            label: format!("{label} → {}", failover::label(connect)),
+            results: vec![("mqnet-failover".to_string(), r)],
+        }];
+        if !a.json {
+            print!("{}", report::table(&rows));
+        }
+        return Ok(ok);
+    }
     if let Some(connect) = &a.connect {
         let addr = resolve(connect)?;
         if let Some(cpu) = a.pin {
@@ -869,6 +894,7 @@ fn main() -> ExitCode {
         Some(Command::Matrix(a)) => matrix(a),
         Some(Command::Echo(a)) => echo(a),
         Some(Command::Produce(a)) => produce::produce(a),
+        Some(Command::Failover(a)) => failover::drill(a),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

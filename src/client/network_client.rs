@@ -15,7 +15,9 @@ use super::node::{split_host_port, NodeId, Resolver, SystemResolver};
 use super::request::{
     Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome,
 };
-use crate::net::{ChannelId, Received, Selector, SelectorConfig, SendError, Transport};
+use crate::net::{
+    ChannelId, Received, Selector, SelectorConfig, SendError, SocketOptions, Transport,
+};
 
 /// A hasher for the node-id map: ids are small integers, so the identity (spread by a multiply)
 /// beats SipHash on the per-request lookup.
@@ -206,6 +208,8 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     dense: Vec<usize>,
     requests: Vec<NodeRequests>,
     metrics: Vec<NodeMetrics>,
+    /// Per node: socket options overriding the config's (`None`: the config's).
+    node_options: Vec<Option<SocketOptions>>,
     /// Channel slot → (channel, node index).
     channel_nodes: Vec<Option<(ChannelId, usize)>>,
     /// Completions waiting to be returned by the next poll.
@@ -254,6 +258,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             dense: Vec::new(),
             requests: Vec::new(),
             metrics: Vec::new(),
+            node_options: Vec::new(),
             channel_nodes: Vec::new(),
             completed: Vec::new(),
             callbacks: Vec::new(),
@@ -341,7 +346,20 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         }
         self.requests.push(NodeRequests::default());
         self.metrics.push(NodeMetrics::new(self.transport.now()));
+        self.node_options.push(None);
         Ok(())
+    }
+
+    /// Sets the socket options of the node's next connections (`None`: the config's). Returns
+    /// whether the node is known.
+    pub fn set_socket_options(&mut self, node: NodeId, options: Option<SocketOptions>) -> bool {
+        match self.node_index(node) {
+            Some(i) => {
+                self.node_options[i] = options;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes a node: closes its channel, completes each of its in-flight and waiting requests
@@ -383,6 +401,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         self.ids.remove(i);
         self.requests.remove(i);
         self.metrics.remove(i);
+        self.node_options.remove(i);
         self.index.remove(&node);
         for v in self.index.values_mut() {
             if *v > i {
@@ -551,7 +570,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         }
         let addr = n.addresses[n.next_address];
         n.next_address += 1;
-        let options = self.config.socket_options();
+        let options = self.node_options[i].unwrap_or_else(|| self.config.socket_options());
         match self.transport.connect(addr, &options) {
             Ok(ch) => {
                 log::debug!("{node}: connecting to {addr} on {ch}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
-use super::uri::{FailoverOptions, FailoverUri, ServerUri};
+use super::uri::{FailoverOptions, FailoverUri, ServerUri, UriError};
 use crate::client::{
     ClientConfig, ClientRequest, ClientResponse, ConnectionState, DisconnectCause, Handshake,
     JitterSource, LocalError, NetworkClient, NoHandshake, NodeId, Outcome, SplitMix64,
@@ -333,8 +333,12 @@ impl FailoverTransport<Selector, NoHandshake> {
 impl<T: Transport, H: Handshake> FailoverTransport<T, H> {
     /// A transport over `transport` (a Selector, or [`crate::sim::SimNetwork`] in tests).
     ///
+    /// Each server's own options (`tcp://h:p?tcpNoDelay=false`) become its connections' socket
+    /// options, over the client config's.
+    ///
     /// # Errors
-    /// [`io::ErrorKind::InvalidInput`] when a server address is not `host:port`.
+    /// [`io::ErrorKind::InvalidInput`] when a server address is not `host:port` or a server option
+    /// is not accepted.
     pub fn with_transport(
         transport: T,
         config: ClientConfig,
@@ -407,6 +411,13 @@ impl<T: Transport, H: Handshake> FailoverTransport<T, H> {
             }
         };
         self.client.add_node(node, &uri.address())?;
+        if !uri.options.is_empty() {
+            let base = self.client.config().socket_options();
+            let options = uri.socket_options(base).map_err(|p| {
+                io::Error::new(io::ErrorKind::InvalidInput, UriError { problems: p })
+            })?;
+            self.client.set_socket_options(node, Some(options));
+        }
         Ok(node)
     }
 
@@ -1183,10 +1194,15 @@ impl<T: Transport, H: Handshake> FailoverTransport<T, H> {
     /// attempts to servers no longer listed are dropped and their nodes removed from the client.
     ///
     /// # Errors
-    /// [`io::ErrorKind::InvalidInput`] when an address is not `host:port`; the list is unchanged.
+    /// [`io::ErrorKind::InvalidInput`] when an address is not `host:port` or a server option is
+    /// not accepted; the list is then unchanged.
     pub fn update_uris(&mut self, uris: &[ServerUri], now: Instant) -> io::Result<()> {
         for u in uris {
             crate::client::split_host_port(&u.address())?;
+            u.socket_options(self.client.config().socket_options())
+                .map_err(|p| {
+                    io::Error::new(io::ErrorKind::InvalidInput, UriError { problems: p })
+                })?;
         }
         let mut next = Vec::with_capacity(uris.len());
         for u in uris {

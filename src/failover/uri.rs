@@ -8,13 +8,16 @@
 //! - `failover:tcp://a:61616,tcp://b:61616`: the bare form, servers only (each may carry its own
 //!   `?query`; there are no transport options, every option has its default).
 //!
-//! A server is `tcp://host:port` (an IPv6 host in brackets) with an optional `?k=v&...` of its own;
-//! those per-server options are kept verbatim on [`ServerUri::options`] for the connection. Any
-//! other scheme is refused. Parsing never stops at the first problem: the error lists every bad
+//! A server is `tcp://host:port` (an IPv6 host in brackets) with an optional `?k=v&...` of its own,
+//! kept on [`ServerUri::options`] and applied to that server's connections as socket options
+//! ([`ServerUri::socket_options`]: `tcpNoDelay`, `keepAlive`, `socketBufferSize`; any other key is
+//! refused). Any scheme other than `tcp` is refused. Parsing never stops at the first problem: the error lists every bad
 //! server, unknown key and bad value.
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::net::SocketOptions;
 
 /// One server of a failover list.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -99,6 +102,55 @@ impl ServerUri {
             port,
             options,
         })
+    }
+
+    /// The socket options of this server's connections: `base` with the server's own options
+    /// applied. Keys (ActiveMQ's tcp transport names): `tcpNoDelay` (bool), `keepAlive` (bool),
+    /// `socketBufferSize` (bytes, both `SO_SNDBUF` and `SO_RCVBUF`; -1 for the OS default).
+    ///
+    /// # Errors
+    /// Every unknown key or bad value.
+    pub fn socket_options(&self, base: SocketOptions) -> Result<SocketOptions, Vec<UriProblem>> {
+        let mut o = base;
+        let mut problems = Vec::new();
+        for (key, value) in &self.options {
+            let v = value.trim();
+            let bad = |expected: &'static str| UriProblem::InvalidValue {
+                key: format!("{}: {key}", self.address()),
+                value: value.clone(),
+                expected,
+            };
+            match key.as_str() {
+                "tcpNoDelay" => match boolean(v) {
+                    Some(b) => o.nodelay = b,
+                    None => problems.push(bad(BOOL)),
+                },
+                "keepAlive" => match boolean(v) {
+                    Some(b) => o.keepalive = b,
+                    None => problems.push(bad(BOOL)),
+                },
+                "socketBufferSize" => match v.parse::<i64>() {
+                    Ok(-1) => {
+                        o.send_buffer_bytes = None;
+                        o.receive_buffer_bytes = None;
+                    }
+                    Ok(n) if (1..=i64::from(i32::MAX)).contains(&n) => {
+                        o.send_buffer_bytes = Some(n as usize);
+                        o.receive_buffer_bytes = Some(n as usize);
+                    }
+                    _ => problems.push(bad("-1 (OS default) or bytes from 1 to 2147483647")),
+                },
+                _ => problems.push(UriProblem::UnknownServerOption {
+                    uri: self.to_string(),
+                    key: key.clone(),
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(o)
+        } else {
+            Err(problems)
+        }
     }
 
     /// `host:port` (IPv6 hosts in brackets), as the NetworkClient takes addresses.
@@ -466,7 +518,12 @@ impl FailoverUri {
                 continue;
             }
             match ServerUri::parse(item) {
-                Ok(s) => servers.push(s),
+                Ok(s) => {
+                    if let Err(mut p) = s.socket_options(SocketOptions::default()) {
+                        problems.append(&mut p);
+                    }
+                    servers.push(s);
+                }
                 Err(p) => problems.push(p),
             }
         }
@@ -575,6 +632,13 @@ pub enum UriProblem {
         /// The key.
         key: String,
     },
+    /// A server option that is not one of `tcpNoDelay`, `keepAlive`, `socketBufferSize`.
+    UnknownServerOption {
+        /// The server URI.
+        uri: String,
+        /// The key.
+        key: String,
+    },
     /// A key given twice.
     Duplicate {
         /// The key.
@@ -621,6 +685,11 @@ impl fmt::Display for UriProblem {
                 value,
                 expected,
             } => write!(f, "`{key}={value}`: expected {expected}"),
+            UriProblem::UnknownServerOption { uri, key } => write!(
+                f,
+                "server `{uri}`: unknown option `{key}` (known: tcpNoDelay, keepAlive, \
+                 socketBufferSize)"
+            ),
             UriProblem::MissingValue { key } => write!(f, "option `{key}` has no `=value`"),
             UriProblem::Duplicate { key } => write!(f, "option `{key}` is given twice"),
             UriProblem::BadEscape { text } => write!(f, "bad percent escape in `{text}`"),
@@ -687,7 +756,7 @@ mod tests {
     #[test]
     fn parenthesised_form_with_every_key() {
         let u = parse(
-            "failover:(tcp://a:1,tcp://[::1]:2?soTimeout=5&x=a%20b, TCP://c.example:3/)?\
+            "failover:(tcp://a:1,tcp://[::1]:2?tcpNoDelay=false&socketBufferSize=65536, TCP://c.example:3/)?\
              initialReconnectDelay=5&maxReconnectDelay=100&useExponentialBackOff=false&\
              reconnectDelayExponent=1.5&maxReconnectAttempts=3&startupMaxReconnectAttempts=0&\
              warnAfterReconnectAttempts=2&timeout=500&randomize=false&backup=true&\
@@ -700,10 +769,16 @@ mod tests {
         assert_eq!(
             u.servers[1].options,
             vec![
-                ("soTimeout".to_string(), "5".to_string()),
-                ("x".to_string(), "a b".to_string())
+                ("tcpNoDelay".to_string(), "false".to_string()),
+                ("socketBufferSize".to_string(), "65536".to_string())
             ]
         );
+        let so = u.servers[1]
+            .socket_options(SocketOptions::default())
+            .unwrap();
+        assert!(!so.nodelay && so.keepalive);
+        assert_eq!(so.send_buffer_bytes, Some(65_536));
+        assert_eq!(so.receive_buffer_bytes, Some(65_536));
         let o = u.options;
         assert_eq!(o.initial_reconnect_delay, Duration::from_millis(5));
         assert_eq!(o.max_reconnect_delay, Duration::from_millis(100));
@@ -788,6 +863,10 @@ mod tests {
             "failover:(tcp://a:1)?reconnectDelayExponent=0.5",
             "failover:(tcp://a:1)?priorityURIs=udp://x:1",
             "failover:(tcp://a:1?x)",
+            "failover:(tcp://a:1?soTimeout=5)",
+            "failover:(tcp://a:1?tcpNoDelay=maybe)",
+            "failover:(tcp://a:1?socketBufferSize=0)",
+            "failover:(tcp://a:1?x=a%20b)",
         ] {
             assert!(parse(bad).is_err(), "accepted `{bad}`");
         }
@@ -800,7 +879,8 @@ mod tests {
 
     #[test]
     fn display_round_trips_servers() {
-        let u = parse("failover:(tcp://[::1]:2?a=b&c=d,tcp://h:3)").unwrap();
+        let u =
+            parse("failover:(tcp://[::1]:2?keepAlive=false&tcpNoDelay=true,tcp://h:3)").unwrap();
         let again: Vec<ServerUri> = u
             .servers
             .iter()

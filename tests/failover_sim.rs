@@ -777,3 +777,35 @@ proptest! {
         prop_assert!(resumed <= interrupted && interrupted <= resumed + 1);
     }
 }
+
+#[test]
+fn a_replayed_request_still_waits_at_most_timeout_from_its_own_send() {
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(7001), Behaviour::Silent);
+    let mut t = transport(
+        "failover:(tcp://127.0.0.1:7001,tcp://127.0.0.1:7002)?randomize=false&trackMessages=true&\
+         timeout=100&initialReconnectDelay=10",
+        net,
+        0.5,
+    );
+    let mut out = Vec::new();
+    until(&mut t, &mut out, |t, _| t.is_connected());
+    let corr = send(&mut t, 8);
+    let sent_at = now(&t);
+    while now(&t) < sent_at + ms(50) {
+        let left = ms(50) - (now(&t) - sent_at);
+        out.extend(step(&mut t, left));
+    }
+    // Nothing answers anywhere from now on.
+    t.client_mut()
+        .transport_mut()
+        .set_behaviour(addr(7001), Behaviour::Refuse);
+    t.client_mut().transport_mut().close_peer(addr(7001));
+    until(&mut t, &mut out, |_, o| !o.is_empty());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].correlation_id, corr);
+    assert_eq!(out[0].outcome, FailoverOutcome::TimedOut);
+    assert_eq!(out[0].replays, 1);
+    assert_eq!(out[0].latency, ms(100));
+    assert_eq!(t.outstanding(), 0);
+}

@@ -410,7 +410,7 @@ pub fn drill(a: &FailoverArgs) -> Result<bool, String> {
 /// # Errors
 /// A bad URI, or the transport could not be created or never connected.
 pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, String> {
-    let uri: FailoverUri = connect.parse().map_err(|e| format!("{e}"))?;
+    let uri: FailoverUri = with_schemes(connect).parse().map_err(|e| format!("{e}"))?;
     let inflight = (w.conns * w.inflight).max(1);
     let mut t = FailoverTransport::connect(&uri, client_config(inflight))
         .map_err(|e| format!("failover transport: {e}"))?;
@@ -460,9 +460,32 @@ pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, String> {
     Ok(result)
 }
 
+/// `failover:(A,B)?q` with `tcp://` put in front of every server given as a bare `host:port` (a
+/// harness convenience; the library's parser wants the scheme).
+fn with_schemes(connect: &str) -> String {
+    let connect = connect.trim();
+    let (head, rest) = connect.split_at(connect.find(':').map_or(0, |i| i + 1));
+    let (open, list, tail) = match rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
+        Some((list, tail)) => ("(", list, format!("){tail}")),
+        None => ("", rest, String::new()),
+    };
+    let servers: Vec<String> = list
+        .split(',')
+        .map(|s| {
+            let s = s.trim();
+            if s.is_empty() || s.contains("://") {
+                s.to_string()
+            } else {
+                format!("tcp://{s}")
+            }
+        })
+        .collect();
+    format!("{head}{open}{}{tail}", servers.join(","))
+}
+
 /// The address list of a failover URI, for labels.
 pub fn label(connect: &str) -> String {
-    match connect.parse::<FailoverUri>() {
+    match with_schemes(connect).parse::<FailoverUri>() {
         Ok(u) => {
             let a: Vec<String> = u.servers.iter().map(|s| s.address()).collect();
             format!("failover({})", a.join(","))
@@ -477,4 +500,26 @@ pub fn is_failover(connect: &str) -> bool {
         .trim_start()
         .get(..9)
         .is_some_and(|p| p.eq_ignore_ascii_case("failover:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_addresses_get_the_tcp_scheme() {
+        assert_eq!(
+            with_schemes("failover:(127.0.0.1:1,tcp://h:2)?randomize=false"),
+            "failover:(tcp://127.0.0.1:1,tcp://h:2)?randomize=false"
+        );
+        assert_eq!(
+            with_schemes("failover:a:1,b:2"),
+            "failover:tcp://a:1,tcp://b:2"
+        );
+        assert!(with_schemes("failover:(a:1,b:2)?backup=true")
+            .parse::<FailoverUri>()
+            .is_ok());
+        assert!(is_failover(" FAILOVER:(a:1)"));
+        assert!(!is_failover("127.0.0.1:9092"));
+    }
 }

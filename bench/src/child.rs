@@ -86,6 +86,13 @@ impl ChildProc {
         }
     }
 
+    /// Whether the child has exited (it is then reaped).
+    pub fn exited(&mut self) -> bool {
+        let gone = matches!(self.child.try_wait(), Ok(Some(_)));
+        self.reaped |= gone;
+        gone
+    }
+
     /// Waits at most `timeout` for the child to close its stdout (it does so when it exits), then
     /// reaps it; a child still running then is killed by PID.
     ///

@@ -48,9 +48,7 @@ fn run(args: &[&str], bound: Duration) -> Value {
 }
 
 fn count(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {key} in {v}"))
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
 #[test]
@@ -74,7 +72,13 @@ fn every_request_is_accounted_for_through_faults() {
         ],
         Duration::from_secs(400),
     );
-    for key in ["lost", "duplicates", "unknown", "wrong_answers", "server_crashes"] {
+    for key in [
+        "lost",
+        "duplicates",
+        "unknown",
+        "wrong_answers",
+        "server_crashes",
+    ] {
         assert_eq!(count(&r, key), 0, "{key}: {r}");
     }
     let sent = count(&r, "sent");
@@ -88,7 +92,10 @@ fn every_request_is_accounted_for_through_faults() {
     // The faults fired: at least three kinds, and some requests failed because of them.
     let kinds = r["faults"].as_object().map_or(0, |o| o.len());
     assert!(kinds >= 3, "faults injected: {}", r["faults"]);
-    assert!(count(&r, "timed_out") + count(&r, "disconnected") > 0, "{r}");
+    assert!(
+        count(&r, "timed_out") + count(&r, "disconnected") > 0,
+        "{r}"
+    );
 }
 
 #[test]
@@ -110,12 +117,23 @@ fn soak_plateaus_and_large_frames_are_released() {
         ],
         Duration::from_secs(400),
     );
-    for key in ["lost", "duplicates", "unknown", "wrong_answers", "server_crashes"] {
+    for key in [
+        "lost",
+        "duplicates",
+        "unknown",
+        "wrong_answers",
+        "server_crashes",
+    ] {
         assert_eq!(count(&r, key), 0, "{key}: {r}");
     }
     let soak = &r["soak"];
     assert!(count(soak, "samples") >= 20, "{soak}");
-    for series in ["harness_rss_mib", "harness_fds", "server_rss_mib", "server_fds"] {
+    for series in [
+        "harness_rss_mib",
+        "harness_fds",
+        "server_rss_mib",
+        "server_fds",
+    ] {
         assert_eq!(soak[series]["flat"], Value::Bool(true), "{series}: {soak}");
     }
     assert_eq!(soak["big_frame_released"], Value::Bool(true), "{soak}");

@@ -25,7 +25,7 @@
 //! beyond noise (see [`plateau`]). With `--big-frame-mib N`, a burst of three N MiB frames is first
 //! sent straight to server 1, and its RSS must fall back afterwards (per-channel buffers shrink).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -296,13 +296,10 @@ impl Servers {
     /// Counts servers that exited without being killed, and restarts them.
     fn check_crashes(&mut self) -> Result<(), String> {
         for k in 0..self.slots.len() {
-            let exited = match self.slots[k].child.as_mut() {
-                Some(c) => c.exited(),
-                None => false,
-            };
-            if exited {
+            let exited = self.slots[k].child.as_mut().and_then(ChildProc::exited);
+            if let Some(status) = exited {
                 self.crashes += 1;
-                log::error!("chaos server {k} exited by itself");
+                log::error!("chaos server {k} exited by itself: {status}");
                 self.slots[k].child = None;
                 self.restart(k)?;
             }
@@ -536,10 +533,47 @@ fn drive_faults(
             .map_err(|_| "servers lock poisoned")?
             .check_crashes()?;
     }
-    Ok(())
+    // The last look, from this thread: servers it restarted get SIGKILL when it exits (their
+    // parent-death signal follows the thread that spawned them), which is no crash.
+    servers
+        .lock()
+        .map_err(|_| "servers lock poisoned")?
+        .check_crashes()
 }
 
 // ----- requests ----------------------------------------------------------------------------------
+
+/// The correlation ids completed so far, in memory bounded by the spread of ids still open rather
+/// than by the run's length (a soak runs for hours): ids are assigned in increasing order, every id
+/// below `base` is done, and `done[i]` says whether `base + i` is.
+#[derive(Debug, Default)]
+struct DoneSet {
+    base: i64,
+    done: VecDeque<bool>,
+}
+
+impl DoneSet {
+    fn insert(&mut self, corr: i32) {
+        let Ok(i) = usize::try_from(i64::from(corr) - self.base) else {
+            return;
+        };
+        if i >= self.done.len() {
+            self.done.resize(i + 1, false);
+        }
+        self.done[i] = true;
+        while self.done.front() == Some(&true) {
+            self.done.pop_front();
+            self.base += 1;
+        }
+    }
+
+    fn contains(&self, corr: i32) -> bool {
+        match usize::try_from(i64::from(corr) - self.base) {
+            Err(_) => true,
+            Ok(i) => self.done.get(i).copied().unwrap_or(false),
+        }
+    }
+}
 
 /// The request payload of `corr`: header, then `size - 8` bytes from a generator seeded by the
 /// correlation id and the run's seed (so the answer can be checked without keeping the request).
@@ -734,7 +768,7 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
         ..ChaosReport::default()
     };
     let mut pending: HashMap<i32, NodeId> = HashMap::new();
-    let mut completed: HashSet<i32> = HashSet::new();
+    let mut completed = DoneSet::default();
     let mut done: Vec<ClientResponse> = Vec::new();
     let started = Instant::now();
     let send_until = started + soak.unwrap_or(Duration::from_secs_f64(a.max_secs));
@@ -744,9 +778,9 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
     let classify = |resp: &ClientResponse,
                     r: &mut ChaosReport,
                     pending: &mut HashMap<i32, NodeId>,
-                    completed: &mut HashSet<i32>| {
+                    completed: &mut DoneSet| {
         let Some(node) = pending.remove(&resp.correlation_id) else {
-            if completed.contains(&resp.correlation_id) {
+            if completed.contains(resp.correlation_id) {
                 r.duplicates += 1;
             } else {
                 r.unknown += 1;
@@ -836,7 +870,6 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
     r.faults = fault_counts.lock().map(|c| c.clone()).unwrap_or_default();
     {
         let mut s = servers.lock().map_err(|_| "servers lock poisoned")?;
-        s.check_crashes()?;
         r.server_crashes = s.crashes;
         for k in 0..s.slots.len() {
             s.kill(k);
@@ -890,6 +923,19 @@ mod tests {
             .map(|i| if i < 20 { i as f64 } else { 50.0 })
             .collect();
         assert!(plateau(&warm, 1.0, 0.01).flat);
+    }
+
+    #[test]
+    fn done_set_stays_small_and_remembers() {
+        let mut d = DoneSet::default();
+        for c in (0..10_000).rev() {
+            d.insert(c);
+        }
+        assert!(d.done.is_empty());
+        assert!(d.contains(0) && d.contains(9_999) && !d.contains(10_000));
+        d.insert(10_002);
+        assert!(d.contains(10_002) && !d.contains(10_001));
+        assert_eq!(d.done.len(), 3);
     }
 
     #[test]

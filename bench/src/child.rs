@@ -86,11 +86,11 @@ impl ChildProc {
         }
     }
 
-    /// Whether the child has exited (it is then reaped).
-    pub fn exited(&mut self) -> bool {
-        let gone = matches!(self.child.try_wait(), Ok(Some(_)));
-        self.reaped |= gone;
-        gone
+    /// The child's exit status if it has exited (it is then reaped).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.try_wait().ok().flatten();
+        self.reaped |= status.is_some();
+        status
     }
 
     /// Waits at most `timeout` for the child to close its stdout (it does so when it exits), then

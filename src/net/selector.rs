@@ -181,9 +181,9 @@ impl Outputs {
 ///    bytes with their prefix) were copied into one contiguous buffer per channel by `send`, so a
 ///    run of them is written as one slice.
 /// 3. **Select**: wait in `epoll_wait` for at most the caller's timeout, shortened to the next idle
-///    expiry, graceful-close deadline or accept retry, and to zero when step 1, 2 or 4 has something to report or
-///    a channel is left with work from the previous poll (read budget spent, unmuted with data
-///    buffered, accept budget spent).
+///    expiry, graceful-close deadline or accept retry, and to zero when step 1, 2 or 4 has
+///    something to report or a channel is left with work from the previous poll (read budget
+///    spent, unmuted with data buffered, accept budget spent).
 /// 4. **Handle readiness**: first channels carried over from the previous poll, then each event.
 ///    Connecting sockets finish the non-blocking connect (`take_error`, then `peer_addr`; a spurious
 ///    event leaves them connecting). Listeners accept up to `accept_budget` connections. A listener

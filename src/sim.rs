@@ -77,6 +77,9 @@ struct SimChannel {
     next_seq: u64,
     /// Last connect, send, completed send or delivery (for idle expiry).
     last_active: Instant,
+    /// When the last staged frame finishes leaving: a stream's frames leave in order, so a later
+    /// frame never completes (or is answered) before an earlier one.
+    sending_until: Instant,
 }
 
 /// Per-address send faults.
@@ -321,6 +324,7 @@ impl Transport for SimNetwork {
                 connected: false,
                 next_seq: 0,
                 last_active: self.now,
+                sending_until: self.now,
             },
         );
         match self.behaviour(addr) {
@@ -349,8 +353,11 @@ impl Transport for SimNetwork {
         c.next_seq += 1;
         c.last_active = self.now;
         let addr = c.addr;
-        self.schedule(faults.delay, Event::SendDone(channel, seq));
-        let rtt = faults.delay + self.latency * 2;
+        let done = c.sending_until.max(self.now) + faults.delay;
+        c.sending_until = done;
+        let leave = done - self.now;
+        self.schedule(leave, Event::SendDone(channel, seq));
+        let rtt = leave + self.latency * 2;
         match self.behaviour(addr) {
             Behaviour::Echo => self.schedule(rtt, Event::Deliver(channel, frame)),
             Behaviour::WrongCorrelation => {

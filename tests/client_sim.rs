@@ -685,7 +685,9 @@ fn judge(
             if r.latency > req.timeout {
                 return Err(format!("answered after its timeout ({:?})", r.latency));
             }
-            if !script.echoing(n, req.at, to) {
+            // A WrongCorrelation peer's answer to an earlier request carries this one's id and,
+            // on the wire, is this request's answer, whatever the peer does by now.
+            if !script.echoing(n, req.at, to) && !script.hit(n, 0, to, Fault::WrongCorrelation) {
                 return Err("answered by a peer that was not answering".into());
             }
             Ok(())
@@ -706,18 +708,33 @@ fn judge(
                     script.hit(n, from, to, Fault::Reset)
                 }
                 DisconnectCause::Transport(DisconnectReason::IdleExpired) => {
-                    // Idle means no IO: a request held back by `QueueFull` never touched the
-                    // socket, so the connection can expire less than `idle` after it was sent.
+                    // Idle means no IO: a request held back in the client (by `QueueFull`, or by
+                    // the in-flight cap behind requests a silent peer never answers) never touched
+                    // the socket, so the connection can expire less than `idle` after it was sent.
                     idle.is_some_and(|idle| {
-                        r.latency >= idle || script.hit(n, 0, to, Fault::QueueFull)
+                        r.latency >= idle
+                            || [
+                                Fault::QueueFull,
+                                Fault::Stalled,
+                                Fault::Blackhole,
+                                Fault::Down,
+                            ]
+                            .into_iter()
+                            .any(|f| script.hit(n, 0, to, f))
                     })
                 }
                 DisconnectCause::CorrelationMismatch { .. } => {
-                    // A wrong answer, or an answer skipped by a peer that stalled and then healed,
+                    // A wrong answer, or an answer skipped by a peer that stalled (or went down,
+                    // or black-holed) and then healed,
                     // to this or an earlier request on the connection fails it.
-                    [Fault::WrongCorrelation, Fault::Stalled, Fault::Blackhole]
-                        .into_iter()
-                        .any(|f| script.hit(n, 0, to, f))
+                    [
+                        Fault::WrongCorrelation,
+                        Fault::Stalled,
+                        Fault::Blackhole,
+                        Fault::Down,
+                    ]
+                    .into_iter()
+                    .any(|f| script.hit(n, 0, to, f))
                 }
                 DisconnectCause::RequestTimeout => timed_out_at.contains(&(n, at)),
                 DisconnectCause::Local => script.hit(n, from, to, Fault::Disconnect),

@@ -5,7 +5,10 @@
 //! Each address can have a scripted server [`Behaviour`]. Time moves only inside
 //! [`Transport::poll`]: the clock jumps to the next scheduled event, or by the poll's timeout when
 //! nothing is scheduled sooner. Faults are injected between polls: [`SimNetwork::close_peer`],
-//! [`SimNetwork::reset_peer`], [`SimNetwork::set_behaviour`].
+//! [`SimNetwork::reset_peer`], [`SimNetwork::set_behaviour`], [`SimNetwork::set_queue_full`]
+//! (sends refused with `QueueFull`, as the Selector does under back-pressure),
+//! [`SimNetwork::set_send_delay`] (a send takes time to leave: a partial write completed later, or
+//! never if the connection drops first), and [`SimNetwork::with_idle_timeout`] (idle expiry).
 //!
 //! ```
 //! use std::time::Duration;
@@ -72,6 +75,18 @@ struct SimChannel {
     addr: SocketAddr,
     connected: bool,
     next_seq: u64,
+    /// Last connect, send, completed send or delivery (for idle expiry).
+    last_active: Instant,
+    /// When the last staged frame finishes leaving: a stream's frames leave in order, so a later
+    /// frame never completes (or is answered) before an earlier one.
+    sending_until: Instant,
+}
+
+/// Per-address send faults.
+#[derive(Debug, Clone, Copy, Default)]
+struct SendFaults {
+    queue_full: bool,
+    delay: Duration,
 }
 
 /// The simulated network. See the module docs.
@@ -82,6 +97,8 @@ pub struct SimNetwork {
     next_index: u32,
     next_event: u64,
     behaviours: HashMap<SocketAddr, Behaviour>,
+    send_faults: HashMap<SocketAddr, SendFaults>,
+    idle_timeout: Option<Duration>,
     channels: HashMap<ChannelId, SimChannel>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     events: HashMap<u64, Event>,
@@ -109,6 +126,8 @@ impl SimNetwork {
             next_index: 0,
             next_event: 0,
             behaviours: HashMap::new(),
+            send_faults: HashMap::new(),
+            idle_timeout: None,
             channels: HashMap::new(),
             queue: BinaryHeap::new(),
             events: HashMap::new(),
@@ -125,6 +144,27 @@ impl SimNetwork {
     pub fn with_latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
         self
+    }
+
+    /// Closes connected channels with no activity (connect, send, completed send, delivery) for
+    /// `idle`, reporting [`DisconnectReason::IdleExpired`], as the Selector's
+    /// `connections_max_idle` does. `None` (the default) disables it.
+    pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// While `full`, sends to `addr` are refused with [`SendError::QueueFull`] (the Selector's
+    /// back-pressure), handing the frame back.
+    pub fn set_queue_full(&mut self, addr: SocketAddr, full: bool) {
+        self.send_faults.entry(addr).or_default().queue_full = full;
+    }
+
+    /// Frames sent to `addr` from now on take `delay` to leave (a partial write finished later):
+    /// their completed send, and the peer's answer, come that much later; a connection dropped
+    /// meanwhile drops them unsent.
+    pub fn set_send_delay(&mut self, addr: SocketAddr, delay: Duration) {
+        self.send_faults.entry(addr).or_default().delay = delay;
     }
 
     /// Sets (or changes) the behaviour of the server at `addr`. Existing connections keep running
@@ -184,6 +224,37 @@ impl SimNetwork {
         }
     }
 
+    fn next_idle_expiry(&self) -> Option<Instant> {
+        let idle = self.idle_timeout?;
+        self.channels
+            .values()
+            .filter(|c| c.connected)
+            .map(|c| c.last_active + idle)
+            .min()
+    }
+
+    fn expire_idle(&mut self) {
+        let Some(idle) = self.idle_timeout else {
+            return;
+        };
+        let now = self.now;
+        let mut expired: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.connected && now.saturating_duration_since(c.last_active) >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        expired.sort_by_key(|id| id.index);
+        for id in expired {
+            self.channels.remove(&id);
+            self.disconnected.push(Disconnected {
+                channel: id,
+                reason: DisconnectReason::IdleExpired,
+                unsent: 0,
+            });
+        }
+    }
+
     fn schedule(&mut self, after: Duration, event: Event) {
         let n = self.next_event;
         self.next_event += 1;
@@ -203,6 +274,7 @@ impl SimNetwork {
             Event::Connected(id) => {
                 if let Some(c) = self.channels.get_mut(&id) {
                     c.connected = true;
+                    c.last_active = self.now;
                     self.connected.push(id);
                 }
             }
@@ -220,12 +292,14 @@ impl SimNetwork {
                 }
             }
             Event::SendDone(id, seq) => {
-                if self.channels.contains_key(&id) {
+                if let Some(c) = self.channels.get_mut(&id) {
+                    c.last_active = self.now;
                     self.sends.push(CompletedSend { channel: id, seq });
                 }
             }
             Event::Deliver(id, frame) => {
-                if self.channels.contains_key(&id) {
+                if let Some(c) = self.channels.get_mut(&id) {
+                    c.last_active = self.now;
                     self.receives.push(Received { channel: id, frame });
                 }
             }
@@ -257,6 +331,8 @@ impl Transport for SimNetwork {
                 addr,
                 connected: false,
                 next_seq: 0,
+                last_active: self.now,
+                sending_until: self.now,
             },
         );
         match self.behaviour(addr) {
@@ -271,11 +347,25 @@ impl Transport for SimNetwork {
         let Some(c) = self.channels.get_mut(&channel) else {
             return Err((SendError::UnknownChannel, frame));
         };
+        let faults = self.send_faults.get(&c.addr).copied().unwrap_or_default();
+        if faults.queue_full {
+            return Err((
+                SendError::QueueFull {
+                    staged: frame.len(),
+                    limit: 0,
+                },
+                frame,
+            ));
+        }
         let seq = c.next_seq;
         c.next_seq += 1;
+        c.last_active = self.now;
         let addr = c.addr;
-        self.schedule(Duration::ZERO, Event::SendDone(channel, seq));
-        let rtt = self.latency * 2;
+        let done = c.sending_until.max(self.now) + faults.delay;
+        c.sending_until = done;
+        let leave = done - self.now;
+        self.schedule(leave, Event::SendDone(channel, seq));
+        let rtt = leave + self.latency * 2;
         match self.behaviour(addr) {
             Behaviour::Echo => self.schedule(rtt, Event::Deliver(channel, frame)),
             Behaviour::WrongCorrelation => {
@@ -300,7 +390,13 @@ impl Transport for SimNetwork {
         self.disconnected.clear();
         self.sends.clear();
         self.receives.clear();
-        let next = self.queue.peek().map(|Reverse((t, _))| *t);
+        let next = [
+            self.queue.peek().map(|Reverse((t, _))| *t),
+            self.next_idle_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let target = match (next, timeout) {
             (Some(t), Some(d)) => t.min(self.now + d),
             (Some(t), None) => t,
@@ -319,6 +415,7 @@ impl Transport for SimNetwork {
                 self.run(e);
             }
         }
+        self.expire_idle();
         Ok(())
     }
 

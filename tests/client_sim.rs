@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mqnet::client::{
-    ClientConfig, ClientRequest, ClientResponse, ConnectionState, DisconnectCause, JitterSource,
-    LocalError, NetworkClient, NoHandshake, NodeId, Outcome, ResponseOrder, SplitMix64,
+    ClientConfig, ClientRequest, ClientResponse, ConnectionState, DisconnectCause, Handshake,
+    HandshakeStep, JitterSource, LocalError, NetworkClient, NoHandshake, NodeId, Outcome,
+    ResponseOrder, SplitMix64,
 };
 use mqnet::failover::BootstrapFailover;
 use mqnet::net::{DisconnectReason, Transport};
@@ -38,7 +39,7 @@ fn ms(n: u64) -> Duration {
 }
 
 /// A request whose frame starts with its correlation id (so the Echo peer answers it correctly).
-fn request(c: &mut Client, node: NodeId) -> ClientRequest {
+fn request<H: Handshake>(c: &mut NetworkClient<SimNetwork, H>, node: NodeId) -> ClientRequest {
     let corr = c.next_correlation_id();
     let mut v = corr.to_be_bytes().to_vec();
     v.extend_from_slice(b"body");
@@ -511,18 +512,27 @@ fn bootstrap_failover_moves_round_robin_and_stays_on_a_healthy_server() {
     assert_eq!(f.chosen(), Some("127.0.0.1:9201"));
 }
 
-// ----- property: exactly one completion ---------------------------------------------------------
+// ----- property: exactly one completion, and the right one -------------------------------------
 
 #[derive(Debug, Clone)]
 enum Op {
     Ready(usize),
-    Send(usize, bool),
+    /// Node, expects a response, per-request timeout (ms) instead of the default.
+    Send(usize, bool, Option<u64>),
     ClosePeer(usize),
     ResetPeer(usize),
     Stall(usize),
     Heal(usize),
     Down(usize),
     WrongCorrelation(usize),
+    /// The peer never accepts (connects hang until the setup timeout).
+    Blackhole(usize),
+    /// The handshake hook rejects new connections to the node.
+    FailHandshake(usize),
+    /// Sends to the node are refused with `QueueFull` (back-pressure).
+    QueueFull(usize),
+    /// Sends to the node take this long (ms) to leave: partial writes completed later.
+    SlowSend(usize, u64),
     Disconnect(usize),
     Advance(u64),
 }
@@ -531,72 +541,329 @@ fn op() -> impl Strategy<Value = Op> {
     let node = 0usize..3;
     prop_oneof![
         4 => node.clone().prop_map(Op::Ready),
-        8 => (node.clone(), proptest::bool::weighted(0.9)).prop_map(|(n, r)| Op::Send(n, r)),
+        8 => (
+            node.clone(),
+            proptest::bool::weighted(0.9),
+            proptest::option::weighted(0.2, 100u64..8_000)
+        )
+            .prop_map(|(n, r, t)| Op::Send(n, r, t)),
         1 => node.clone().prop_map(Op::ClosePeer),
         1 => node.clone().prop_map(Op::ResetPeer),
         1 => node.clone().prop_map(Op::Stall),
-        2 => node.clone().prop_map(Op::Heal),
+        3 => node.clone().prop_map(Op::Heal),
         1 => node.clone().prop_map(Op::Down),
         1 => node.clone().prop_map(Op::WrongCorrelation),
+        1 => node.clone().prop_map(Op::Blackhole),
+        1 => node.clone().prop_map(Op::FailHandshake),
+        1 => node.clone().prop_map(Op::QueueFull),
+        1 => (node.clone(), 1u64..2_000).prop_map(|(n, d)| Op::SlowSend(n, d)),
         1 => node.prop_map(Op::Disconnect),
         4 => (0u64..3_000).prop_map(Op::Advance),
     ]
+}
+
+/// A handshake hook driven by the fault script: per node, reject new connections, or exchange one
+/// request (echoed by the peer) before Ready.
+#[derive(Debug, Default)]
+struct ScriptedHandshake {
+    fail: [bool; 3],
+    exchange: bool,
+}
+
+impl Handshake for ScriptedHandshake {
+    fn start(&mut self, node: NodeId, corr: i32) -> HandshakeStep {
+        if self.fail[node.0 as usize] {
+            HandshakeStep::Fail("scripted rejection".into())
+        } else if self.exchange {
+            HandshakeStep::Send(Bytes::copy_from_slice(&corr.to_be_bytes()))
+        } else {
+            HandshakeStep::Done
+        }
+    }
+
+    fn on_response(&mut self, _node: NodeId, _response: Bytes, _corr: i32) -> HandshakeStep {
+        HandshakeStep::Done
+    }
+}
+
+/// Kinds of scripted faults, logged with their simulated time per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Closed,
+    Reset,
+    Down,
+    Stalled,
+    Healed,
+    WrongCorrelation,
+    Blackhole,
+    HandshakeFails,
+    QueueFull,
+    Disconnect,
+}
+
+/// What the script did to one node, in time order, and what the client was asked.
+#[derive(Debug)]
+struct Sent {
+    node: usize,
+    /// The script step it was sent at.
+    at: u64,
+    /// The step of the last poll before it: faults injected since then were not yet seen by the
+    /// client when it was sent, and may still hit it.
+    since: u64,
+    expect: bool,
+    timeout: Duration,
+    ready: bool,
+    frame: Bytes,
+}
+
+/// The fault log: `(step, node, fault)`, in order. Steps number the script's operations and the
+/// settling polls: several happen at one simulated instant, and their order is what counts.
+struct Script {
+    log: Vec<(u64, usize, Fault)>,
+}
+
+impl Script {
+    /// Whether `fault` hit `node` within `[from, to]`.
+    fn hit(&self, node: usize, from: u64, to: u64, fault: Fault) -> bool {
+        self.log
+            .iter()
+            .any(|&(t, n, f)| n == node && f == fault && t >= from && t <= to)
+    }
+
+    /// Whether the peer of `node` answered requests at some moment of `[from, to]`: its
+    /// last behaviour change at or before `from` was not a stall, a refusal or a black hole, or a heal came
+    /// within the window. Every node starts healthy.
+    fn echoing(&self, node: usize, from: u64, to: u64) -> bool {
+        // A WrongCorrelation peer answers too: its answer to one request carries the next one's id
+        // and is, on the wire, that request's answer.
+        let answers = |f: Fault| !matches!(f, Fault::Stalled | Fault::Down | Fault::Blackhole);
+        let behaviour = |f: Fault| {
+            matches!(
+                f,
+                Fault::Stalled
+                    | Fault::WrongCorrelation
+                    | Fault::Down
+                    | Fault::Blackhole
+                    | Fault::Healed
+            )
+        };
+        let before = self
+            .log
+            .iter()
+            .rev()
+            .find(|&&(t, n, f)| n == node && t <= from && behaviour(f))
+            .is_none_or(|&(_, _, f)| answers(f));
+        before || self.hit(node, from, to, Fault::Healed)
+    }
+}
+
+/// Checks one completion against what the fault script makes correct. Returns why it is wrong.
+fn judge(
+    r: &ClientResponse,
+    req: &Sent,
+    at: u64,
+    script: &Script,
+    timed_out_at: &[(usize, u64)],
+    idle: Option<Duration>,
+) -> Result<(), String> {
+    let n = req.node;
+    let (from, to) = (req.since, at);
+    if !req.ready {
+        return match &r.outcome {
+            Outcome::LocalError(LocalError::NotReady(_)) if r.latency.is_zero() => Ok(()),
+            o => Err(format!("sent while not Ready, completed {o:?}")),
+        };
+    }
+    match &r.outcome {
+        Outcome::Response(body) => {
+            if !req.expect {
+                return Err("a response to a request that expects none".into());
+            }
+            if body != &req.frame {
+                return Err("the response is not this request's answer".into());
+            }
+            if r.latency > req.timeout {
+                return Err(format!("answered after its timeout ({:?})", r.latency));
+            }
+            // A WrongCorrelation peer's answer to an earlier request carries this one's id and,
+            // on the wire, is this request's answer, whatever the peer does by now.
+            if !script.echoing(n, req.at, to) && !script.hit(n, 0, to, Fault::WrongCorrelation) {
+                return Err("answered by a peer that was not answering".into());
+            }
+            Ok(())
+        }
+        Outcome::Sent if !req.expect => Ok(()),
+        Outcome::Sent => Err("`Sent` for a request that expects a response".into()),
+        Outcome::TimedOut if r.latency >= req.timeout => Ok(()),
+        Outcome::TimedOut => Err(format!(
+            "timed out early ({:?} < {:?})",
+            r.latency, req.timeout
+        )),
+        Outcome::Disconnected(cause) => {
+            let ok = match cause {
+                DisconnectCause::Transport(DisconnectReason::PeerClosed) => {
+                    script.hit(n, from, to, Fault::Closed) || script.hit(n, from, to, Fault::Down)
+                }
+                DisconnectCause::Transport(DisconnectReason::Io(_)) => {
+                    script.hit(n, from, to, Fault::Reset)
+                }
+                DisconnectCause::Transport(DisconnectReason::IdleExpired) => {
+                    // Idle means no IO: a request held back in the client (by `QueueFull`, or by
+                    // the in-flight cap behind requests a silent peer never answers) never touched
+                    // the socket, so the connection can expire less than `idle` after it was sent.
+                    idle.is_some_and(|idle| {
+                        r.latency >= idle
+                            || [
+                                Fault::QueueFull,
+                                Fault::Stalled,
+                                Fault::Blackhole,
+                                Fault::Down,
+                            ]
+                            .into_iter()
+                            .any(|f| script.hit(n, 0, to, f))
+                    })
+                }
+                DisconnectCause::CorrelationMismatch { .. } => {
+                    // A wrong answer, or an answer skipped by a peer that stalled (or went down,
+                    // or black-holed) and then healed,
+                    // to this or an earlier request on the connection fails it.
+                    [
+                        Fault::WrongCorrelation,
+                        Fault::Stalled,
+                        Fault::Blackhole,
+                        Fault::Down,
+                    ]
+                    .into_iter()
+                    .any(|f| script.hit(n, 0, to, f))
+                }
+                DisconnectCause::RequestTimeout => timed_out_at.contains(&(n, at)),
+                DisconnectCause::Local => script.hit(n, from, to, Fault::Disconnect),
+                _ => false,
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "disconnected ({cause:?}) with no fault to cause it"
+                ))
+            }
+        }
+        o @ Outcome::LocalError(_) => Err(format!("unexpected local error {o:?}")),
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_request_completes_exactly_once(
+    fn every_request_completes_exactly_once_with_the_right_outcome(
         ops in proptest::collection::vec(op(), 1..200),
         pipeline in any::<bool>(),
         unordered in any::<bool>(),
+        exchange in any::<bool>(),
+        idle in proptest::option::of(1_000u64..6_000),
         seed in any::<u64>(),
     ) {
-        let mut net = SimNetwork::new();
+        let idle = idle.map(ms);
+        let mut net = SimNetwork::new().with_idle_timeout(idle);
         for p in 0..3 {
             net.set_behaviour(addr(9300 + p), Behaviour::Echo);
         }
+        let default_timeout = Duration::from_secs(5);
         let cfg = ClientConfig::default()
             .pipeline_unsent(pipeline)
             .response_order(if unordered { ResponseOrder::Unordered } else { ResponseOrder::Ordered })
-            .request_timeout(Duration::from_secs(5))
+            .request_timeout(default_timeout)
             .connection_setup_timeout(Duration::from_secs(2))
             .connection_setup_timeout_max(Duration::from_secs(4));
-        let mut c = NetworkClient::with_transport(net, cfg, NoHandshake).with_rng(SplitMix64::new(seed));
+        let handshake = ScriptedHandshake { fail: [false; 3], exchange };
+        let mut c = NetworkClient::with_transport(net, cfg, handshake).with_rng(SplitMix64::new(seed));
         let nodes: Vec<NodeId> = (0..3).map(NodeId).collect();
         for (k, n) in nodes.iter().enumerate() {
             c.add_node(*n, &format!("127.0.0.1:{}", 9300 + k)).unwrap();
         }
-        let mut sent: HashMap<i32, usize> = HashMap::new();
-        let mut completions: HashMap<i32, usize> = HashMap::new();
-        let record = |done: Vec<ClientResponse>, completions: &mut HashMap<i32, usize>| {
-            for r in done {
-                *completions.entry(r.correlation_id).or_default() += 1;
-            }
-        };
+        let mut script = Script { log: Vec::new() };
+        let mut sent: HashMap<i32, Sent> = HashMap::new();
+        let mut reused = Vec::new();
+        let mut completions: Vec<(ClientResponse, u64)> = Vec::new();
+        let a = |n: usize| addr(9300 + n as u16);
+        let mut step = 0u64;
+        let mut last_poll = 0u64;
         for op in ops {
+            step += 1;
             let now = c.transport().now();
             match op {
                 Op::Ready(n) => { c.ready(nodes[n], now); }
-                Op::Send(n, expect) => {
-                    let r = request(&mut c, nodes[n]).expect_response(expect);
+                Op::Send(n, expect, timeout) => {
+                    let ready = c.connection_state(nodes[n]) == Some(ConnectionState::Ready);
+                    let mut r = request(&mut c, nodes[n]).expect_response(expect);
+                    if let Some(t) = timeout {
+                        r = r.timeout(ms(t));
+                    }
+                    let frame = r.frame.clone();
                     let corr = c.send(r, now);
-                    *sent.entry(corr).or_default() += 1;
+                    let entry = Sent {
+                        node: n,
+                        at: step,
+                        since: last_poll,
+                        expect,
+                        timeout: timeout.map_or(default_timeout, ms),
+                        ready,
+                        frame,
+                    };
+                    if sent.insert(corr, entry).is_some() {
+                        reused.push(corr);
+                    }
                 }
-                Op::ClosePeer(n) => c.transport_mut().close_peer(addr(9300 + n as u16)),
-                Op::ResetPeer(n) => c.transport_mut().reset_peer(addr(9300 + n as u16)),
-                Op::Stall(n) => c.transport_mut().set_behaviour(addr(9300 + n as u16), Behaviour::Silent),
-                Op::Heal(n) => c.transport_mut().set_behaviour(addr(9300 + n as u16), Behaviour::Echo),
+                Op::ClosePeer(n) => {
+                    c.transport_mut().close_peer(a(n));
+                    script.log.push((step, n, Fault::Closed));
+                }
+                Op::ResetPeer(n) => {
+                    c.transport_mut().reset_peer(a(n));
+                    script.log.push((step, n, Fault::Reset));
+                }
+                Op::Stall(n) => {
+                    c.transport_mut().set_behaviour(a(n), Behaviour::Silent);
+                    script.log.push((step, n, Fault::Stalled));
+                }
+                Op::Heal(n) => {
+                    c.transport_mut().set_behaviour(a(n), Behaviour::Echo);
+                    c.transport_mut().set_queue_full(a(n), false);
+                    c.transport_mut().set_send_delay(a(n), Duration::ZERO);
+                    c.handshake_mut().fail[n] = false;
+                    script.log.push((step, n, Fault::Healed));
+                }
                 Op::Down(n) => {
-                    c.transport_mut().set_behaviour(addr(9300 + n as u16), Behaviour::Refuse);
-                    c.transport_mut().close_peer(addr(9300 + n as u16));
+                    c.transport_mut().set_behaviour(a(n), Behaviour::Refuse);
+                    c.transport_mut().close_peer(a(n));
+                    script.log.push((step, n, Fault::Down));
                 }
-                Op::WrongCorrelation(n) => c.transport_mut().set_behaviour(addr(9300 + n as u16), Behaviour::WrongCorrelation),
-                Op::Disconnect(n) => c.disconnect(nodes[n], now),
+                Op::WrongCorrelation(n) => {
+                    c.transport_mut().set_behaviour(a(n), Behaviour::WrongCorrelation);
+                    script.log.push((step, n, Fault::WrongCorrelation));
+                }
+                Op::Blackhole(n) => {
+                    c.transport_mut().set_behaviour(a(n), Behaviour::Blackhole);
+                    script.log.push((step, n, Fault::Blackhole));
+                }
+                Op::FailHandshake(n) => {
+                    c.handshake_mut().fail[n] = true;
+                    script.log.push((step, n, Fault::HandshakeFails));
+                }
+                Op::QueueFull(n) => {
+                    c.transport_mut().set_queue_full(a(n), true);
+                    script.log.push((step, n, Fault::QueueFull));
+                }
+                Op::SlowSend(n, d) => c.transport_mut().set_send_delay(a(n), ms(d)),
+                Op::Disconnect(n) => {
+                    c.disconnect(nodes[n], now);
+                    script.log.push((step, n, Fault::Disconnect));
+                }
                 Op::Advance(d) => {
                     let done = c.poll(Some(ms(d)), now).unwrap();
-                    record(done, &mut completions);
+                    last_poll = step;
+                    completions.extend(done.into_iter().map(|r| (r, step)));
                 }
             }
         }
@@ -604,17 +871,37 @@ proptest! {
         for _ in 0..1_000 {
             let now = c.transport().now();
             let done = c.poll(Some(Duration::from_secs(1)), now).unwrap();
-            record(done, &mut completions);
-            if completions.len() == sent.len() && nodes.iter().all(|n| c.in_flight_count(*n) + c.waiting_count(*n) == 0) {
+            step += 1;
+            completions.extend(done.into_iter().map(|r| (r, step)));
+            if completions.len() >= sent.len() && nodes.iter().all(|n| c.in_flight_count(*n) + c.waiting_count(*n) == 0) {
                 break;
             }
         }
-        for (corr, n) in &sent {
-            prop_assert_eq!(*n, 1, "correlation id {} reused", corr);
-            prop_assert_eq!(completions.get(corr).copied(), Some(1), "request {} completions", corr);
+        prop_assert!(reused.is_empty(), "correlation ids reused: {:?}", reused);
+        // Exactly once.
+        let mut count: HashMap<i32, usize> = HashMap::new();
+        for (r, _) in &completions {
+            *count.entry(r.correlation_id).or_default() += 1;
         }
-        for corr in completions.keys() {
+        for corr in sent.keys() {
+            prop_assert_eq!(count.get(corr).copied(), Some(1), "request {} completions", corr);
+        }
+        for corr in count.keys() {
             prop_assert!(sent.contains_key(corr), "completion for unknown request {}", corr);
+        }
+        // The right outcome.
+        let timed_out_at: Vec<(usize, u64)> = completions
+            .iter()
+            .filter(|(r, _)| r.outcome == Outcome::TimedOut)
+            .map(|(r, at)| (r.node.0 as usize, *at))
+            .collect();
+        for (r, at) in &completions {
+            let req = &sent[&r.correlation_id];
+            prop_assert_eq!(r.node.0 as usize, req.node);
+            if let Err(why) = judge(r, req, *at, &script, &timed_out_at, idle) {
+                prop_assert!(false, "request {} to node {} ({:?}, sent at step {}, done at step {} after {:?}): {}",
+                    r.correlation_id, req.node, r.outcome, req.at, at, r.latency, why);
+            }
         }
     }
 }

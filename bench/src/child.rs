@@ -86,6 +86,13 @@ impl ChildProc {
         }
     }
 
+    /// The child's exit status if it has exited (it is then reaped).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.try_wait().ok().flatten();
+        self.reaped |= status.is_some();
+        status
+    }
+
     /// Waits at most `timeout` for the child to close its stdout (it does so when it exits), then
     /// reaps it; a child still running then is killed by PID.
     ///

@@ -9,6 +9,7 @@
 //! (`current_exe()`) with a hidden `--role`, server first (it prints its port), then the client (it
 //! prints its result as one JSON line), and kills and reaps both by PID.
 
+mod chaos;
 mod child;
 mod failover;
 mod mqnet_impl;
@@ -91,6 +92,15 @@ enum Command {
     /// seconds, over one failover transport; reports sent / answered / lost / duplicated / failed
     /// and the Interrupted→Resumed time, with a standby and without.
     Failover(failover::FailoverArgs),
+    /// Requests through injected faults, each accounted for exactly once.
+    ///
+    /// N NetworkClient connections, each through a fault proxy, to echo server processes; a
+    /// seeded fault driver kills and restarts servers (kill -9), cuts connections mid-frame, stalls
+    /// them, splits writes into 1-byte segments and delays responses past the request timeout.
+    /// Reports the count of each outcome (answered, failed by reason, lost, duplicated, wrong) and
+    /// the seed; fails unless none is lost, duplicated or wrong. --soak-secs runs a soak instead:
+    /// fixed time, RSS and descriptors sampled every second and checked for a plateau.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// An implementation of the echo workload.
@@ -895,6 +905,7 @@ fn main() -> ExitCode {
         Some(Command::Echo(a)) => echo(a),
         Some(Command::Produce(a)) => produce::produce(a),
         Some(Command::Failover(a)) => failover::drill(a),
+        Some(Command::Chaos(a)) => chaos::chaos(a),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

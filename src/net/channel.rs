@@ -29,6 +29,9 @@ pub(crate) struct Channel {
     pub stream: TcpStream,
     pub state: ChannelState,
     pub read_buf: BytesMut,
+    /// Size of the read buffer's allocation as last reserved (0 when none is held): what the
+    /// channel pins, since frames split off the buffer share it.
+    pub read_alloc: usize,
     pub sends: SendQueue,
     pub muted: bool,
     /// The socket may hold unread data: the read budget ran out, or an event arrived while muted.
@@ -54,6 +57,7 @@ impl Channel {
             stream,
             state,
             read_buf: BytesMut::new(),
+            read_alloc: 0,
             sends: SendQueue::default(),
             muted: false,
             read_more: false,

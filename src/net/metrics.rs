@@ -12,6 +12,12 @@ pub struct SelectorMetrics {
     pub connections_closed: u64,
     /// Outbound connects that failed.
     pub connect_failures: u64,
+    /// Accepts that failed for lack of resources (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`): the
+    /// listener then retries on a timer while the condition lasts.
+    pub accept_resource_errors: u64,
+    /// Connections accepted and closed at once while descriptors were exhausted (the reserve
+    /// descriptor released for it), so the peer gets a clean close instead of a hang.
+    pub accepts_refused: u64,
     /// Bytes read from sockets.
     pub bytes_in: u64,
     /// Bytes written to sockets.

@@ -20,6 +20,6 @@ pub use metrics::SelectorMetrics;
 pub use options::{SelectorConfig, SocketOptions};
 pub use selector::{
     Accepted, CloseMode, CompletedSend, Disconnected, Received, Selector, SelectorWaker,
-    DEFAULT_BACKLOG,
+    ACCEPT_RETRY_INTERVAL, DEFAULT_BACKLOG,
 };
 pub use transport::Transport;

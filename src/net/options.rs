@@ -80,6 +80,11 @@ pub struct SelectorConfig {
     pub accept_budget: usize,
     /// Options applied to accepted sockets.
     pub accepted_socket_options: SocketOptions,
+    /// Hold one spare descriptor while listening (default on). When accept hits the descriptor
+    /// limit, the spare is released to accept and close pending connections at once, so their
+    /// peers see a close instead of waiting in a full backlog; the listener is retried on a timer
+    /// either way.
+    pub reserve_descriptor: bool,
 }
 
 impl Default for SelectorConfig {
@@ -93,6 +98,7 @@ impl Default for SelectorConfig {
             events_capacity: 1024,
             accept_budget: 256,
             accepted_socket_options: SocketOptions::os_buffers(),
+            reserve_descriptor: true,
         }
     }
 }

@@ -24,8 +24,36 @@ const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Below this much spare space a read buffer that cannot be reclaimed is grown before reading.
 const MIN_READ_SPACE: usize = 4096;
 
+/// A read buffer larger than this (and larger than four read chunks) is released when it holds no
+/// bytes, so one large frame does not pin its size for the life of the connection; smaller
+/// buffers are kept and reused without allocating.
+const READ_BUFFER_KEEP: usize = 1024 * 1024;
+
 /// Default accept backlog of [`Selector::listen`].
 pub const DEFAULT_BACKLOG: i32 = 1024;
+
+/// How often a listener whose accept failed for lack of resources (descriptors, kernel memory) tries
+/// again. Readiness is edge-triggered and a full backlog takes no new connection, so without the
+/// retry no event would ever bring the listener back.
+pub const ACCEPT_RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// At most one warning per this interval about failing accepts; the others are counted in it.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether an accept error means the process or the system is out of a resource that may come
+/// back (descriptors, socket buffers, memory), as opposed to a problem of one pending connection.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Whether an accept error is the descriptor limit, which the reserve descriptor can lift for one
+/// accept-and-close.
+fn is_descriptor_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
 
 /// How [`Selector::close`] closes a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,12 +181,16 @@ impl Outputs {
 ///    bytes with their prefix) were copied into one contiguous buffer per channel by `send`, so a
 ///    run of them is written as one slice.
 /// 3. **Select**: wait in `epoll_wait` for at most the caller's timeout, shortened to the next idle
-///    expiry or graceful-close deadline, and to zero when step 1, 2 or 4 has something to report or
-///    a channel is left with work from the previous poll (read budget spent, unmuted with data
-///    buffered, accept budget spent).
+///    expiry, graceful-close deadline or accept retry, and to zero when step 1, 2 or 4 has
+///    something to report or a channel is left with work from the previous poll (read budget
+///    spent, unmuted with data buffered, accept budget spent).
 /// 4. **Handle readiness**: first channels carried over from the previous poll, then each event.
 ///    Connecting sockets finish the non-blocking connect (`take_error`, then `peer_addr`; a spurious
-///    event leaves them connecting). Listeners accept up to `accept_budget` connections. Writable
+///    event leaves them connecting). Listeners accept up to `accept_budget` connections. A listener
+///    whose accept failed for lack of resources (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) is retried
+///    every [`ACCEPT_RETRY_INTERVAL`] while the condition lasts; on the descriptor limit, a reserve
+///    descriptor is released to accept and close pending connections at once (counted in
+///    [`SelectorMetrics::accepts_refused`]), so their peers see a close rather than a hang. Writable
 ///    channels write. Readable, unmuted channels read until `WouldBlock`, until `read_budget` bytes
 ///    (then they are revisited on the next poll without waiting for an event), or until a read
 ///    returns less than it asked for — with edge-triggered readiness that means the receive queue
@@ -221,6 +253,16 @@ pub struct Selector {
     accept_list: Vec<ListenerId>,
     /// Channels closing gracefully.
     closing: Vec<ChannelId>,
+    /// Listeners whose accept failed for lack of resources, retried at `accept_retry_at`.
+    starved: Vec<ListenerId>,
+    accept_retry_at: Option<Instant>,
+    /// A descriptor held while the Selector has a listener, released when accept hits the
+    /// descriptor limit so that pending connections can be accepted and closed at once (a clean
+    /// refusal instead of a hang in a full backlog).
+    reserve_fd: Option<std::fs::File>,
+    /// Rate limit of the accept-failure warning: when it was last logged, and failures since.
+    accept_warned_at: Option<Instant>,
+    accept_failures_unlogged: u64,
     /// Scratch list swapped with the work lists, so iterating them allocates nothing.
     scratch: Vec<ChannelId>,
     /// Reports produced between polls, carried into the next poll's outputs.
@@ -259,6 +301,11 @@ impl Selector {
             read_list: Vec::new(),
             accept_list: Vec::new(),
             closing: Vec::new(),
+            starved: Vec::new(),
+            accept_retry_at: None,
+            reserve_fd: None,
+            accept_warned_at: None,
+            accept_failures_unlogged: 0,
             scratch: Vec::new(),
             carried_connected: Vec::new(),
             carried_disconnected: Vec::new(),
@@ -372,6 +419,9 @@ impl Selector {
         socket.bind(&addr.into())?;
         socket.listen(backlog)?;
         let mut listener = TcpListener::from_std(socket.into());
+        if self.config.reserve_descriptor && self.reserve_fd.is_none() {
+            self.reserve_fd = std::fs::File::open("/dev/null").ok();
+        }
         let entry = self.slots.vacant_entry();
         let slot = entry.key();
         let index = Self::slot_index(slot)?;
@@ -414,6 +464,7 @@ impl Selector {
             let _ = self.poll.registry().deregister(&mut l.socket);
         }
         self.retire_slot(id.index as usize);
+        self.starved.retain(|l| *l != id);
         Ok(())
     }
 
@@ -462,6 +513,13 @@ impl Selector {
     /// Frames staged on the channel and not yet fully written (0 for an unknown channel).
     pub fn staged_frames(&self, id: ChannelId) -> usize {
         self.channel(id).map_or(0, |c| c.sends.len())
+    }
+
+    /// Bytes of read buffer the channel holds: the allocation its read buffer last grew to, 0 when
+    /// it holds none (or for an unknown channel). A buffer grown past 1 MiB for a large frame is
+    /// released once it is empty, so this falls back after a burst of large frames.
+    pub fn read_buffer_bytes(&self, id: ChannelId) -> usize {
+        self.channel(id).map_or(0, |c| c.read_alloc)
     }
 
     /// Whether the channel is muted.
@@ -776,6 +834,7 @@ impl Selector {
         // 4. Carried-over work, then events.
         self.run_read_list(now);
         self.run_accept_list(now);
+        self.run_starved(now);
         for event in events.iter() {
             let token = event.token();
             if token == WAKER_TOKEN {
@@ -823,9 +882,78 @@ impl Selector {
                 _ => None,
             })
             .min();
-        match (idle, closing) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [idle, closing, self.accept_retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Retries the accepts of starved listeners once their retry time has come.
+    fn run_starved(&mut self, now: Instant) {
+        match self.accept_retry_at {
+            Some(at) if now >= at => {}
+            _ => return,
+        }
+        self.accept_retry_at = None;
+        let list = std::mem::take(&mut self.starved);
+        for id in &list {
+            self.accept(*id, now);
+        }
+    }
+
+    /// An accept failed with `e` (not `WouldBlock`): count it, log it (rate-limited), refuse
+    /// pending connections cleanly if the reserve descriptor allows, and schedule a retry.
+    fn accept_failed(&mut self, id: ListenerId, e: &io::Error, now: Instant) {
+        let resource = is_resource_exhaustion(e);
+        if resource {
+            self.metrics.accept_resource_errors += 1;
+        }
+        self.accept_failures_unlogged += 1;
+        let due = self
+            .accept_warned_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= ACCEPT_LOG_INTERVAL);
+        if due {
+            log::warn!(
+                "{id}: accept failed: {e} ({} failures since the last report; retrying every {} ms)",
+                self.accept_failures_unlogged,
+                ACCEPT_RETRY_INTERVAL.as_millis()
+            );
+            self.accept_warned_at = Some(now);
+            self.accept_failures_unlogged = 0;
+        }
+        if is_descriptor_exhaustion(e) {
+            if let Some(reserve) = self.reserve_fd.take() {
+                drop(reserve);
+                self.refuse_pending(id);
+                self.reserve_fd = std::fs::File::open("/dev/null").ok();
+            }
+        }
+        if !self.starved.contains(&id) {
+            self.starved.push(id);
+        }
+        if self.accept_retry_at.is_none() {
+            self.accept_retry_at = Some(now + ACCEPT_RETRY_INTERVAL);
+        }
+    }
+
+    /// Accepts and closes at once up to `accept_budget` pending connections of `id`, with the
+    /// descriptor the reserve released: their peers see the connection closed instead of waiting.
+    fn refuse_pending(&mut self, id: ListenerId) {
+        for _ in 0..self.config.accept_budget {
+            let accepted = match self.slots.get(id.index as usize) {
+                Some(Slot::Listener(l)) if l.id == id => l.socket.accept(),
+                _ => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    drop(stream);
+                    self.metrics.accepts_refused += 1;
+                    log::debug!("{id}: out of descriptors: closed the connection from {peer}");
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(_) => return,
+            }
         }
     }
 
@@ -941,9 +1069,9 @@ impl Selector {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog; the next connection's event
-                    // brings us back.
-                    log::warn!("{id}: accept failed: {e}");
+                    // EMFILE and friends: a full backlog raises no new event, so the listener is
+                    // retried on a timer until accept works again.
+                    self.accept_failed(id, &e, now);
                     return;
                 }
             };
@@ -1100,6 +1228,7 @@ impl Selector {
                 && (spare < MIN_READ_SPACE || spare < needed.min(want))
             {
                 ch.read_buf.reserve(want);
+                ch.read_alloc = ch.read_alloc.max(ch.read_buf.capacity());
             }
             if drained {
                 ch.read_more = false;
@@ -1133,6 +1262,11 @@ impl Selector {
                     break;
                 }
             }
+        }
+        if ch.read_buf.is_empty() && ch.read_alloc > READ_BUFFER_KEEP.max(4 * chunk) {
+            // Frames already split off keep their part of the allocation alive until dropped.
+            ch.read_buf = bytes::BytesMut::new();
+            ch.read_alloc = 0;
         }
         if touched {
             self.lru.touch(slot, now);

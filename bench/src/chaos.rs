@@ -616,6 +616,7 @@ fn failure_reason(cause: &DisconnectCause) -> String {
         DisconnectCause::SetupTimeout => "setup_timeout".into(),
         DisconnectCause::HandshakeFailed => "handshake_failed".into(),
         DisconnectCause::Local => "local_disconnect".into(),
+        DisconnectCause::NodeRemoved => "node_removed".into(),
     }
 }
 

@@ -1,0 +1,199 @@
+//! The broker's strictness, one rule per test, with hand-built batches over a raw connection; and
+//! its answers to what it does not serve.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{batch, init_producer_id, kafka_protocol_frame as kf, produce, Raw};
+use mqnet::broker::{codes, Broker, BrokerConfig};
+
+fn start(max_message: usize) -> (Broker, String) {
+    common::init_log();
+    let b = Broker::start(BrokerConfig {
+        message_max_bytes: max_message,
+        ..BrokerConfig::default()
+    })
+    .expect("broker");
+    b.create_topic("t", 1).unwrap();
+    let addr = b.bootstrap_servers();
+    (b, addr)
+}
+
+#[test]
+fn a_flipped_crc_bit_is_corrupt_message_and_nothing_is_appended() {
+    let (b, addr) = start(1 << 20);
+    let mut raw = Raw::connect(&addr);
+    let mut bad = batch(3, -1, -1, -1);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    assert_eq!(produce(&mut raw, "t", 0, &bad).0, codes::CORRUPT_MESSAGE);
+    assert_eq!(b.high_watermark("t", 0), Some(0));
+    // The same connection still works, and the good batch lands at offset 0.
+    assert_eq!(produce(&mut raw, "t", 0, &batch(3, -1, -1, -1)), (0, 0));
+    assert_eq!(b.high_watermark("t", 0), Some(3));
+}
+
+#[test]
+fn an_oversize_batch_is_message_too_large() {
+    let (b, addr) = start(300);
+    let mut raw = Raw::connect(&addr);
+    let big = batch(20, -1, -1, -1);
+    assert!(big.len() > 300);
+    assert_eq!(produce(&mut raw, "t", 0, &big).0, codes::MESSAGE_TOO_LARGE);
+    assert_eq!(b.high_watermark("t", 0), Some(0));
+}
+
+#[test]
+fn a_replayed_batch_gets_its_original_offset_and_is_not_appended_again() {
+    let (b, addr) = start(1 << 20);
+    let mut raw = Raw::connect(&addr);
+    let (code, pid, epoch) = init_producer_id(&mut raw, (-1, -1));
+    assert_eq!(code, 0);
+    assert_eq!(produce(&mut raw, "t", 0, &batch(2, -1, -1, -1)), (0, 0));
+    let first = batch(3, pid, epoch, 0);
+    assert_eq!(produce(&mut raw, "t", 0, &first), (0, 2));
+    assert_eq!(produce(&mut raw, "t", 0, &batch(4, pid, epoch, 3)), (0, 5));
+    // Replays of both remembered batches.
+    assert_eq!(produce(&mut raw, "t", 0, &first), (0, 2));
+    assert_eq!(produce(&mut raw, "t", 0, &batch(4, pid, epoch, 3)), (0, 5));
+    assert_eq!(b.high_watermark("t", 0), Some(9));
+    assert_eq!(b.stats().duplicates, 2);
+}
+
+#[test]
+fn a_sequence_gap_is_out_of_order_sequence_number() {
+    let (b, addr) = start(1 << 20);
+    let mut raw = Raw::connect(&addr);
+    let (_, pid, epoch) = init_producer_id(&mut raw, (-1, -1));
+    // A first batch that does not start at 0.
+    assert_eq!(
+        produce(&mut raw, "t", 0, &batch(1, pid, epoch, 5)).0,
+        codes::OUT_OF_ORDER_SEQUENCE_NUMBER
+    );
+    assert_eq!(produce(&mut raw, "t", 0, &batch(2, pid, epoch, 0)), (0, 0));
+    // 2 is next; 3 skips one.
+    assert_eq!(
+        produce(&mut raw, "t", 0, &batch(1, pid, epoch, 3)).0,
+        codes::OUT_OF_ORDER_SEQUENCE_NUMBER
+    );
+    assert_eq!(produce(&mut raw, "t", 0, &batch(1, pid, epoch, 2)), (0, 2));
+    assert_eq!(b.high_watermark("t", 0), Some(3));
+}
+
+#[test]
+fn an_old_epoch_is_invalid_producer_epoch_and_an_unknown_id_unknown_producer_id() {
+    let (b, addr) = start(1 << 20);
+    let mut raw = Raw::connect(&addr);
+    let (_, pid, e0) = init_producer_id(&mut raw, (-1, -1));
+    assert_eq!(produce(&mut raw, "t", 0, &batch(1, pid, e0, 0)), (0, 0));
+    let (code, pid2, e1) = init_producer_id(&mut raw, (pid, e0));
+    assert_eq!((code, pid2, e1), (0, pid, e0 + 1));
+    // Bumping from a stale epoch is refused.
+    assert_eq!(
+        init_producer_id(&mut raw, (pid, e0)).0,
+        codes::INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(produce(&mut raw, "t", 0, &batch(1, pid, e1, 0)), (0, 1));
+    assert_eq!(
+        produce(&mut raw, "t", 0, &batch(1, pid, e0, 1)).0,
+        codes::INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(
+        produce(&mut raw, "t", 0, &batch(1, pid + 1000, 0, 0)).0,
+        codes::UNKNOWN_PRODUCER_ID
+    );
+    assert_eq!(b.high_watermark("t", 0), Some(2));
+}
+
+#[test]
+fn unknown_partitions_and_several_batches_are_refused() {
+    let (b, addr) = start(1 << 20);
+    let mut raw = Raw::connect(&addr);
+    assert_eq!(
+        produce(&mut raw, "t", 7, &batch(1, -1, -1, -1)).0,
+        codes::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert_eq!(
+        produce(&mut raw, "nope", 0, &batch(1, -1, -1, -1)).0,
+        codes::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    let mut two = batch(1, -1, -1, -1);
+    two.extend_from_slice(&batch(1, -1, -1, -1));
+    assert_eq!(produce(&mut raw, "t", 0, &two).0, codes::INVALID_RECORD);
+    assert_eq!(b.high_watermark("t", 0), Some(0));
+}
+
+#[test]
+fn what_is_not_served_gets_unsupported_version_or_a_clean_close() {
+    let (_b, addr) = start(1 << 20);
+    // ApiVersions v9: a v0 answer with UNSUPPORTED_VERSION (error code right after the
+    // correlation id).
+    let mut raw = Raw::connect(&addr);
+    let resp = raw.call(&kf::bare(18, 9)).expect("answer");
+    assert_eq!(
+        i16::from_be_bytes([resp[4], resp[5]]),
+        codes::UNSUPPORTED_VERSION
+    );
+    // An API that is not served (OffsetCommit) closes the connection.
+    let mut raw = Raw::connect(&addr);
+    assert!(raw.call(&kf::bare(8, 2)).is_none());
+    // A truncated body closes it too.
+    let mut raw = Raw::connect(&addr);
+    assert!(raw.call(&kf::bare(1, 4)).is_none());
+    // Garbage shorter than a header.
+    let mut raw = Raw::connect(&addr);
+    assert!(raw.call(&[1, 2, 3]).is_none());
+    // The broker still serves.
+    let mut raw = Raw::connect(&addr);
+    assert_eq!(produce(&mut raw, "t", 0, &batch(1, -1, -1, -1)), (0, 0));
+}
+
+/// Reads a Fetch v4 response's first partition: (error, high watermark, record bytes).
+fn fetch_result(resp: &[u8]) -> (i16, i64, usize) {
+    // corr, throttle, [topics] n, topic name, [partitions] n, partition, error, hw, lso,
+    // aborted (null = -1), records length.
+    let mut p = 4 + 4 + 4;
+    let name_len = i16::from_be_bytes([resp[p], resp[p + 1]]) as usize;
+    p += 2 + name_len + 4 + 4;
+    let err = i16::from_be_bytes([resp[p], resp[p + 1]]);
+    p += 2;
+    let hw = i64::from_be_bytes(resp[p..p + 8].try_into().unwrap());
+    p += 8 + 8;
+    let aborted = i32::from_be_bytes(resp[p..p + 4].try_into().unwrap());
+    p += 4 + if aborted > 0 {
+        aborted as usize * 16
+    } else {
+        0
+    };
+    let len = i32::from_be_bytes(resp[p..p + 4].try_into().unwrap());
+    (err, hw, len.max(0) as usize)
+}
+
+#[test]
+fn fetch_waits_max_wait_ms_for_min_bytes_and_answers_as_soon_as_data_arrives() {
+    let (_b, addr) = start(1 << 20);
+    let mut raw = Raw::connect(&addr);
+    // Nothing to read: the answer comes after max.wait.ms, empty.
+    let t0 = Instant::now();
+    let resp = raw.call(&kf::fetch("t", 0, 0, 300, 1)).expect("fetch");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "answered after {waited:?}"
+    );
+    assert_eq!(fetch_result(&resp), (0, 0, 0));
+    // A long wait is cut short by a produce on another connection.
+    raw.send(&kf::fetch("t", 0, 0, 60_000, 1));
+    let mut other = Raw::connect(&addr);
+    let t0 = Instant::now();
+    assert_eq!(produce(&mut other, "t", 0, &batch(2, -1, -1, -1)), (0, 0));
+    let resp = raw.recv().expect("fetch");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    let (err, hw, len) = fetch_result(&resp);
+    assert_eq!((err, hw), (0, 2));
+    assert!(len > 61, "{len} record bytes");
+    // Past the end: OFFSET_OUT_OF_RANGE at once.
+    let resp = raw.call(&kf::fetch("t", 0, 5, 60_000, 1)).expect("fetch");
+    assert_eq!(fetch_result(&resp).0, codes::OFFSET_OUT_OF_RANGE);
+}

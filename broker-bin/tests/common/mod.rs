@@ -91,6 +91,20 @@ pub fn batch(n: usize, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// A record batch of records `start..start + n`, keyed `i` with value `value-i`.
+pub fn numbered_batch(start: usize, n: usize, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let ts = 1_700_000_000_000;
+    let mut w = RecordBatchWriter::begin(&mut buf, ts);
+    for i in start..start + n {
+        let k = i.to_string();
+        let v = format!("value-{i}");
+        w.append(&mut buf, ts, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+    }
+    w.finish(&mut buf, pid, epoch, seq);
+    buf.to_vec()
+}
+
 /// A Produce v7 request (acks=-1) of one batch for `topic`/`partition`.
 pub fn produce_frame(corr: i32, topic: &str, partition: i32, batch: &[u8]) -> Bytes {
     let mut buf = BytesMut::new();

@@ -197,3 +197,42 @@ fn fetch_waits_max_wait_ms_for_min_bytes_and_answers_as_soon_as_data_arrives() {
     let resp = raw.call(&kf::fetch("t", 0, 5, 60_000, 1)).expect("fetch");
     assert_eq!(fetch_result(&resp).0, codes::OFFSET_OUT_OF_RANGE);
 }
+
+/// Reads a ListOffsets v1 response's first partition: (error, timestamp, offset).
+fn list_offsets_result(resp: &[u8]) -> (i16, i64, i64) {
+    let mut p = 4 + 4;
+    let name_len = i16::from_be_bytes([resp[p], resp[p + 1]]) as usize;
+    p += 2 + name_len + 4 + 4;
+    let err = i16::from_be_bytes([resp[p], resp[p + 1]]);
+    let ts = i64::from_be_bytes(resp[p + 2..p + 10].try_into().unwrap());
+    let off = i64::from_be_bytes(resp[p + 10..p + 18].try_into().unwrap());
+    (err, ts, off)
+}
+
+#[test]
+fn list_offsets_answers_earliest_latest_and_by_timestamp() {
+    let (_b, addr) = start(1 << 20);
+    let mut raw = Raw::connect(&addr);
+    // Two batches, records stamped T, T+1, T+2 and T+10, T+11.
+    assert_eq!(produce(&mut raw, "t", 0, &batch(3, -1, -1, -1)), (0, 0));
+    let mut later = bytes::BytesMut::new();
+    let t = 1_700_000_000_000i64;
+    let mut w = mqnet::protocol::RecordBatchWriter::begin(&mut later, t + 10);
+    w.append(&mut later, t + 10, Some(b"a"), Some(b"1"), &[]);
+    w.append(&mut later, t + 11, Some(b"b"), Some(b"2"), &[]);
+    w.finish(&mut later, -1, -1, -1);
+    assert_eq!(produce(&mut raw, "t", 0, &later), (0, 3));
+    let ask =
+        |raw: &mut Raw, ts| list_offsets_result(&raw.call(&kf::list_offsets("t", 0, ts)).unwrap());
+    assert_eq!(ask(&mut raw, -2), (0, -1, 0));
+    assert_eq!(ask(&mut raw, -1), (0, -1, 5));
+    assert_eq!(ask(&mut raw, t + 1), (0, t + 1, 1));
+    assert_eq!(ask(&mut raw, t + 3), (0, t + 10, 3));
+    assert_eq!(ask(&mut raw, t + 11), (0, t + 11, 4));
+    assert_eq!(ask(&mut raw, t + 12), (0, -1, -1));
+    let resp = raw.call(&kf::list_offsets("t", 9, -1)).unwrap();
+    assert_eq!(
+        list_offsets_result(&resp).0,
+        codes::UNKNOWN_TOPIC_OR_PARTITION
+    );
+}

@@ -189,6 +189,20 @@ pub mod kafka_protocol_frame {
         out
     }
 
+    /// ListOffsets v1: one partition at `timestamp` (-2 earliest, -1 latest).
+    pub fn list_offsets(topic: &str, partition: i32, timestamp: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        header(&mut out, 2, 1, 4, false);
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+        out.extend_from_slice(topic.as_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&partition.to_be_bytes());
+        out.extend_from_slice(&timestamp.to_be_bytes());
+        out
+    }
+
     /// A request header alone for `api`/`version` with an empty body.
     pub fn bare(api: i16, version: i16) -> Vec<u8> {
         let mut out = Vec::new();

@@ -236,3 +236,39 @@ fn list_offsets_answers_earliest_latest_and_by_timestamp() {
         codes::UNKNOWN_TOPIC_OR_PARTITION
     );
 }
+
+#[test]
+fn the_fuzz_seeds_of_the_request_decoders_are_valid_requests() {
+    use mqnet::protocol::requests::*;
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/request_decode");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).expect("seed dir") {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("seed-") || name == "seed-absurd-count" || name == "seed-bare-batch" {
+            continue;
+        }
+        let frame = bytes::Bytes::from(std::fs::read(&path).unwrap());
+        let (h, body) = decode_request_header(&frame).expect(&name);
+        let b = &frame[body..];
+        let v = h.api_version;
+        let ok = match h.api_key {
+            0 => decode_produce_request(&frame, body, v).is_ok_and(|r| {
+                r.topics[0].partitions[0]
+                    .records
+                    .as_ref()
+                    .is_some_and(|rec| mqnet::broker::batch::validate(rec, 1 << 20).is_ok())
+            }),
+            1 => decode_fetch_request(b, v).is_ok(),
+            2 => decode_list_offsets_request(b, v).is_ok(),
+            3 => decode_metadata_request(b, v).is_ok(),
+            18 => decode_api_versions_request(b, v).is_ok(),
+            22 => decode_init_producer_id_request(b, v).is_ok(),
+            _ => false,
+        };
+        assert!(ok, "{name} does not decode");
+        checked += 1;
+    }
+    assert!(checked >= 9, "{checked} seeds");
+}

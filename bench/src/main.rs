@@ -12,6 +12,7 @@
 mod child;
 mod mqnet_impl;
 mod produce;
+mod produce_broker;
 mod proto;
 mod report;
 mod stats;

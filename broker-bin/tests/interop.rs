@@ -188,3 +188,37 @@ fn librdkafka_idempotent_producer_with_a_node_down_and_up_mid_run_exactly_once()
     let got = kcat(&bootstrap, topic);
     check_exactly_once_in_order(&got, n, 3, false);
 }
+
+#[test]
+fn kcat_produces_to_an_auto_created_topic_and_reads_it_back() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    common::init_log();
+    // A fresh data dir: auto-create is on by default.
+    let broker = mqnet::broker::Broker::start(mqnet::broker::BrokerConfig {
+        default_partitions: 2,
+        ..Default::default()
+    })
+    .expect("broker");
+    let bootstrap = broker.bootstrap_servers();
+    let n = 1_000;
+    let mut child = Command::new("kcat")
+        .args([
+            "-P", "-b", &bootstrap, "-t", "fresh", "-K", ":", "-X", "acks=all",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("kcat");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for i in 0..n {
+            writeln!(stdin, "{i}:value-{i}").unwrap();
+        }
+    }
+    assert!(child.wait().expect("kcat -P").success());
+    let total: i64 = (0..2)
+        .map(|p| broker.high_watermark("fresh", p).unwrap())
+        .sum();
+    assert_eq!(total, n as i64);
+    check_exactly_once_in_order(&kcat(&bootstrap, "fresh"), n, 2, false);
+}

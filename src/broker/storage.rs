@@ -711,4 +711,28 @@ mod tests {
             .is_some());
         let _ = fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn retention_by_time_drops_segments_older_than_retention_ms_but_never_the_active_one() {
+        let dir = tmp("retention-time");
+        let cfg = LogConfig {
+            segment_bytes: 300,
+            retention: Some(Duration::from_secs(60)),
+            ..LogConfig::default()
+        };
+        let (mut log, _) = PartitionLog::open(dir.clone(), cfg).unwrap();
+        for i in 0..10 {
+            log.append(&batch(2, i), 0).unwrap();
+        }
+        let segments = log.segment_count();
+        assert!(segments > 2);
+        // Nothing is a minute old yet.
+        assert_eq!(log.apply_retention(SystemTime::now()).unwrap(), 0);
+        // Two minutes later every closed segment is past retention.
+        let later = SystemTime::now() + Duration::from_secs(120);
+        assert_eq!(log.apply_retention(later).unwrap(), segments - 1);
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(log.log_end_offset(), 20);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

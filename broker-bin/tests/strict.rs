@@ -272,3 +272,101 @@ fn the_fuzz_seeds_of_the_request_decoders_are_valid_requests() {
     }
     assert!(checked >= 9, "{checked} seeds");
 }
+
+/// Reads every partition of a one-topic Fetch v4 response: (partition, error, hw, record bytes).
+fn fetch_partitions(resp: &[u8]) -> Vec<(i32, i16, i64, Vec<u8>)> {
+    let i32_at = |p: usize| i32::from_be_bytes(resp[p..p + 4].try_into().unwrap());
+    let mut p = 4 + 4 + 4;
+    let name_len = i16::from_be_bytes([resp[p], resp[p + 1]]) as usize;
+    p += 2 + name_len;
+    let n = i32_at(p);
+    p += 4;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let part = i32_at(p);
+        let err = i16::from_be_bytes([resp[p + 4], resp[p + 5]]);
+        let hw = i64::from_be_bytes(resp[p + 6..p + 14].try_into().unwrap());
+        p += 4 + 2 + 8 + 8;
+        let aborted = i32_at(p);
+        p += 4 + if aborted > 0 {
+            aborted as usize * 16
+        } else {
+            0
+        };
+        let len = i32_at(p).max(0) as usize;
+        p += 4;
+        out.push((part, err, hw, resp[p..p + len].to_vec()));
+        p += len;
+    }
+    out
+}
+
+/// Base offsets of the whole batches in `records`.
+fn batch_bases(records: &[u8]) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut p = 0;
+    while p + 12 <= records.len() {
+        out.push(i64::from_be_bytes(records[p..p + 8].try_into().unwrap()));
+        let len = i32::from_be_bytes(records[p + 8..p + 12].try_into().unwrap()) as usize;
+        p += 12 + len;
+    }
+    assert_eq!(p, records.len(), "only whole batches");
+    out
+}
+
+#[test]
+fn fetch_honours_partition_max_bytes_and_max_bytes_returning_whole_batches() {
+    common::init_log();
+    let b = Broker::start(BrokerConfig::default()).expect("broker");
+    b.create_topic("t", 2).unwrap();
+    let addr = b.bootstrap_servers();
+    let mut raw = Raw::connect(&addr);
+    let one = batch(3, -1, -1, -1);
+    let size = one.len() as i32;
+    for p in 0..2 {
+        for k in 0..5 {
+            assert_eq!(produce(&mut raw, "t", p, &one), (0, k * 3));
+        }
+    }
+    // Partition max bytes below one batch: the first batch anyway (KIP-74), nothing more.
+    let r = fetch_partitions(
+        &raw.call(&kf::fetch_many("t", &[(0, 0, 10)], 1 << 20, 0, 1))
+            .unwrap(),
+    );
+    assert_eq!(batch_bases(&r[0].3), vec![0]);
+    assert_eq!(r[0].2, 15);
+    // Two and a half batches' worth from offset 4 (inside the second batch): batches 3 and 6.
+    let r = fetch_partitions(
+        &raw.call(&kf::fetch_many("t", &[(0, 4, size * 5 / 2)], 1 << 20, 0, 1))
+            .unwrap(),
+    );
+    assert_eq!(batch_bases(&r[0].3), vec![3, 6]);
+    // max.bytes of three batches over two partitions: all three from the first, then nothing
+    // from the second (only the response's first batch may exceed a limit).
+    let r = fetch_partitions(
+        &raw.call(&kf::fetch_many(
+            "t",
+            &[(0, 0, 1 << 20), (1, 0, 1 << 20)],
+            size * 3,
+            0,
+            1,
+        ))
+        .unwrap(),
+    );
+    assert_eq!(batch_bases(&r[0].3), vec![0, 3, 6]);
+    assert_eq!((r[1].0, r[1].1, r[1].2), (1, 0, 15));
+    assert!(r[1].3.is_empty());
+    // With room left, the second partition gets what fits.
+    let r = fetch_partitions(
+        &raw.call(&kf::fetch_many(
+            "t",
+            &[(0, 9, 1 << 20), (1, 0, 1 << 20)],
+            size * 3,
+            0,
+            1,
+        ))
+        .unwrap(),
+    );
+    assert_eq!(batch_bases(&r[0].3), vec![9, 12]);
+    assert_eq!(batch_bases(&r[1].3), vec![0]);
+}

@@ -172,20 +172,39 @@ pub mod kafka_protocol_frame {
         max_wait_ms: i32,
         min_bytes: i32,
     ) -> Vec<u8> {
+        fetch_many(
+            topic,
+            &[(partition, offset, 1 << 20)],
+            1 << 20,
+            max_wait_ms,
+            min_bytes,
+        )
+    }
+
+    /// Fetch v4 of several partitions `(partition, offset, partition max bytes)`.
+    pub fn fetch_many(
+        topic: &str,
+        parts: &[(i32, i64, i32)],
+        max_bytes: i32,
+        max_wait_ms: i32,
+        min_bytes: i32,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         header(&mut out, 1, 4, 3, false);
         out.extend_from_slice(&(-1i32).to_be_bytes()); // replica id
         out.extend_from_slice(&max_wait_ms.to_be_bytes());
         out.extend_from_slice(&min_bytes.to_be_bytes());
-        out.extend_from_slice(&(1i32 << 20).to_be_bytes()); // max bytes
+        out.extend_from_slice(&max_bytes.to_be_bytes());
         out.push(0); // isolation level
         out.extend_from_slice(&1i32.to_be_bytes());
         out.extend_from_slice(&(topic.len() as i16).to_be_bytes());
         out.extend_from_slice(topic.as_bytes());
-        out.extend_from_slice(&1i32.to_be_bytes());
-        out.extend_from_slice(&partition.to_be_bytes());
-        out.extend_from_slice(&offset.to_be_bytes());
-        out.extend_from_slice(&(1i32 << 20).to_be_bytes()); // partition max bytes
+        out.extend_from_slice(&(parts.len() as i32).to_be_bytes());
+        for (partition, offset, pmax) in parts {
+            out.extend_from_slice(&partition.to_be_bytes());
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(&pmax.to_be_bytes());
+        }
         out
     }
 

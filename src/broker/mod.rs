@@ -26,7 +26,7 @@
 //! # Nodes
 //!
 //! [`BrokerConfig::nodes`] node ids `1..=N`, each with its own listener, thread and
-//! [`Server`](crate::server::Server); partition `p` is led by node `p % N + 1`. A request for a
+//! [`Server`]; partition `p` is led by node `p % N + 1`. A request for a
 //! partition its node does not lead gets `NOT_LEADER_OR_FOLLOWER`. There is one replica per
 //! partition: the high watermark is the log end.
 //!

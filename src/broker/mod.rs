@@ -257,7 +257,17 @@ impl Broker {
             let id = i as i32 + 1;
             let mut addr = config.listen;
             if addr.port() != 0 {
-                addr.set_port(addr.port() + i as u16);
+                let Some(port) = u16::try_from(i)
+                    .ok()
+                    .and_then(|i| addr.port().checked_add(i))
+                else {
+                    failure = Some(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("node {id}: no port {} + {i}", addr.port()),
+                    ));
+                    break;
+                };
+                addr.set_port(port);
             }
             let (tx, rx) = mpsc::channel();
             let shared2 = Arc::clone(&shared);

@@ -27,6 +27,10 @@ use super::codes;
 use super::state::{valid_topic_name, Cluster};
 use super::API_VERSIONS;
 
+/// Kafka's broker default `fetch.max.bytes` (55 MiB): the most record bytes one Fetch response
+/// reads, whatever the request asks for.
+pub const FETCH_MAX_BYTES: usize = 57_671_680;
+
 /// A node's advertised address.
 #[derive(Debug, Clone)]
 pub struct NodeAddr {
@@ -479,7 +483,9 @@ impl NodeHandler {
     /// and whether any partition has an error.
     fn fetch(&self, req: &FetchRequest, version: i16) -> (km::FetchResponse, i64, bool) {
         let c = self.shared.lock();
-        let max_bytes = req.max_bytes.max(0) as usize;
+        // The broker's own `fetch.max.bytes` bounds what one response reads, whatever the client
+        // asks for (a message.max.bytes batch can still exceed it alone, KIP-74).
+        let max_bytes = (req.max_bytes.max(0) as usize).min(FETCH_MAX_BYTES);
         let mut total = 0usize;
         let mut error = false;
         let mut topics = Vec::with_capacity(req.topics.len());

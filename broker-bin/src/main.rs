@@ -8,7 +8,7 @@
 //! commands from stdin, one per line (fault injection for tests):
 //!
 //! - `create TOPIC PARTITIONS` — create a topic
-//! - `down NODE` / `up NODE` — take a node down (its requests close their connections) or up
+//! - `down NODE` / `up NODE` — take a node down (its connections, open and new, are closed) or up
 //! - `errors API_KEY CODE COUNT` — answer the next COUNT requests of an API with an error code
 //! - `delay MS` — hold every response back MS milliseconds (0: none)
 //! - `leader TOPIC PARTITION NODE` — move a partition's leadership

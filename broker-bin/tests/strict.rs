@@ -370,3 +370,18 @@ fn fetch_honours_partition_max_bytes_and_max_bytes_returning_whole_batches() {
     assert_eq!(batch_bases(&r[0].3), vec![9, 12]);
     assert_eq!(batch_bases(&r[1].3), vec![0]);
 }
+
+#[test]
+fn a_node_taken_down_closes_its_idle_connections_and_new_ones_until_it_is_up() {
+    let (b, addr) = start(1 << 20);
+    let mut idle = Raw::connect(&addr);
+    assert_eq!(produce(&mut idle, "t", 0, &batch(1, -1, -1, -1)), (0, 0));
+    b.set_node_down(1, true);
+    // The idle connection is closed without sending anything (read returns end of stream).
+    assert!(idle.recv().is_none());
+    let mut fresh = Raw::connect(&addr);
+    assert!(fresh.recv().is_none());
+    b.set_node_down(1, false);
+    let mut again = Raw::connect(&addr);
+    assert_eq!(produce(&mut again, "t", 0, &batch(1, -1, -1, -1)), (0, 1));
+}

@@ -243,6 +243,7 @@ impl Broker {
             nodes: OnceLock::new(),
             wakers: OnceLock::new(),
             parked: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            down: (0..n).map(|_| AtomicBool::new(false)).collect(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let host = config
@@ -371,10 +372,17 @@ impl Broker {
             .map(|p| p.leader)
     }
 
-    /// Fault injection: takes node `id` down (every request it gets closes its connection) or
-    /// brings it back up.
+    /// Fault injection: takes node `id` down (its open connections are closed, and so is every
+    /// new connection as soon as it is accepted) or brings it back up.
     pub fn set_node_down(&self, id: i32, down: bool) {
         self.shared.lock().faults.set_down(id, down);
+        let i = usize::try_from(id - 1).ok();
+        if let Some(flag) = i.and_then(|i| self.shared.down.get(i)) {
+            flag.store(down, Ordering::Release);
+        }
+        if let Some(w) = i.and_then(|i| self.shared.wakers.get()?.get(i)) {
+            let _ = w.wake();
+        }
     }
 
     /// Fault injection: the next `count` requests of `api_key` (on any node) are answered with
@@ -476,6 +484,12 @@ fn node_thread(
         server.poll(Some(timeout))?;
         let now = Instant::now();
         server.handler_mut().tick(now);
+        if shared.down[(id - 1) as usize].load(Ordering::Acquire) {
+            let open: Vec<_> = server.handler().connections().to_vec();
+            for c in open {
+                server.close(c);
+            }
+        }
         if id == 1 && now >= next_retention {
             next_retention = now + retention_every;
             shared.lock().apply_retention(SystemTime::now());

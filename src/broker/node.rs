@@ -7,7 +7,7 @@
 //! with parked fetches) or `max.wait.ms` passes; the node's loop calls [`NodeHandler::tick`] after
 //! every poll and polls no longer than the nearest deadline.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ pub struct Shared {
     pub wakers: OnceLock<Vec<SelectorWaker>>,
     /// Parked fetches per node (index = node id - 1).
     pub parked: Vec<AtomicUsize>,
+    /// Whether each node is down (index = node id - 1), for its loop's cheap check.
+    pub down: Vec<AtomicBool>,
 }
 
 impl Shared {
@@ -85,6 +87,8 @@ struct Parked {
 /// The handler of one node.
 pub struct NodeHandler {
     id: i32,
+    /// Open connections, so a node taken down can close them all.
+    conns: Vec<ChannelId>,
     shared: Arc<Shared>,
     parked: Vec<Parked>,
     delayed: Vec<(Instant, Responder, Bytes)>,
@@ -130,11 +134,17 @@ impl NodeHandler {
     pub fn new(id: i32, shared: Arc<Shared>) -> Self {
         NodeHandler {
             id,
+            conns: Vec::new(),
             shared,
             parked: Vec::new(),
             delayed: Vec::new(),
             seen_generation: 0,
         }
+    }
+
+    /// The open connections.
+    pub fn connections(&self) -> &[ChannelId] {
+        &self.conns
     }
 
     /// The nearest moment [`tick`](Self::tick) has work: a parked fetch's or a delayed
@@ -634,5 +644,15 @@ fn fetch_error(req: &FetchRequest, code: i16) -> km::FetchResponse {
 impl DeferredHandler for NodeHandler {
     fn handle(&mut self, _conn: ChannelId, request: Bytes, responder: Responder) {
         self.dispatch(request, responder);
+    }
+
+    fn connected(&mut self, conn: ChannelId, _peer: std::net::SocketAddr) {
+        self.conns.push(conn);
+    }
+
+    fn disconnected(&mut self, conn: ChannelId, _reason: crate::net::DisconnectReason) {
+        if let Some(i) = self.conns.iter().position(|c| *c == conn) {
+            self.conns.swap_remove(i);
+        }
     }
 }

@@ -13,6 +13,8 @@
 #![warn(missing_docs)]
 #![cfg(unix)]
 
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod client;
 pub mod failover;
 pub mod net;

@@ -14,6 +14,7 @@ mod child;
 mod failover;
 mod mqnet_impl;
 mod produce;
+mod produce_broker;
 mod proto;
 mod report;
 mod stats;

@@ -185,6 +185,10 @@ pub struct ProduceArgs {
     /// Implementations to run.
     #[arg(long, value_enum, default_value_t = ProducePeer::All)]
     pub peer: ProducePeer,
+    /// The cluster when --bootstrap-servers is not given: librdkafka's mock, or mqnet's strict
+    /// broker in-process (see produce_broker.rs).
+    #[arg(long, value_enum, default_value_t = crate::produce_broker::BrokerKind::Mock)]
+    pub broker: crate::produce_broker::BrokerKind,
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).
@@ -846,6 +850,21 @@ pub fn run_row(
 pub fn produce(a: &ProduceArgs) -> Result<bool, String> {
     let s = Settings::from_args(a)?;
     let impls = a.peer.impls()?;
+    if a.bootstrap_servers.is_none() && a.broker == crate::produce_broker::BrokerKind::Embedded {
+        let embedded = crate::produce_broker::Embedded::start(&a.topic, s.partitions)?;
+        let pb = crate::progress(impls.len(), a.json);
+        let r = run_row(
+            &s,
+            &impls,
+            &a.topic,
+            Some(&embedded.bootstrap()),
+            a.json,
+            &pb,
+        );
+        pb.finish_and_clear();
+        embedded.finish(a.json);
+        return r;
+    }
     if a.bootstrap_servers.is_none() && !RDKAFKA_PEER {
         return Err(NO_PEER.into());
     }

@@ -31,6 +31,8 @@ mod metadata;
 mod murmur;
 mod produce;
 mod record_batch;
+#[cfg(feature = "broker")]
+pub mod requests;
 mod versions;
 mod wire;
 

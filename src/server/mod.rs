@@ -407,6 +407,17 @@ impl<M: Mode> Server<M> {
             .and_then(|id| self.sel.listener_addr(*id).ok())
     }
 
+    /// Closes connection `id` at once, dropping its staged responses (a broker taking itself
+    /// down, say); the handler's `disconnected` is called before this returns. Returns whether the
+    /// connection was open.
+    pub fn close(&mut self, id: ChannelId) -> bool {
+        if self.conns.get_mut(id).is_none() {
+            return false;
+        }
+        self.close_conn(id);
+        true
+    }
+
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.conns.len

@@ -1,0 +1,179 @@
+//! `mqnet-broker`: mqnet's strict Kafka-subset broker as a process.
+//!
+//! ```text
+//! mqnet-broker --listen 127.0.0.1:9092 --data-dir DIR [--nodes 3 --partitions 4]
+//! ```
+//!
+//! Prints `bootstrap.servers=<host:port,...>` on stdout once every node listens, then reads admin
+//! commands from stdin, one per line (fault injection for tests):
+//!
+//! - `create TOPIC PARTITIONS` — create a topic
+//! - `down NODE` / `up NODE` — take a node down (its connections, open and new, are closed) or up
+//! - `errors API_KEY CODE COUNT` — answer the next COUNT requests of an API with an error code
+//! - `delay MS` — hold every response back MS milliseconds (0: none)
+//! - `leader TOPIC PARTITION NODE` — move a partition's leadership
+//! - `stats` — print the counters
+//! - `quit` — stop (end of stdin does not stop the broker)
+//!
+//! Each command answers `ok` or `error: ...` on stdout.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use mqnet::broker::{Broker, BrokerConfig, LogConfig};
+
+/// mqnet's strict Kafka-subset broker.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The first node's listen address; node i listens on its port + i.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// The data directory (default: mqnet-broker-data-<port> under the system's temp dir, kept
+    /// across restarts).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Broker nodes (ids 1..=N) served by this process, on consecutive ports.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Partitions of auto-created and --topic topics.
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    /// Topics to create at start-up (repeatable).
+    #[arg(long)]
+    topic: Vec<String>,
+    /// Create unknown topics asked for in Metadata (default: on for a fresh data dir).
+    #[arg(long)]
+    auto_create: Option<bool>,
+    /// log.segment.bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    segment_bytes: u64,
+    /// retention.bytes per partition (default: unlimited).
+    #[arg(long)]
+    retention_bytes: Option<u64>,
+    /// retention.ms (default: 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000)]
+    retention_ms: u64,
+    /// log.flush.interval.messages (0: leave it to the OS; 1: fsync every append before acking).
+    #[arg(long, default_value_t = 0)]
+    flush_interval_messages: u64,
+    /// message.max.bytes.
+    #[arg(long, default_value_t = mqnet::broker::DEFAULT_MESSAGE_MAX_BYTES)]
+    message_max_bytes: usize,
+}
+
+fn command(broker: &Broker, line: &str) -> Result<bool, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| -> Result<i64, String> {
+        words
+            .get(i)
+            .ok_or_else(|| format!("missing argument {i}"))?
+            .parse::<i64>()
+            .map_err(|e| format!("argument {i}: {e}"))
+    };
+    let small = |i: usize| -> Result<i32, String> {
+        i32::try_from(num(i)?).map_err(|e| format!("argument {i}: {e}"))
+    };
+    match words.first().copied() {
+        None => {}
+        Some("create") => {
+            let topic = words.get(1).ok_or("missing topic")?;
+            broker
+                .create_topic(topic, small(2)?)
+                .map_err(|e| e.to_string())?;
+        }
+        Some("down") => broker.set_node_down(small(1)?, true),
+        Some("up") => broker.set_node_down(small(1)?, false),
+        Some("errors") => {
+            let api = i16::try_from(num(1)?).map_err(|e| e.to_string())?;
+            let code = i16::try_from(num(2)?).map_err(|e| e.to_string())?;
+            let count = u32::try_from(num(3)?).map_err(|e| e.to_string())?;
+            broker.inject_errors(api, code, count);
+        }
+        Some("delay") => {
+            let ms = u64::try_from(num(1)?).map_err(|e| e.to_string())?;
+            broker.set_response_delay(Duration::from_millis(ms));
+        }
+        Some("leader") => {
+            let topic = words.get(1).ok_or("missing topic")?;
+            broker
+                .move_leader(topic, small(2)?, small(3)?)
+                .map_err(|e| e.to_string())?;
+        }
+        Some("stats") => println!("{:?}", broker.stats()),
+        Some("quit") => return Ok(true),
+        Some(other) => return Err(format!("unknown command {other:?}")),
+    }
+    Ok(false)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("mqnet-broker-data-{}", args.listen.port()))
+    });
+    let config = BrokerConfig {
+        listen: args.listen,
+        nodes: args.nodes.max(1),
+        data_dir: Some(data_dir.clone()),
+        default_partitions: args.partitions.max(1),
+        auto_create_topics: args.auto_create,
+        message_max_bytes: args.message_max_bytes,
+        log: LogConfig {
+            segment_bytes: args.segment_bytes,
+            retention_bytes: args.retention_bytes,
+            retention: Some(Duration::from_millis(args.retention_ms)),
+            flush_interval_messages: args.flush_interval_messages,
+            ..LogConfig::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let broker = match Broker::start(config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("mqnet-broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for t in &args.topic {
+        if let Err(e) = broker.create_topic(t, args.partitions.max(1)) {
+            eprintln!("mqnet-broker: topic {t}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    log::info!("data dir {}", data_dir.display());
+    println!("bootstrap.servers={}", broker.bootstrap_servers());
+    let _ = std::io::stdout().flush();
+    let stdin = std::io::stdin();
+    let mut quit = false;
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        match command(&broker, &line) {
+            Ok(true) => {
+                quit = true;
+                break;
+            }
+            Ok(false) => println!("ok"),
+            Err(e) => println!("error: {e}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    if !quit {
+        // End of stdin: keep serving until killed (a broker started in the background).
+        loop {
+            std::thread::park();
+        }
+    }
+    match broker.shutdown() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mqnet-broker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

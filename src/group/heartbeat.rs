@@ -1,0 +1,127 @@
+//! Heartbeat protocols: what a heartbeat request is and which response proves the peer alive.
+
+use bytes::Bytes;
+
+/// The heartbeat of one protocol: the frame to send and the check of its answer.
+///
+/// The client has already matched the response's correlation id to the request's; `check` only
+/// decides whether the answer is a valid heartbeat response. A response that fails the check
+/// counts as a heartbeat failure.
+pub trait Heartbeat {
+    /// The heartbeat request frame, carrying `correlation_id` where the protocol's responses
+    /// carry it back (the client reads it with its correlation reader).
+    fn request(&mut self, correlation_id: i32) -> Bytes;
+
+    /// Whether `response` (the whole frame) answers the heartbeat `correlation_id`.
+    fn check(&mut self, correlation_id: i32, response: &[u8]) -> bool;
+}
+
+/// The heartbeat of the harness's echo protocol: the correlation id (big-endian) followed by
+/// [`EchoHeartbeat::BODY`]; the echo server returns it byte for byte.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EchoHeartbeat;
+
+impl EchoHeartbeat {
+    /// The body after the correlation id.
+    pub const BODY: &'static [u8] = b"mqnet.heartbeat";
+}
+
+impl Heartbeat for EchoHeartbeat {
+    fn request(&mut self, correlation_id: i32) -> Bytes {
+        let mut v = Vec::with_capacity(4 + Self::BODY.len());
+        v.extend_from_slice(&correlation_id.to_be_bytes());
+        v.extend_from_slice(Self::BODY);
+        Bytes::from(v)
+    }
+
+    fn check(&mut self, correlation_id: i32, response: &[u8]) -> bool {
+        response.len() == 4 + Self::BODY.len()
+            && response[..4] == correlation_id.to_be_bytes()
+            && &response[4..] == Self::BODY
+    }
+}
+
+/// Kafka's heartbeat for an idle broker connection: an ApiVersions request. Any well-formed
+/// ApiVersions response proves the broker alive, one carrying an error code included (the broker
+/// parsed the request and answered).
+#[cfg(feature = "kafka")]
+#[derive(Debug, Clone)]
+pub struct KafkaHeartbeat {
+    client_id: String,
+    version: i16,
+}
+
+#[cfg(feature = "kafka")]
+impl KafkaHeartbeat {
+    /// ApiVersions v3 (Kafka 2.4 and later) with `client_id` in the request header.
+    pub fn new(client_id: &str) -> Self {
+        KafkaHeartbeat {
+            client_id: client_id.to_string(),
+            version: 3,
+        }
+    }
+
+    /// Uses ApiVersions `version` (0..=3) instead.
+    pub fn with_version(mut self, version: i16) -> Self {
+        self.version = version;
+        self
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Heartbeat for KafkaHeartbeat {
+    fn request(&mut self, correlation_id: i32) -> Bytes {
+        use crate::protocol::encode_api_versions_request;
+        // An unsupported configured version falls back to v0, which every broker answers.
+        encode_api_versions_request(self.version, correlation_id, &self.client_id)
+            .or_else(|_| encode_api_versions_request(0, correlation_id, &self.client_id))
+            .unwrap_or_default()
+    }
+
+    fn check(&mut self, _correlation_id: i32, response: &[u8]) -> bool {
+        use crate::protocol::decode_api_versions_response;
+        use crate::protocol::ProtocolError;
+        // A broker that does not speak our version answers in v0 with UNSUPPORTED_VERSION;
+        // decoding at v0 reads its error code either way.
+        let v = if (0..=3).contains(&self.version) {
+            self.version
+        } else {
+            0
+        };
+        matches!(
+            decode_api_versions_response(v, response),
+            Ok(_) | Err(ProtocolError::Kafka(_))
+        ) || matches!(
+            decode_api_versions_response(0, response),
+            Err(ProtocolError::Kafka(_))
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echo_heartbeat_round_trip_and_rejects() {
+        let mut h = EchoHeartbeat;
+        let f = h.request(7);
+        assert!(h.check(7, &f));
+        assert!(!h.check(8, &f));
+        assert!(!h.check(7, &f[..f.len() - 1]));
+        assert!(!h.check(7, b""));
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_heartbeat_is_an_api_versions_request_and_rejects_garbage() {
+        let mut h = KafkaHeartbeat::new("mqnet");
+        let f = h.request(42);
+        // Request header v2: api key, api version, correlation id.
+        assert_eq!(&f[..2], &18i16.to_be_bytes());
+        assert_eq!(&f[2..4], &3i16.to_be_bytes());
+        assert_eq!(&f[4..8], &42i32.to_be_bytes());
+        assert!(!h.check(42, b""));
+        assert!(!h.check(42, &[0, 0, 0, 42, 0]));
+    }
+}

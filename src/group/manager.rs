@@ -229,6 +229,8 @@ struct Member {
     closing: Option<DownReason>,
     /// The cause of the latest `Disconnected` completion on this member.
     last_cause: Option<DisconnectCause>,
+    /// Its pending attempt was aborted to free a slot for another group: not a failure.
+    preempted: bool,
 }
 
 impl Member {
@@ -475,6 +477,7 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
                 heartbeat_failures: 0,
                 closing: None,
                 last_cause: None,
+                preempted: false,
             });
             g.metrics.members = g.members.len();
             let k = self.owner_index(node);
@@ -921,6 +924,9 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
                             kind: GroupEventKind::GroupEmpty,
                         });
                     }
+                } else if prev.is_setting_up() && cur.is_disconnected() && m.preempted {
+                    m.preempted = false;
+                    m.last_cause = None;
                 } else if prev.is_setting_up() && cur.is_disconnected() {
                     // An attempt that failed after it started (refused, setup timeout, ...).
                     m.last_cause = None;
@@ -1018,6 +1024,52 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
         }
     }
 
+    /// All slots are taken: when a group with no pending attempt has a member due while another
+    /// group holds more than its share (it took the slots before the first group needed any),
+    /// aborts one of that group's pending attempts. Returns whether a slot was freed.
+    fn preempt(&mut self, share: usize, now: Instant) -> bool {
+        let starving = self.groups.iter().flatten().any(|g| {
+            g.pending == 0
+                && g.members.iter().any(|m| {
+                    !m.abandoned
+                        && self
+                            .client
+                            .connection_state(m.node)
+                            .is_some_and(ConnectionState::is_disconnected)
+                        && self.client.connection_delay(m.node, now).is_zero()
+                })
+        });
+        if !starving {
+            return false;
+        }
+        let Some(g) = self
+            .groups
+            .iter_mut()
+            .flatten()
+            .filter(|g| g.pending > share)
+            .max_by_key(|g| g.pending)
+        else {
+            return false;
+        };
+        let client = &mut self.client;
+        let Some(m) = g.members.iter_mut().rev().find(|m| {
+            client
+                .connection_state(m.node)
+                .is_some_and(ConnectionState::is_setting_up)
+        }) else {
+            return false;
+        };
+        log::debug!(
+            "group {}: aborting the attempt of {} to free a reconnect slot",
+            g.name,
+            m.node
+        );
+        m.preempted = true;
+        client.disconnect(m.node, now);
+        g.pending -= 1;
+        true
+    }
+
     /// Each group's cap on pending attempts.
     fn share(&self) -> usize {
         let groups = self.groups.iter().flatten().count().max(1);
@@ -1040,6 +1092,9 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
         let mut budget: usize = self.groups.iter().flatten().map(|g| g.members.len()).sum();
         loop {
             let mut granted = false;
+            if total >= cap && self.preempt(share, now) {
+                total -= 1;
+            }
             for k in 0..slots {
                 if total >= cap || budget == 0 {
                     return;

@@ -975,9 +975,10 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
         }
         let timeout = self.config.heartbeat_timeout;
         let max = self.config.heartbeat_max_failures;
-        // The client's own deadline for a heartbeat lies beyond the group's verdict, so the
-        // group's rule (not the client's request timeout) decides when the member closes.
-        let client_timeout = interval * max + timeout;
+        // Failures come at most one per max(interval, timeout); the client's own deadline for a
+        // heartbeat lies a whole cycle beyond the group's verdict on it and its successors, so
+        // the group's rule (not the client's request timeout) decides when the member closes.
+        let client_timeout = interval.max(timeout) * max.saturating_add(1) + timeout;
         for g in self.groups.iter_mut().flatten() {
             for m in g.members.iter_mut() {
                 if m.abandoned

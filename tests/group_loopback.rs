@@ -19,12 +19,15 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 type G = GroupClient<Selector, NoHandshake, EchoHeartbeat>;
 
+/// The server's open connections, each with its stalled flag.
+type Conns = Arc<Mutex<Vec<(TcpStream, Arc<AtomicBool>)>>>;
+
 /// A length-prefixed echo server on threads. Connections marked stalled keep reading but never
 /// answer (a hung peer whose TCP connection stays open).
 struct Server {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<(TcpStream, Arc<AtomicBool>)>>>,
+    conns: Conns,
     accepted: Arc<AtomicUsize>,
     closed_by_client: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
@@ -36,7 +39,7 @@ impl Server {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<(TcpStream, Arc<AtomicBool>)>>> = Arc::default();
+        let conns: Conns = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed_by_client = Arc::new(AtomicUsize::new(0));
         let (s, c, a, cl) = (

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use mqnet::client::{ClientConfig, NetworkClient, NoHandshake};
 use mqnet::group::{
-    DownReason, EchoHeartbeat, GroupClient, GroupConfig, GroupEvent, GroupEventKind,
+    DownReason, GroupClient, GroupConfig, GroupEvent, GroupEventKind, MirrorHeartbeat,
 };
 use mqnet::net::Selector;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-type G = GroupClient<Selector, NoHandshake, EchoHeartbeat>;
+type G = GroupClient<Selector, NoHandshake, MirrorHeartbeat>;
 
 /// The server's open connections, each with its stalled flag.
 type Conns = Arc<Mutex<Vec<(TcpStream, Arc<AtomicBool>)>>>;
@@ -145,7 +145,7 @@ fn serve(
 fn groups(gcfg: GroupConfig) -> G {
     let _ = env_logger::builder().is_test(true).try_init();
     let client = NetworkClient::new(ClientConfig::default()).unwrap();
-    GroupClient::new(client, gcfg, EchoHeartbeat)
+    GroupClient::new(client, gcfg, MirrorHeartbeat)
 }
 
 /// Polls until `cond` holds, collecting events; panics after [`DEADLINE`].

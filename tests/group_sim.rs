@@ -13,8 +13,8 @@ use mqnet::client::{
     NoHandshake, NodeId, Outcome, Resolver, SplitMix64,
 };
 use mqnet::group::{
-    DownReason, EchoHeartbeat, GroupClient, GroupConfig, GroupError, GroupEvent, GroupEventKind,
-    MemberState, Selection,
+    DownReason, GroupClient, GroupConfig, GroupError, GroupEvent, GroupEventKind, MemberState,
+    MirrorHeartbeat, Selection,
 };
 use mqnet::sim::{Behaviour, SimNetwork};
 use proptest::prelude::*;
@@ -38,7 +38,7 @@ impl Resolver for Fixed {
     }
 }
 
-type G = GroupClient<SimNetwork, NoHandshake, EchoHeartbeat>;
+type G = GroupClient<SimNetwork, NoHandshake, MirrorHeartbeat>;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -56,7 +56,7 @@ fn groups(net: SimNetwork, gcfg: GroupConfig) -> G {
     let client = NetworkClient::with_transport(net, ClientConfig::default(), NoHandshake)
         .with_rng(NoJitter)
         .with_resolver(Fixed);
-    GroupClient::new(client, gcfg, EchoHeartbeat)
+    GroupClient::new(client, gcfg, MirrorHeartbeat)
 }
 
 fn echo_net(ports: &[u16]) -> SimNetwork {
@@ -620,7 +620,7 @@ proptest! {
             .heartbeat_interval(ms(100))
             .heartbeat_timeout(ms(50))
             .reconnect_max_concurrent(2);
-        let mut g = GroupClient::new(client, gcfg, EchoHeartbeat);
+        let mut g = GroupClient::new(client, gcfg, MirrorHeartbeat);
         let now = g.now();
         g.connect("g", "127.0.0.1:9000", 3, "a", now).unwrap();
         g.connect("g", "127.0.0.1:9001", 2, "a", now).unwrap();

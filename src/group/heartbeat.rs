@@ -16,17 +16,37 @@ pub trait Heartbeat {
     fn check(&mut self, correlation_id: i32, response: &[u8]) -> bool;
 }
 
-/// The heartbeat of the harness's echo protocol: the correlation id (big-endian) followed by
-/// [`EchoHeartbeat::BODY`]; the echo server returns it byte for byte.
+/// The heartbeat of the harness's echo protocol (`mqnet-bench echo`, Kafka-shaped): the request
+/// is the protocol's smallest, `i16 api_key = 0 | i16 api_version = 0 | i32 correlation_id`; any
+/// response of at least 4 bytes that starts with the correlation id answers it (the server pads
+/// responses to its configured size).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EchoHeartbeat;
 
-impl EchoHeartbeat {
+impl Heartbeat for EchoHeartbeat {
+    fn request(&mut self, correlation_id: i32) -> Bytes {
+        let mut v = [0u8; 8];
+        v[4..].copy_from_slice(&correlation_id.to_be_bytes());
+        Bytes::copy_from_slice(&v)
+    }
+
+    fn check(&mut self, correlation_id: i32, response: &[u8]) -> bool {
+        response.get(..4) == Some(&correlation_id.to_be_bytes()[..])
+    }
+}
+
+/// The heartbeat for a peer that returns every frame byte for byte (such as
+/// [`Behaviour::Echo`](crate::sim::Behaviour::Echo) of the simulated network): the correlation id
+/// (big-endian) followed by [`MirrorHeartbeat::BODY`], answered by exactly the same bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MirrorHeartbeat;
+
+impl MirrorHeartbeat {
     /// The body after the correlation id.
     pub const BODY: &'static [u8] = b"mqnet.heartbeat";
 }
 
-impl Heartbeat for EchoHeartbeat {
+impl Heartbeat for MirrorHeartbeat {
     fn request(&mut self, correlation_id: i32) -> Bytes {
         let mut v = Vec::with_capacity(4 + Self::BODY.len());
         v.extend_from_slice(&correlation_id.to_be_bytes());
@@ -103,8 +123,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn echo_heartbeat_round_trip_and_rejects() {
+    fn echo_heartbeat_speaks_the_harness_protocol() {
         let mut h = EchoHeartbeat;
+        let f = h.request(0x0102_0304);
+        assert_eq!(&f[..], &[0, 0, 0, 0, 1, 2, 3, 4]);
+        assert!(h.check(0x0102_0304, &[1, 2, 3, 4]));
+        assert!(h.check(0x0102_0304, &[1, 2, 3, 4, 0, 0, 0]));
+        assert!(!h.check(0x0102_0304, &[1, 2, 3]));
+        assert!(!h.check(7, &[1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn mirror_heartbeat_round_trip_and_rejects() {
+        let mut h = MirrorHeartbeat;
         let f = h.request(7);
         assert!(h.check(7, &f));
         assert!(!h.check(8, &f));

@@ -301,14 +301,15 @@ struct Group {
 /// use std::time::Duration;
 /// use bytes::Bytes;
 /// use mqnet::client::{ClientConfig, ClientRequest, NetworkClient, NoHandshake, Outcome};
-/// use mqnet::group::{EchoHeartbeat, GroupClient, GroupConfig};
+/// use mqnet::group::{GroupClient, GroupConfig, MirrorHeartbeat};
 /// use mqnet::net::Transport;
 /// use mqnet::sim::{Behaviour, SimNetwork};
 ///
 /// let mut net = SimNetwork::new();
 /// net.set_behaviour("127.0.0.1:9000".parse().unwrap(), Behaviour::Echo);
 /// let client = NetworkClient::with_transport(net, ClientConfig::default(), NoHandshake);
-/// let mut groups = GroupClient::new(client, GroupConfig::default(), EchoHeartbeat);
+/// // The simulated echo returns frames byte for byte: MirrorHeartbeat is its heartbeat.
+/// let mut groups = GroupClient::new(client, GroupConfig::default(), MirrorHeartbeat);
 /// let now = groups.now();
 /// groups.connect("orders", "127.0.0.1:9000", 2, "producer-1", now).unwrap();
 /// while groups.live_members("orders") < 2 {

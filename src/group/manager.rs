@@ -300,7 +300,7 @@ struct Group {
 /// ```
 /// use std::time::Duration;
 /// use bytes::Bytes;
-/// use mqnet::client::{ClientConfig, ClientRequest, NetworkClient, NoHandshake, Outcome};
+/// use mqnet::client::{ClientConfig, ClientRequest, NetworkClient, NoHandshake, NodeId, Outcome};
 /// use mqnet::group::{GroupClient, GroupConfig, MirrorHeartbeat};
 /// use mqnet::net::Transport;
 /// use mqnet::sim::{Behaviour, SimNetwork};
@@ -321,7 +321,7 @@ struct Group {
 /// frame.extend_from_slice(b"hello");
 /// let now = groups.now();
 /// let node = groups
-///     .send("orders", ClientRequest::new(Default::default(), corr, Bytes::from(frame)), now)
+///     .send("orders", ClientRequest::new(NodeId(0), corr, Bytes::from(frame)), now)
 ///     .unwrap();
 /// let mut done = Vec::new();
 /// while done.is_empty() {

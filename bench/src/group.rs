@@ -272,6 +272,8 @@ pub fn run_throughput(
 pub struct DrillResult {
     /// Members in the group.
     pub members: usize,
+    /// From the kill (server thread ended) to the restarted server listening.
+    pub outage: Duration,
     /// From the kill to every member live again.
     pub heal_from_kill: Duration,
     /// From the restart to every member live again.
@@ -335,6 +337,7 @@ pub fn run_drill(w: &Workload, n: usize) -> Result<DrillResult, String> {
     let t = &l.tally;
     Ok(DrillResult {
         members: n,
+        outage: restarted - killed,
         heal_from_kill: healed - killed,
         heal_from_restart: healed.saturating_duration_since(restarted),
         group_time_to_heal: l.groups.metrics(GROUP).and_then(|m| m.last_time_to_heal),
@@ -356,12 +359,13 @@ impl DrillResult {
     /// One line per figure.
     pub fn report(&self) -> String {
         format!(
-            "healing drill: group of {} members, server down {:?}\n\
+            "healing drill: group of {} members, server down {:.0} ms (target {:?})\n\
              \x20 all members live again: {:.0} ms after the kill, {:.0} ms after the restart \
              (group time to heal {:.0} ms)\n\
              \x20 requests: {} accepted = {} answered + {} failed (reported); {} refused at once \
              (no live member); lost {}; wrong {}",
             self.members,
+            self.outage.as_secs_f64() * 1e3,
             DRILL_OUTAGE,
             self.heal_from_kill.as_secs_f64() * 1e3,
             self.heal_from_restart.as_secs_f64() * 1e3,

@@ -155,4 +155,33 @@ mod tests {
         assert!(!h.check(42, b""));
         assert!(!h.check(42, &[0, 0, 0, 42, 0]));
     }
+
+    /// An ApiVersions v0 response: header (correlation id), error code, then the api keys.
+    #[cfg(feature = "kafka")]
+    fn v0_response(corr: i32, error: i16, keys: &[(i16, i16, i16)]) -> Vec<u8> {
+        let mut v = corr.to_be_bytes().to_vec();
+        v.extend_from_slice(&error.to_be_bytes());
+        v.extend_from_slice(&(keys.len() as i32).to_be_bytes());
+        for (k, lo, hi) in keys {
+            for x in [k, lo, hi] {
+                v.extend_from_slice(&x.to_be_bytes());
+            }
+        }
+        v
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_heartbeat_accepts_any_well_formed_answer() {
+        let mut h = KafkaHeartbeat::new("mqnet").with_version(0);
+        assert!(h.check(42, &v0_response(42, 0, &[(18, 0, 3)])));
+        // The broker answered, with an error: alive.
+        assert!(h.check(42, &v0_response(42, 35, &[])));
+        // A broker without v3 answers a v3 request in v0 with UNSUPPORTED_VERSION: alive.
+        let mut v3 = KafkaHeartbeat::new("mqnet");
+        assert!(v3.check(42, &v0_response(42, 35, &[])));
+        // Truncated: not an answer.
+        let full = v0_response(42, 0, &[(18, 0, 3)]);
+        assert!(!h.check(42, &full[..full.len() - 2]));
+    }
 }

@@ -8,6 +8,8 @@
 //!   sockets.
 //! - [`client`]: the [`client::NetworkClient`]: per-node connection states, reconnect backoff,
 //!   connection-setup timeouts, in-flight requests with correlation checks, request timeouts.
+//! - [`group`]: connection groups over the client (n connections per address, reference counted),
+//!   with heartbeats and a paced reconnect manager.
 //!
 //! mqnet is Unix-only (it uses `MSG_NOSIGNAL` and `recv` into uninitialised buffer space).
 #![warn(missing_docs)]
@@ -17,6 +19,7 @@
 pub mod broker;
 pub mod client;
 pub mod failover;
+pub mod group;
 pub mod net;
 #[cfg(feature = "kafka")]
 pub mod producer;

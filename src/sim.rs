@@ -108,6 +108,8 @@ pub struct SimNetwork {
     receives: Vec<Received>,
     connects: u64,
     history: Vec<(Instant, SocketAddr)>,
+    /// Frames the server at an address swallows without answering, per address.
+    drops: HashMap<SocketAddr, u64>,
 }
 
 impl Default for SimNetwork {
@@ -137,6 +139,7 @@ impl SimNetwork {
             receives: Vec::new(),
             connects: 0,
             history: Vec::new(),
+            drops: HashMap::new(),
         }
     }
 
@@ -210,6 +213,37 @@ impl SimNetwork {
             os_code: Some(libc::ECONNRESET),
         };
         self.drop_peer(addr, DisconnectReason::Io(fault));
+    }
+
+    /// The peer at `addr` resets one connection: the `k % count`-th of its established
+    /// connections in channel order. Returns whether there was one.
+    pub fn reset_one(&mut self, addr: SocketAddr, k: usize) -> bool {
+        let mut ids: Vec<ChannelId> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.addr == addr && c.connected)
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return false;
+        }
+        ids.sort_by_key(|id| id.index);
+        let fault = IoFault {
+            kind: io::ErrorKind::ConnectionReset,
+            os_code: Some(libc::ECONNRESET),
+        };
+        let id = ids[k % ids.len()];
+        self.schedule(
+            Duration::ZERO,
+            Event::Disconnect(id, DisconnectReason::Io(fault)),
+        );
+        true
+    }
+
+    /// The server at `addr` swallows the next `n` frames it receives (on any connection) without
+    /// answering, as if they were lost; the connections stay open. Zero ends the losses.
+    pub fn drop_frames(&mut self, addr: SocketAddr, n: u64) {
+        self.drops.insert(addr, n);
     }
 
     fn drop_peer(&mut self, addr: SocketAddr, reason: DisconnectReason) {
@@ -366,6 +400,10 @@ impl Transport for SimNetwork {
         let leave = done - self.now;
         self.schedule(leave, Event::SendDone(channel, seq));
         let rtt = leave + self.latency * 2;
+        if let Some(d) = self.drops.get_mut(&addr).filter(|d| **d > 0) {
+            *d -= 1;
+            return Ok(seq);
+        }
         match self.behaviour(addr) {
             Behaviour::Echo => self.schedule(rtt, Event::Deliver(channel, frame)),
             Behaviour::WrongCorrelation => {

@@ -12,6 +12,7 @@
 mod chaos;
 mod child;
 mod failover;
+mod group;
 mod mqnet_impl;
 mod produce;
 mod produce_broker;
@@ -239,6 +240,15 @@ struct EchoArgs {
     /// The request layer of the mqnet client.
     #[arg(long, value_enum, default_value_t = MqnetClient::of(ClientLayer::default()))]
     mqnet_client: MqnetClient,
+    /// Run the mqnet client over one connection group of N connections to the server (C × W
+    /// requests in flight over the group, round robin, heartbeats on); the server runs in this
+    /// process unless --connect names one.
+    #[arg(long, value_name = "N")]
+    group_size: Option<usize>,
+    /// With --group-size: the healing drill (the in-process server killed for 2 s under load and
+    /// restarted): time until every member is live again, requests lost (must be 0).
+    #[arg(long, requires = "group_size")]
+    drill: bool,
     /// Internal: the role of a child process spawned by the harness.
     #[arg(long, value_enum, hide = true)]
     role: Option<Role>,
@@ -837,6 +847,9 @@ fn echo(a: &EchoArgs) -> Result<bool, String> {
         }
         return Ok(ok);
     }
+    if let Some(n) = a.group_size {
+        return group_echo(a, &w, n.max(1));
+    }
     if let Some(connect) = &a.connect {
         let addr = resolve(connect)?;
         if let Some(cpu) = a.pin {
@@ -895,6 +908,28 @@ fn echo(a: &EchoArgs) -> Result<bool, String> {
         a.json,
         a.plot.as_ref(),
     ))
+}
+
+/// `echo --group-size N [--drill]`: see `group.rs`.
+fn group_echo(a: &EchoArgs, w: &Workload, n: usize) -> Result<bool, String> {
+    if a.drill {
+        let d = group::run_drill(w, n)?;
+        println!("{}", d.report());
+        return Ok(d.ok());
+    }
+    let addr = a.connect.as_deref().map(resolve).transpose()?;
+    let r = group::run_throughput(addr, w, n)?;
+    if a.json {
+        println!("{}", report::json_line(&r));
+    } else {
+        let label = report::workload_label(w.size, w.conns, w.inflight, w.idle, a.pin);
+        let rows = [Row {
+            label: format!("{label}, group of {n}"),
+            results: vec![("mqnet".to_string(), Ok(r.clone()))],
+        }];
+        print!("{}", report::table(&rows));
+    }
+    Ok(r.errors == 0)
 }
 
 fn main() -> ExitCode {

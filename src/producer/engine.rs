@@ -40,9 +40,12 @@ pub(crate) enum Command {
 #[derive(Default)]
 struct PartitionState {
     leader: Option<i32>,
-    /// Batches taken from the accumulator, ready to send (or waiting out a retry backoff).
+    /// Batches taken from the accumulator, ready to send (or waiting out a retry backoff). With
+    /// idempotence, batches that hold a sequence (resends) come first, in sequence order, then
+    /// unstamped ones in the order they were opened.
     batches: VecDeque<Batch>,
-    in_flight: bool,
+    /// One entry per batch of this partition in flight: its base sequence (idempotence), else -1.
+    in_flight: Vec<i32>,
     next_sequence: i32,
 }
 
@@ -66,6 +69,8 @@ enum Control {
 /// The network thread's whole state.
 pub(crate) struct Engine {
     cfg: ProducerConfig,
+    /// How many batches of one partition may be in flight at once (see [`partition_limit`]).
+    partition_limit: usize,
     client: NetworkClient<Selector, ApiVersionsHandshake>,
     rx: Receiver<Command>,
     acc: Arc<Accumulator>,
@@ -86,6 +91,13 @@ pub(crate) struct Engine {
     metadata_failures: u32,
     producer_id: Option<(i64, i16)>,
     pid_in_flight: bool,
+    /// InitProducerId failed: no new attempt before this (the retry backoff, growing with
+    /// `pid_failures`).
+    pid_backoff_until: Option<Instant>,
+    pid_failures: u32,
+    /// The producer cannot go on (an error that cannot heal, e.g. InitProducerId refused for
+    /// good): every record fails with it, queued ones at once, later ones at `send`.
+    fatal: Option<ProduceError>,
     /// A batch holding sequence numbers failed with its outcome unknown (retries or
     /// `delivery.timeout.ms` ran out): the partition's sequence has a gap the broker will never
     /// accept. As Kafka does (KIP-360), sending pauses, requests in flight drain, the producer
@@ -100,6 +112,24 @@ pub(crate) struct Engine {
     disconnected_rx: bool,
     /// Batches that arrived for a partition not known here (never, by construction).
     strays: Vec<(String, i32, Batch)>,
+}
+
+/// Kafka's bound on an idempotent producer's batches in flight per partition: a broker keeps the
+/// last five batches of each producer and partition for duplicate detection, so a sixth could not
+/// be told from a duplicate after a resend.
+pub(crate) const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
+
+/// How many batches of one partition may be in flight at once: with idempotence at most five (and
+/// at most `max.in.flight.requests.per.connection`); without it one when
+/// `max.in.flight.requests.per.connection` is 1 (strict order across retries), else that limit
+/// (a resend may then land after a later batch, as in Kafka).
+fn partition_limit(cfg: &ProducerConfig) -> usize {
+    let conn = cfg.client.max_in_flight_requests_per_connection.max(1);
+    if cfg.enable_idempotence {
+        conn.min(MAX_IN_FLIGHT_IDEMPOTENT)
+    } else {
+        conn
+    }
 }
 
 /// Completes records that failed before reaching a batch (never under the accumulator's lock).
@@ -126,6 +156,7 @@ impl Engine {
         }
         let retry = ExponentialBackoff::new(cfg.retry_backoff, cfg.retry_backoff_max, 0.2);
         Ok(Engine {
+            partition_limit: partition_limit(&cfg),
             client,
             rx,
             acc,
@@ -144,6 +175,9 @@ impl Engine {
             metadata_failures: 0,
             producer_id: None,
             pid_in_flight: false,
+            pid_backoff_until: None,
+            pid_failures: 0,
+            fatal: None,
             sequence_reset_due: false,
             flush_waiters: Vec::new(),
             closing: None,
@@ -167,6 +201,7 @@ impl Engine {
             }
             self.maybe_request_metadata(now);
             self.maybe_init_producer_id(now);
+            self.fail_fatally();
             self.send_ready(now);
             self.expire(now);
             self.answer_flushes();
@@ -184,8 +219,9 @@ impl Engine {
                 log::error!("producer poll failed: {e}");
             }
             self.sleeping.store(false, Ordering::SeqCst);
+            let now = Instant::now();
             for r in responses.drain(..) {
-                self.handle_response(r);
+                self.handle_response(r, now);
             }
             self.responses = responses;
         }
@@ -268,6 +304,7 @@ impl Engine {
         let linger = self.cfg.linger;
         let batch_size = self.cfg.batch_size;
         let delivery_timeout = self.cfg.delivery_timeout;
+        let limit = self.partition_limit;
         let mut expired: Vec<(String, Pending)> = Vec::new();
         let mut wake: Option<Instant> = None;
         let mut at = |t: Instant| {
@@ -314,7 +351,8 @@ impl Engine {
                 let Some(b) = ap.open.as_ref() else {
                     continue;
                 };
-                let sendable = p.leader.is_some() && !p.in_flight && p.batches.is_empty();
+                let sendable =
+                    p.leader.is_some() && p.in_flight.len() < limit && p.batches.is_empty();
                 let lingered = now.saturating_duration_since(b.created) >= linger;
                 if now >= b.deadline
                     || (sendable && (flushing || lingered || b.buf.len() >= batch_size))
@@ -497,7 +535,12 @@ impl Engine {
     // ----- idempotence ------------------------------------------------------------------------
 
     fn maybe_init_producer_id(&mut self, now: Instant) {
-        if !self.cfg.enable_idempotence || self.producer_id.is_some() || self.pid_in_flight {
+        if !self.cfg.enable_idempotence
+            || self.producer_id.is_some()
+            || self.pid_in_flight
+            || self.fatal.is_some()
+            || self.pid_backoff_until.is_some_and(|t| now < t)
+        {
             return;
         }
         let Some((node, version)) = self.control_target(
@@ -519,12 +562,110 @@ impl Engine {
         }
     }
 
+    fn handle_init_producer_id(&mut self, version: i16, frame: &[u8], now: Instant) {
+        match protocol::decode_init_producer_id_response(version, frame) {
+            Ok(resp) => match resp.error {
+                None => {
+                    log::info!(
+                        "producer id {} epoch {}",
+                        resp.producer_id,
+                        resp.producer_epoch
+                    );
+                    self.pid_in_flight = false;
+                    self.pid_failures = 0;
+                    self.pid_backoff_until = None;
+                    self.producer_id = Some((resp.producer_id, resp.producer_epoch));
+                }
+                Some(err) if err.is_retriable() => {
+                    log::warn!("InitProducerId: {err}");
+                    self.init_producer_id_failed(now, err.invalidates_metadata());
+                }
+                Some(err) => {
+                    // Not retriable (authorization, an invalid request, an unknown server
+                    // error): asking again cannot heal it, so the producer fails fast.
+                    log::error!("InitProducerId refused: {err}; every record fails with it");
+                    self.pid_in_flight = false;
+                    self.fatal = Some(ProduceError::Broker(err));
+                }
+            },
+            Err(e) => {
+                log::warn!("InitProducerId: {e}");
+                self.init_producer_id_failed(now, false);
+            }
+        }
+    }
+
+    /// An InitProducerId attempt failed in a way that may heal: the next one waits out the retry
+    /// backoff, growing with each failure in a row.
+    fn init_producer_id_failed(&mut self, now: Instant, stale_metadata: bool) {
+        self.pid_in_flight = false;
+        if stale_metadata {
+            self.metadata_due = true;
+        }
+        let b = self.retry.backoff(self.pid_failures, &mut self.rng);
+        self.pid_failures = self.pid_failures.saturating_add(1);
+        self.pid_backoff_until = Some(now.checked_add(b).unwrap_or(now));
+    }
+
+    /// Once the producer is fatally failed: every queued batch fails with the error, the
+    /// accumulator refuses new records with it, and what it holds fails too.
+    fn fail_fatally(&mut self) {
+        let Some(err) = self.fatal.clone() else {
+            return;
+        };
+        let mut failed: Vec<(String, i32, Batch)> = Vec::new();
+        let mut waiting = Vec::new();
+        {
+            let acc = self.acc.clone();
+            let mut st = acc.lock();
+            if st.fatal.is_none() {
+                st.fatal = Some(err.clone());
+            }
+            for (name, t) in st.topics.iter_mut() {
+                waiting.extend(t.waiting.drain(..));
+                for (i, p) in t.partitions.iter_mut().enumerate() {
+                    if let Some(b) = p.open.take() {
+                        failed.push((name.clone(), i as i32, b));
+                    }
+                }
+            }
+        }
+        for (name, t) in self.topics.iter_mut() {
+            for (i, p) in t.partitions.iter_mut().enumerate() {
+                while let Some(b) = p.batches.pop_front() {
+                    failed.push((name.clone(), i as i32, b));
+                }
+            }
+        }
+        for (t, p, b) in failed {
+            self.fail_batch(&t, p, b, err.clone());
+        }
+        for p in waiting {
+            self.pool.release(p.reserved);
+            p.completion.complete(Err(err.clone()));
+        }
+        self.acc_empty = true;
+    }
+
     // ----- sending -----------------------------------------------------------------------------
 
-    /// Whether a partition's front batch may be sent now: not waiting out a retry backoff (a
-    /// batch here was taken from the accumulator because it was ready).
-    fn batch_ready(b: &Batch, now: Instant) -> bool {
-        b.retry_at.is_none_or(|t| now >= t)
+    /// Whether a partition's front batch may be sent now. It must not be waiting out a retry
+    /// backoff (a batch here was taken from the accumulator because it was ready). With
+    /// idempotence, a batch that already holds a sequence (a resend) goes alone: only once every
+    /// batch before it has been answered, so the broker sees the partition's sequences in order
+    /// (Kafka's rule for retries of an idempotent producer). Otherwise up to `partition_limit`
+    /// batches of the partition may be in flight.
+    fn may_send(p: &PartitionState, now: Instant, idempotent: bool, limit: usize) -> bool {
+        let Some(front) = p.batches.front() else {
+            return false;
+        };
+        if front.retry_at.is_some_and(|t| now < t) {
+            return false;
+        }
+        if idempotent && front.base_sequence.is_some() {
+            return p.in_flight.is_empty();
+        }
+        p.in_flight.len() < limit
     }
 
     fn flushing(&self) -> bool {
@@ -533,60 +674,66 @@ impl Engine {
 
     fn send_ready(&mut self, now: Instant) {
         self.maybe_reset_sequences();
-        if self.cfg.enable_idempotence && (self.producer_id.is_none() || self.sequence_reset_due) {
+        let idempotent = self.cfg.enable_idempotence;
+        if idempotent && (self.producer_id.is_none() || self.sequence_reset_due) {
             return;
         }
+        let limit = self.partition_limit;
         // Which leaders have a sendable batch?
         let mut nodes: Vec<i32> = Vec::new();
         for t in self.topics.values() {
             for p in &t.partitions {
-                if p.in_flight {
-                    continue;
-                }
-                let (Some(leader), Some(front)) = (p.leader, p.batches.front()) else {
+                let Some(leader) = p.leader else {
                     continue;
                 };
-                if Self::batch_ready(front, now) && !nodes.contains(&leader) {
+                if Self::may_send(p, now, idempotent, limit) && !nodes.contains(&leader) {
                     nodes.push(leader);
                 }
             }
         }
+        // Each request takes at most one batch per partition (a Kafka broker accepts one record
+        // batch per partition in a Produce request); the connection's own limit
+        // (`max.in.flight.requests.per.connection`) bounds how many requests are in flight.
+        let rounds = self.cfg.client.max_in_flight_requests_per_connection;
         for leader in nodes {
             let node = NodeId(leader);
-            if !self.client.ready(node, now) {
-                continue;
+            for _ in 0..rounds {
+                if !self.client.ready(node, now) || !self.send_to(node, now) {
+                    break;
+                }
             }
-            self.send_to(node, now);
         }
     }
 
-    fn send_to(&mut self, node: NodeId, now: Instant) {
+    /// Sends one Produce request to `node` with the front batch of every partition it leads that
+    /// may send; returns whether it sent one.
+    fn send_to(&mut self, node: NodeId, now: Instant) -> bool {
         let Some(versions) = self.client.handshake().versions(node) else {
-            return;
+            return false;
         };
         let (lo, hi) = protocol::PRODUCE_VERSIONS;
         let version = match versions.negotiate(api::PRODUCE, lo, hi) {
             Ok(v) => v,
             Err(e) => {
                 self.fail_node_batches(node, &ProduceError::Protocol(e));
-                return;
+                return false;
             }
         };
         let (pid, epoch) = self.producer_id.unwrap_or((-1, -1));
         let idempotent = self.cfg.enable_idempotence;
+        let limit = self.partition_limit;
         let max_request = self.cfg.max_request_size;
         let mut size = REQUEST_OVERHEAD;
         let mut taken: Vec<(String, i32, Batch)> = Vec::new();
         for (name, t) in self.topics.iter_mut() {
             for (i, p) in t.partitions.iter_mut().enumerate() {
-                if p.in_flight || p.leader != Some(node.0) {
+                if p.leader != Some(node.0) || !Self::may_send(p, now, idempotent, limit) {
                     continue;
                 }
                 let Some(front) = p.batches.front() else {
                     continue;
                 };
-                let ready = Self::batch_ready(front, now);
-                if !ready || (size + front.size() > max_request && !taken.is_empty()) {
+                if size + front.size() > max_request && !taken.is_empty() {
                     continue;
                 }
                 let Some(mut b) = p.batches.pop_front() else {
@@ -600,78 +747,84 @@ impl Engine {
                         p.next_sequence = p.next_sequence.wrapping_add(b.records);
                     }
                     b.frozen = Some(b.buf.split().freeze());
-                } else if idempotent && b.base_sequence.is_none() {
-                    // Stamped under a producer id given up since (sequence reset): re-stamp it
-                    // with the new id, epoch and sequence (a copy; this path is rare).
+                } else if idempotent && (b.base_sequence.is_none() || b.restamp) {
+                    // Stamped under a producer id given up since (sequence reset: a new
+                    // sequence), or its sequence moved down (an earlier batch was refused for
+                    // good): re-stamp it (a copy; these paths are rare).
                     if let Some(frozen) = b.frozen.take() {
                         let mut fresh = BytesMut::from(&frozen[..]);
-                        let seq = p.next_sequence;
+                        let seq = match b.base_sequence {
+                            Some(seq) => seq,
+                            None => {
+                                let seq = p.next_sequence;
+                                p.next_sequence = p.next_sequence.wrapping_add(b.records);
+                                seq
+                            }
+                        };
                         protocol::restamp_batch(&mut fresh, pid, epoch, seq);
                         b.base_sequence = Some(seq);
-                        p.next_sequence = p.next_sequence.wrapping_add(b.records);
+                        b.restamp = false;
                         b.frozen = Some(fresh.freeze());
                     }
                 }
                 size += b.size() + 16;
-                p.in_flight = true;
+                p.in_flight.push(b.base_sequence.unwrap_or(-1));
                 taken.push((name.clone(), i as i32, b));
             }
         }
         if taken.is_empty() {
-            return;
+            return false;
         }
         // Write the request straight into the send buffer.
-        {
-            type Part<'a> = (i32, &'a [u8]);
-            type Parts<'a> = Vec<Part<'a>>;
-            let mut grouped: Vec<(&str, Parts<'_>)> = Vec::new();
-            for (name, part, b) in &taken {
-                let bytes: &[u8] = b.frozen.as_deref().unwrap_or(&[]);
-                match grouped.iter_mut().find(|(n, _)| *n == name.as_str()) {
-                    Some((_, v)) => v.push((*part, bytes)),
-                    None => grouped.push((name.as_str(), vec![(*part, bytes)])),
-                }
+        type Part<'a> = (i32, &'a [u8]);
+        type Parts<'a> = Vec<Part<'a>>;
+        let mut grouped: Vec<(&str, Parts<'_>)> = Vec::new();
+        for (name, part, b) in &taken {
+            let bytes: &[u8] = b.frozen.as_deref().unwrap_or(&[]);
+            match grouped.iter_mut().find(|(n, _)| *n == name.as_str()) {
+                Some((_, v)) => v.push((*part, bytes)),
+                None => grouped.push((name.as_str(), vec![(*part, bytes)])),
             }
-            let topics: Vec<(&str, &[Part<'_>])> =
-                grouped.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-            let corr = self.client.next_correlation_id();
-            self.send_buf.reserve(size);
-            protocol::write_produce_request_unprefixed(
-                &mut self.send_buf,
-                version,
-                corr,
-                &self.cfg.client_id,
-                self.cfg.acks.wire(),
-                self.cfg
-                    .client
-                    .request_timeout
-                    .as_millis()
-                    .min(i32::MAX as u128) as i32,
-                &topics,
-            );
-            let frame = self.send_buf.split().freeze();
-            let expect = self.cfg.acks != Acks::None;
-            self.client.send(
-                ClientRequest::new(node, corr, frame).expect_response(expect),
-                now,
-            );
-            drop(topics);
-            drop(grouped);
-            self.produce_in_flight.insert(
-                corr,
-                InFlightProduce {
-                    node,
-                    version,
-                    batches: taken,
-                },
-            );
         }
+        let topics: Vec<(&str, &[Part<'_>])> =
+            grouped.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let corr = self.client.next_correlation_id();
+        self.send_buf.reserve(size);
+        protocol::write_produce_request_unprefixed(
+            &mut self.send_buf,
+            version,
+            corr,
+            &self.cfg.client_id,
+            self.cfg.acks.wire(),
+            self.cfg
+                .client
+                .request_timeout
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+            &topics,
+        );
+        let frame = self.send_buf.split().freeze();
+        let expect = self.cfg.acks != Acks::None;
+        self.client.send(
+            ClientRequest::new(node, corr, frame).expect_response(expect),
+            now,
+        );
+        drop(topics);
+        drop(grouped);
+        self.produce_in_flight.insert(
+            corr,
+            InFlightProduce {
+                node,
+                version,
+                batches: taken,
+            },
+        );
+        true
     }
 
     // ----- responses ---------------------------------------------------------------------------
 
-    fn handle_response(&mut self, r: ClientResponse) {
-        let now = Instant::now();
+    fn handle_response(&mut self, r: ClientResponse, now: Instant) {
         if let Some(ctl) = self.control_in_flight.remove(&r.correlation_id) {
             match (ctl, r.outcome) {
                 (Control::Metadata { version }, Outcome::Response(frame)) => {
@@ -679,27 +832,18 @@ impl Engine {
                 }
                 (Control::Metadata { .. }, _) => self.metadata_failed(now),
                 (Control::InitProducerId { version }, Outcome::Response(frame)) => {
-                    self.pid_in_flight = false;
-                    match protocol::decode_init_producer_id_response(version, &frame) {
-                        Ok(resp) if resp.error.is_none() => {
-                            log::info!(
-                                "producer id {} epoch {}",
-                                resp.producer_id,
-                                resp.producer_epoch
-                            );
-                            self.producer_id = Some((resp.producer_id, resp.producer_epoch));
-                        }
-                        Ok(resp) => log::warn!("InitProducerId: {:?}", resp.error),
-                        Err(e) => log::warn!("InitProducerId: {e}"),
-                    }
+                    self.handle_init_producer_id(version, &frame, now)
                 }
-                (Control::InitProducerId { .. }, _) => self.pid_in_flight = false,
+                (Control::InitProducerId { .. }, _) => self.init_producer_id_failed(now, false),
             }
             return;
         }
         let Some(inflight) = self.produce_in_flight.remove(&r.correlation_id) else {
             return;
         };
+        for (topic, part, b) in &inflight.batches {
+            self.landed(topic, *part, b);
+        }
         match r.outcome {
             Outcome::Response(frame) => {
                 match protocol::decode_produce_response(inflight.version, &frame) {
@@ -729,6 +873,28 @@ impl Engine {
         }
     }
 
+    /// A batch's request has its outcome: it is no longer in flight.
+    fn landed(&mut self, topic: &str, part: i32, b: &Batch) {
+        let seq = b.base_sequence.unwrap_or(-1);
+        if let Some(p) = self.partition_mut(topic, part) {
+            if let Some(i) = p.in_flight.iter().position(|&s| s == seq) {
+                p.in_flight.swap_remove(i);
+            } else if !p.in_flight.is_empty() {
+                p.in_flight.swap_remove(0);
+            }
+        }
+    }
+
+    /// Whether the partition holds a batch not yet resolved (in flight or queued for a resend)
+    /// whose sequence comes before `seq`.
+    fn earlier_unresolved(p: &PartitionState, seq: i32) -> bool {
+        let before = |s: i32| s >= 0 && seq.wrapping_sub(s) > 0;
+        p.in_flight.iter().any(|&s| before(s))
+            || p.batches
+                .iter()
+                .any(|b| b.base_sequence.is_some_and(before))
+    }
+
     fn handle_produce(
         &mut self,
         inflight: InFlightProduce,
@@ -746,6 +912,29 @@ impl Engine {
                 Some((None, base)) => self.complete_batch(&topic, part, b, base),
                 Some((Some(KafkaError::DuplicateSequenceNumber), base)) => {
                     self.complete_batch(&topic, part, b, base)
+                }
+                Some((Some(KafkaError::OutOfOrderSequenceNumber), _))
+                    if self.cfg.enable_idempotence && b.base_sequence.is_some() =>
+                {
+                    // The broker did not append it: it expects an earlier sequence. When an
+                    // earlier batch of the partition is still unresolved (failed and queued for a
+                    // resend, or in flight) or this one's sequence was moved, it is resent after
+                    // them, in sequence order. Otherwise the broker lost the producer's state:
+                    // a new producer id/epoch and sequences from 0 (KIP-360), then a resend.
+                    let seq = b.base_sequence.unwrap_or(0);
+                    let expected = b.restamp
+                        || self.sequence_reset_due
+                        || self
+                            .partition_mut(&topic, part)
+                            .is_some_and(|p| Self::earlier_unresolved(p, seq));
+                    if !expected {
+                        log::warn!(
+                            "{topic}-{part}: OUT_OF_ORDER_SEQUENCE_NUMBER at sequence {seq} with \
+                             nothing before it: new producer id"
+                        );
+                        self.sequence_reset_due = true;
+                    }
+                    self.retry_batches(vec![(topic, part, b)], "OUT_OF_ORDER_SEQUENCE_NUMBER", now);
                 }
                 Some((Some(err), _)) if err.is_retriable() => {
                     if err.invalidates_metadata() {
@@ -772,10 +961,7 @@ impl Engine {
             .and_then(|t| t.partitions.get_mut(part as usize))
     }
 
-    fn complete_batch(&mut self, topic: &str, part: i32, b: Batch, base_offset: i64) {
-        if let Some(p) = self.partition_mut(topic, part) {
-            p.in_flight = false;
-        }
+    fn complete_batch(&mut self, _topic: &str, part: i32, b: Batch, base_offset: i64) {
         self.pool.release(b.reserved);
         for (i, c) in b.completions.into_iter().enumerate() {
             let offset = if base_offset >= 0 {
@@ -791,17 +977,44 @@ impl Engine {
     }
 
     /// Gives back the sequence numbers of a batch the broker refused for good (a non-retriable
-    /// error in its response: nothing was appended), so that the partition's next batch starts at
-    /// the sequence the broker still expects instead of leaving a gap that every later batch would
-    /// fail on with OUT_OF_ORDER_SEQUENCE_NUMBER (Kafka's `adjustSequencesDueToFailedBatch`). With
-    /// one batch in flight per partition, no later batch holds a sequence number yet.
+    /// error in its response: nothing was appended), so that the partition's later batches carry
+    /// the sequences the broker still expects instead of a gap that each would fail on with
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER (Kafka's `adjustSequencesDueToFailedBatch`): every later batch,
+    /// queued or in flight, moves down by the refused batch's record count and is re-stamped
+    /// before it is next sent; those in flight come back OUT_OF_ORDER_SEQUENCE_NUMBER and are
+    /// resent in order.
     fn release_sequence(&mut self, topic: &str, part: i32, b: &Batch) {
         let Some(seq) = b.base_sequence else {
             return;
         };
-        if let Some(p) = self.partition_mut(topic, part) {
-            if p.next_sequence == seq.wrapping_add(b.records) {
-                p.next_sequence = seq;
+        let n = b.records;
+        let after = |s: i32| s.wrapping_sub(seq) > 0;
+        let Some(p) = self.partition_mut(topic, part) else {
+            return;
+        };
+        for s in p.in_flight.iter_mut() {
+            if *s >= 0 && after(*s) {
+                *s = s.wrapping_sub(n);
+            }
+        }
+        for q in p.batches.iter_mut() {
+            if let Some(s) = q.base_sequence.filter(|&s| after(s)) {
+                q.base_sequence = Some(s.wrapping_sub(n));
+                q.restamp = true;
+            }
+        }
+        if after(p.next_sequence) || p.next_sequence == seq.wrapping_add(n) {
+            p.next_sequence = p.next_sequence.wrapping_sub(n);
+        }
+        for inflight in self.produce_in_flight.values_mut() {
+            for (t, i, q) in inflight.batches.iter_mut() {
+                if *i != part || t != topic {
+                    continue;
+                }
+                if let Some(s) = q.base_sequence.filter(|&s| after(s)) {
+                    q.base_sequence = Some(s.wrapping_sub(n));
+                    q.restamp = true;
+                }
             }
         }
     }
@@ -816,38 +1029,40 @@ impl Engine {
 
     /// Carries out a due sequence reset once no produce request is in flight: forget the producer
     /// id (a new InitProducerId follows), restart every partition at sequence 0, and mark queued
-    /// batches that were stamped under the old id for re-stamping when they are next sent.
+    /// batches that were stamped under the old id for re-stamping when they are next sent (in
+    /// queue order, which is sequence order).
     fn maybe_reset_sequences(&mut self) {
         if !self.sequence_reset_due || !self.produce_in_flight.is_empty() {
             return;
         }
-        log::warn!(
-            "a batch failed with its outcome unknown: new producer id, sequences restart at 0"
-        );
+        log::warn!("sequences restart at 0 under a new producer id");
         self.producer_id = None;
         for t in self.topics.values_mut() {
             for p in t.partitions.iter_mut() {
                 p.next_sequence = 0;
+                p.in_flight.clear();
                 for b in p.batches.iter_mut() {
                     b.base_sequence = None;
+                    b.restamp = false;
                 }
             }
         }
         self.sequence_reset_due = false;
     }
 
-    fn fail_batch(&mut self, topic: &str, part: i32, b: Batch, err: ProduceError) {
-        if let Some(p) = self.partition_mut(topic, part) {
-            p.in_flight = false;
-        }
+    fn fail_batch(&mut self, _topic: &str, _part: i32, b: Batch, err: ProduceError) {
         self.pool.release(b.reserved);
         for c in b.completions {
             c.complete(Err(err.clone()));
         }
     }
 
-    /// Puts batches back at the front of their partitions, in order, after a backoff; fails them
+    /// Puts batches back in their partitions after a backoff — with idempotence at their place in
+    /// sequence order (ahead of every batch not stamped yet), otherwise at the front; fails them
     /// when retries or the delivery timeout are exhausted.
+    ///
+    /// Without idempotence and with more than one batch of a partition in flight, a resent batch
+    /// may land after a later one (Kafka's documented behaviour); `max.in.flight = 1` keeps order.
     fn retry_batches(&mut self, batches: Vec<(String, i32, Batch)>, why: &str, now: Instant) {
         for (topic, part, mut b) in batches.into_iter().rev() {
             b.attempts += 1;
@@ -865,11 +1080,20 @@ impl Engine {
                 continue;
             }
             let backoff = self.retry.backoff(b.attempts - 1, &mut self.rng);
-            b.retry_at = Some(now + backoff);
+            b.retry_at = Some(now.checked_add(backoff).unwrap_or(now));
             log::debug!("retrying {topic}-{part} after {backoff:?}: {why}");
             if let Some(p) = self.partition_mut(&topic, part) {
-                p.in_flight = false;
-                p.batches.push_front(b);
+                match b.base_sequence {
+                    Some(seq) => {
+                        let at = p
+                            .batches
+                            .iter()
+                            .position(|q| q.base_sequence.is_none_or(|s| s.wrapping_sub(seq) > 0))
+                            .unwrap_or(p.batches.len());
+                        p.batches.insert(at, b);
+                    }
+                    None => p.batches.push_front(b),
+                }
             }
         }
     }
@@ -878,7 +1102,7 @@ impl Engine {
         let mut failed = Vec::new();
         for (name, t) in self.topics.iter_mut() {
             for (i, p) in t.partitions.iter_mut().enumerate() {
-                if p.leader == Some(node.0) && !p.in_flight {
+                if p.leader == Some(node.0) && p.in_flight.is_empty() {
                     while let Some(b) = p.batches.pop_front() {
                         failed.push((name.clone(), i as i32, b));
                     }
@@ -963,6 +1187,11 @@ impl Engine {
         }
         if let Some((d, _)) = &self.closing {
             at(*d);
+        }
+        if let Some(t) = self.pid_backoff_until {
+            if self.cfg.enable_idempotence && self.producer_id.is_none() {
+                at(t);
+            }
         }
         // A node in reconnect backoff that we need: wake when it may connect.
         for n in self.client.nodes() {

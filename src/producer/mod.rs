@@ -15,8 +15,15 @@
 //!   silently.
 //! - Partitioner: Java-compatible murmur2 of the key; keyless records stick to one partition until
 //!   its batch fills.
-//! - Sender: one batch in flight per partition (so order holds across retries),
-//!   `max.in.flight.requests.per.connection` per broker, metadata refreshed on
+//! - Sender: up to `max.in.flight.requests.per.connection` Produce requests in flight per broker
+//!   connection, each with the ready batch of every partition the broker leads (one batch per
+//!   partition per request, as Kafka's broker requires), so several batches of one partition are in
+//!   flight at once. With idempotence at most five per partition (Kafka's limit); sequences are
+//!   assigned in order, and when a batch fails retriably the batches behind it (which the broker
+//!   answers OUT_OF_ORDER_SEQUENCE_NUMBER) are resent in sequence order after it, one at a time,
+//!   never reordered or duplicated. Without idempotence and with more than one request in flight a
+//!   resent batch may land after a later one (Kafka's documented behaviour);
+//!   `max.in.flight.requests.per.connection=1` keeps strict order. Metadata refreshed on
 //!   `NOT_LEADER_OR_FOLLOWER`, `UNKNOWN_TOPIC_OR_PARTITION` and disconnects, retriable errors retried
 //!   with `retry.backoff.ms`..`retry.backoff.max.ms` (exponential, jittered) until
 //!   `delivery.timeout.ms`.

@@ -27,8 +27,8 @@ use mqnet::protocol::{partition_for_key, KafkaError, ProtocolError};
 
 use fake::{
     api, decode_produce_frame, Answer, BrokerConfig, DropMode, FakeBroker, State,
-    DUPLICATE_SEQUENCE_NUMBER, MESSAGE_TOO_LARGE, NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER,
-    OUT_OF_ORDER_SEQUENCE_NUMBER,
+    CLUSTER_AUTHORIZATION_FAILED, COORDINATOR_NOT_AVAILABLE, DUPLICATE_SEQUENCE_NUMBER,
+    MESSAGE_TOO_LARGE, NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER, OUT_OF_ORDER_SEQUENCE_NUMBER,
 };
 
 /// A scripted fake Kafka broker over `mqnet::server::Server`.
@@ -77,6 +77,8 @@ mod fake {
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
 
     /// Size of the record batch v2 header (base offset through record count).
@@ -257,6 +259,12 @@ mod fake {
         pub duplicate_code: i16,
         /// Never answer produce requests while set (switchable; see `BrokerConfig::hold_produce`).
         pub hold: bool,
+        /// Metadata lists one partition with this index for every topic while set.
+        pub partition_index: Option<i32>,
+        /// Error codes for the next InitProducerId answers, in order.
+        pub init_errors: VecDeque<i16>,
+        /// When each InitProducerId request arrived.
+        pub init_times: Vec<Instant>,
     }
 
     /// What to do with a request.
@@ -492,6 +500,9 @@ mod fake {
                 sequence_faults: HashMap::new(),
                 duplicate_code: 0,
                 hold: false,
+                partition_index: None,
+                init_errors: VecDeque::new(),
+                init_times: Vec::new(),
             }
         }
 
@@ -643,7 +654,12 @@ mod fake {
             let topics = names
                 .iter()
                 .map(|n| {
-                    let partitions = (0..self.cfg.partitions)
+                    let indexes: Vec<i32> = match self.partition_index {
+                        Some(i) => vec![i],
+                        None => (0..self.cfg.partitions).collect(),
+                    };
+                    let partitions = indexes
+                        .into_iter()
                         .map(|i| {
                             let mut p = MetadataResponsePartition::default()
                                 .with_error_code(0)
@@ -689,6 +705,18 @@ mod fake {
             let (header, req) = decode_request::<InitProducerIdRequest>(frame, version)?;
             if req.transactional_id.is_some() {
                 return Err("InitProducerId with a transactional id".into());
+            }
+            self.init_times.push(Instant::now());
+            if let Some(code) = self.init_errors.pop_front() {
+                let body = InitProducerIdResponse::default()
+                    .with_error_code(code)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1);
+                return Ok(Action::Respond(encode_response(
+                    header.correlation_id,
+                    version,
+                    &body,
+                )?));
             }
             let body = InitProducerIdResponse::default()
                 .with_error_code(0)
@@ -2366,6 +2394,134 @@ fn duplicate_sequence_number_on_a_resent_batch_with_five_in_flight() {
     // A duplicate's offsets are not known to the producer (-1): compare the log only.
     check_delivered(&st, TOPIC, &sent, &metas, &HashSet::new(), false);
     sequences(&st, TOPIC, 0, PID, &HashSet::new());
+    drop(st);
+    broker.assert_clean();
+}
+
+// ----- InitProducerId errors -----------------------------------------------------------------
+
+/// A retriable InitProducerId error (COORDINATOR_NOT_AVAILABLE) is retried after the retry
+/// backoff, growing with each failure, not at round-trip rate; then records are delivered.
+#[test]
+fn a_retriable_init_producer_id_error_backs_off() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    broker
+        .state()
+        .init_errors
+        .extend([COORDINATOR_NOT_AVAILABLE; 3]);
+    let backoff = Duration::from_millis(50);
+    let cfg = config(&broker.addr()).retry_backoff(backoff, Duration::from_secs(1));
+    let producer = Producer::new(cfg).unwrap();
+    let mut sent = Sent::new();
+    let futures: Vec<DeliveryFuture> = (0..10)
+        .map(|i| sent.send(&producer, p0_record(i)))
+        .collect();
+    let metas = all_ok(&futures);
+    sent.done();
+    close(producer);
+    let st = broker.state();
+    assert_eq!(st.init_times.len(), 4, "three refusals, then a producer id");
+    for (k, w) in st.init_times.windows(2).enumerate() {
+        // The backoff of the k-th failure in a row is 50 ms × 2^k, jittered by ±20 %.
+        let least = backoff.mul_f64(0.8 * f64::from(1u32 << k));
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= least,
+            "attempt {}: {gap:?} after the previous, at least {least:?} due",
+            k + 1
+        );
+    }
+    check_delivered(&st, TOPIC, &sent, &metas, &HashSet::new(), true);
+    drop(st);
+    broker.assert_clean();
+}
+
+/// A non-retriable InitProducerId error (CLUSTER_AUTHORIZATION_FAILED) cannot heal by asking
+/// again: it is asked once, every queued record fails with it at once (not at
+/// `delivery.timeout.ms`), and later sends fail with it too.
+#[test]
+fn a_non_retriable_init_producer_id_error_fails_fast() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    broker
+        .state()
+        .init_errors
+        .push_back(CLUSTER_AUTHORIZATION_FAILED);
+    let producer = Producer::new(config(&broker.addr())).unwrap();
+    let start = Instant::now();
+    let futures: Vec<DeliveryFuture> = (0..10).map(|i| producer.send(p0_record(i))).collect();
+    let fatal = ProduceError::Broker(KafkaError::ClusterAuthorizationFailed);
+    for (i, r) in results(&futures, WAIT).into_iter().enumerate() {
+        assert_eq!(r, Err(fatal.clone()), "record {i}");
+    }
+    assert!(
+        start.elapsed() < WAIT / 2,
+        "failed after {:?}, not at once",
+        start.elapsed()
+    );
+    assert_eq!(producer.send(p0_record(10)).wait(), Err(fatal));
+    assert_eq!(producer.buffered_bytes(), 0);
+    producer.close(Duration::from_secs(5));
+    let st = broker.state();
+    assert_eq!(st.init_times.len(), 1, "asked once");
+    assert!(st.produce.is_empty());
+    drop(st);
+    broker.assert_clean();
+}
+
+/// Topic names are checked at `send` with Kafka's rules; a bad one fails at once with a typed
+/// error and never reaches a Metadata request, and good topics keep flowing.
+#[test]
+fn invalid_topic_names_fail_at_send() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    let producer = Producer::new(config(&broker.addr())).unwrap();
+    let long = "t".repeat(32_768);
+    for bad in ["", ".", "..", "a b", "t/1", "ünï", &long, &"x".repeat(250)] {
+        let r = producer.send(ProducerRecord::new(bad, "v")).wait();
+        assert!(
+            matches!(r, Err(ProduceError::InvalidTopic { .. })),
+            "{:?}: {r:?}",
+            &bad[..bad.len().min(20)]
+        );
+    }
+    let ok = producer
+        .send(ProducerRecord::new(&"x".repeat(249), "v"))
+        .wait();
+    assert!(ok.is_ok(), "{ok:?}");
+    let ok = producer.send(p0_record(0)).wait();
+    assert!(ok.is_ok(), "{ok:?}");
+    close(producer);
+    broker.assert_clean();
+}
+
+/// A Metadata answer whose one partition has index 2^31-2 is refused (no allocation for two
+/// billion partitions, no overflow): the records wait, metadata is asked again, and once the
+/// broker answers sanely they are delivered.
+#[test]
+fn a_metadata_answer_with_an_absurd_partition_index_is_refused() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    broker.state().partition_index = Some(i32::MAX - 1);
+    let producer = Producer::new(config(&broker.addr())).unwrap();
+    let mut sent = Sent::new();
+    let futures: Vec<DeliveryFuture> = (0..10)
+        .map(|i| sent.send(&producer, p0_record(i)))
+        .collect();
+    drop(broker.wait_until("metadata asked again", WAIT, |st| {
+        st.count(api::METADATA) >= 3
+    }));
+    assert!(futures
+        .iter()
+        .all(|f| f.wait_timeout(Duration::ZERO).is_none()));
+    broker.state().partition_index = None;
+    let metas = all_ok(&futures);
+    sent.done();
+    close(producer);
+    let st = broker.state();
+    assert!(st.produce.iter().all(|c| c.answer == Answer::Responded));
+    check_delivered(&st, TOPIC, &sent, &metas, &HashSet::new(), true);
     drop(st);
     broker.assert_clean();
 }

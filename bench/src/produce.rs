@@ -185,6 +185,11 @@ pub struct ProduceArgs {
     /// Implementations to run.
     #[arg(long, value_enum, default_value_t = ProducePeer::All)]
     pub peer: ProducePeer,
+    /// Response delay of every broker of the in-process mock cluster, in milliseconds
+    /// (`rd_kafka_mock_broker_set_rtt`): a real cluster's round trip. Both peers produce to the
+    /// same cluster. Only with the mock.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub broker_rtt_ms: u64,
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).
@@ -207,6 +212,8 @@ pub struct Settings {
     pub partitions: i32,
     /// buffer.memory / queue.buffering.max.kbytes × 1024.
     pub buffer_memory: usize,
+    /// The mock brokers' response delay (ms).
+    pub broker_rtt_ms: u64,
 }
 
 impl Settings {
@@ -220,6 +227,7 @@ impl Settings {
             batch_size: 16_384,
             partitions: 4,
             buffer_memory: DEFAULT_BUFFER_MEMORY,
+            broker_rtt_ms: 0,
         }
     }
 
@@ -245,6 +253,12 @@ impl Settings {
         if !(1024..=(1usize << 40)).contains(&a.buffer_memory) {
             return Err("--buffer-memory must be between 1 KiB and 1 TiB".into());
         }
+        if a.broker_rtt_ms > 10_000 {
+            return Err("--broker-rtt-ms must be at most 10000".into());
+        }
+        if a.broker_rtt_ms > 0 && a.bootstrap_servers.is_some() {
+            return Err("--broker-rtt-ms applies to the mock cluster only".into());
+        }
         Ok(Settings {
             records: a.records,
             size: a.size,
@@ -253,13 +267,19 @@ impl Settings {
             batch_size: a.batch_size,
             partitions: a.partitions,
             buffer_memory: a.buffer_memory,
+            broker_rtt_ms: a.broker_rtt_ms,
         })
     }
 
     /// The workload label of the table.
     pub fn label(&self) -> String {
+        let rtt = if self.broker_rtt_ms > 0 {
+            format!(" broker RTT {} ms", self.broker_rtt_ms)
+        } else {
+            String::new()
+        };
         format!(
-            "{} × {} acks={} linger.ms={} batch.size={} buffer {}",
+            "{} × {} acks={} linger.ms={} batch.size={} buffer {}{rtt}",
             report::thousands(self.records as f64),
             report::size_label(self.size),
             self.acks.name(),
@@ -318,6 +338,9 @@ pub struct ProduceResult {
     pub cluster: String,
     /// CPUs the harness could use.
     pub cores: usize,
+    /// The mock brokers' response delay (ms).
+    #[serde(default)]
+    pub broker_rtt_ms: u64,
     /// The first error seen, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -449,6 +472,7 @@ fn summarize(
         partitions: s.partitions,
         cluster: cluster.to_string(),
         cores: sys::cores(),
+        broker_rtt_ms: s.broker_rtt_ms,
         first_error: m.first_error.or_else(|| t.first_error.clone()),
     }
 }
@@ -682,11 +706,21 @@ enum Cluster {
 }
 
 impl Cluster {
-    fn open(bootstrap: Option<&str>) -> Result<Self, String> {
+    #[cfg_attr(not(feature = "rdkafka-peer"), allow(unused_variables))]
+    fn open(bootstrap: Option<&str>, rtt_ms: u64) -> Result<Self, String> {
         match bootstrap {
             Some(b) => Ok(Cluster::External(b.to_string())),
             #[cfg(feature = "rdkafka-peer")]
-            None => Ok(Cluster::Mock(rd::mock(MOCK_BROKERS)?)),
+            None => {
+                let m = rd::mock(MOCK_BROKERS)?;
+                if rtt_ms > 0 {
+                    for b in 1..=MOCK_BROKERS {
+                        m.broker_round_trip_time(b, Duration::from_millis(rtt_ms))
+                            .map_err(|e| format!("mock broker {b} RTT: {e}"))?;
+                    }
+                }
+                Ok(Cluster::Mock(m))
+            }
             #[cfg(not(feature = "rdkafka-peer"))]
             None => Err(NO_PEER.into()),
         }
@@ -718,9 +752,10 @@ impl Cluster {
             Cluster::External(b) => format!("cluster at {b}, one topic for all implementations"),
             #[cfg(feature = "rdkafka-peer")]
             Cluster::Mock(_) => format!(
-                "in-process librdkafka mock cluster, {MOCK_BROKERS} brokers; a fresh topic per \
-                 implementation, {} partitions, replication factor {MOCK_REPLICATION}",
-                s.partitions
+                "in-process librdkafka mock cluster, {MOCK_BROKERS} brokers, response delay {} ms; \
+                 a fresh topic per implementation, {} partitions, replication factor \
+                 {MOCK_REPLICATION}",
+                s.broker_rtt_ms, s.partitions
             ),
         }
     }
@@ -775,7 +810,7 @@ pub fn run_row(
     json: bool,
     pb: &ProgressBar,
 ) -> Result<bool, String> {
-    let cluster = Cluster::open(bootstrap)?;
+    let cluster = Cluster::open(bootstrap, s.broker_rtt_ms)?;
     let header = format!(
         "mqnet-bench produce: {} cores; {}; producers one after another in this process; \
          key = record index, value {} B; record 0 warms up, the clock runs from record 1 to the \

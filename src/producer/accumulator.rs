@@ -297,6 +297,7 @@ impl AccState {
         let Some(t) = self.topics.get_mut(topic) else {
             return out;
         };
+        let count = count.min(super::engine::MAX_PARTITIONS);
         if t.partitions.len() < count {
             t.partitions.resize_with(count, AccPartition::default);
         }

@@ -132,6 +132,35 @@ fn partition_limit(cfg: &ProducerConfig) -> usize {
     }
 }
 
+/// The most partitions a topic may have here (Kafka's own practical limit is far lower): a
+/// Metadata answer with a partition index at or above it is refused, so a hostile or broken
+/// answer cannot make the producer allocate per-partition state for billions of partitions.
+pub(crate) const MAX_PARTITIONS: usize = 1 << 16;
+
+/// The most distinct brokers the producer tracks (each is a node of the NetworkClient with its
+/// buffers and histograms): brokers past it in a Metadata answer are ignored.
+pub(crate) const MAX_BROKERS: usize = 1024;
+
+/// Why a topic's partitions in a Metadata answer are refused: an index that is negative, not
+/// below the number of partitions listed, or not below [`MAX_PARTITIONS`], or listed twice. A
+/// valid answer lists each of `0..n` once.
+fn invalid_partitions(t: &protocol::TopicMeta) -> Option<String> {
+    let n = t.partitions.len();
+    if n > MAX_PARTITIONS {
+        return Some(format!("{n} partitions (at most {MAX_PARTITIONS})"));
+    }
+    let mut seen = vec![false; n];
+    for p in &t.partitions {
+        let i = p.partition;
+        match usize::try_from(i).ok().filter(|&i| i < n) {
+            Some(i) if !seen[i] => seen[i] = true,
+            Some(_) => return Some(format!("partition {i} listed twice")),
+            None => return Some(format!("partition index {i} outside 0..{n}")),
+        }
+    }
+    None
+}
+
 /// Completes records that failed before reaching a batch (never under the accumulator's lock).
 fn reject_all(pool: &BufferPool, rejected: Vec<Rejected>) {
     for r in rejected {
@@ -466,6 +495,17 @@ impl Engine {
         self.metadata_at = Some(now);
         self.metadata_failures = 0;
         for b in &md.brokers {
+            if b.node_id < 0 {
+                log::warn!("metadata: broker with node id {} ignored", b.node_id);
+                continue;
+            }
+            if !self.brokers.contains_key(&b.node_id) && self.brokers.len() >= MAX_BROKERS {
+                log::warn!(
+                    "metadata: broker {} ignored (already {MAX_BROKERS} brokers)",
+                    b.node_id
+                );
+                continue;
+            }
             let addr = format!("{}:{}", b.host, b.port);
             if self.brokers.get(&b.node_id) != Some(&addr) {
                 if let Err(e) = self.client.add_node(NodeId(b.node_id), &addr) {
@@ -489,13 +529,12 @@ impl Engine {
                 retry_soon = true;
                 continue;
             }
-            let n = t
-                .partitions
-                .iter()
-                .map(|p| p.partition + 1)
-                .max()
-                .unwrap_or(0)
-                .max(0) as usize;
+            if let Some(why) = invalid_partitions(&t) {
+                log::warn!("metadata for {} refused: {why}", t.name);
+                retry_soon = true;
+                continue;
+            }
+            let n = t.partitions.len();
             if state.partitions.len() < n {
                 state.partitions.resize_with(n, PartitionState::default);
             }
@@ -1272,5 +1311,136 @@ impl Drop for Engine {
 impl From<ProtocolError> for ProduceError {
     fn from(e: ProtocolError) -> Self {
         ProduceError::Protocol(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::delivery::DeliveryFuture;
+    use crate::producer::ProducerRecord;
+    use bytes::Bytes;
+    use crossbeam_channel::unbounded;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponse as KpMetadata, MetadataResponseBroker, MetadataResponsePartition,
+        MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{BrokerId, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+
+    const V: i16 = 1;
+    const TOPIC: &str = "t";
+
+    /// An engine over a real (idle) Selector that knows topic `t`, with one record of it waiting
+    /// in the accumulator for the topic's partitions.
+    fn engine() -> (Engine, DeliveryFuture) {
+        let cfg = ProducerConfig::new("127.0.0.1:1");
+        let (tx, rx) = unbounded();
+        let acc = Arc::new(Accumulator::new(
+            cfg.batch_size,
+            cfg.max_request_size,
+            cfg.delivery_timeout,
+            tx,
+        ));
+        let pool = Arc::new(BufferPool::new(cfg.buffer_memory));
+        let sleeping = Arc::new(AtomicBool::new(false));
+        let selector = Selector::new().expect("a selector");
+        let mut e = Engine::new(cfg, rx, acc.clone(), pool, sleeping, selector).expect("engine");
+        let (future, completion) = DeliveryFuture::new();
+        let record = ProducerRecord::new(TOPIC, "v");
+        let reserved = record.size_estimate();
+        let _ = acc.append(Pending {
+            record,
+            completion,
+            reserved,
+            enqueued: Instant::now(),
+        });
+        e.topics.insert(TOPIC.to_string(), TopicState::default());
+        (e, future)
+    }
+
+    fn metadata(brokers: impl Iterator<Item = i32>, partitions: &[i32]) -> Bytes {
+        let body = KpMetadata::default()
+            .with_brokers(
+                brokers
+                    .map(|id| {
+                        MetadataResponseBroker::default()
+                            .with_node_id(BrokerId(id))
+                            .with_host(StrBytes::from_static_str("127.0.0.1"))
+                            .with_port(9)
+                    })
+                    .collect(),
+            )
+            .with_topics(vec![MetadataResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str(TOPIC))))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&i| {
+                            MetadataResponsePartition::default()
+                                .with_partition_index(i)
+                                .with_leader_id(BrokerId(1))
+                        })
+                        .collect(),
+                )]);
+        let mut buf = bytes::BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(1)
+            .encode(&mut buf, KpMetadata::header_version(V))
+            .expect("header");
+        body.encode(&mut buf, V).expect("body");
+        buf.freeze()
+    }
+
+    fn partitions(e: &Engine) -> (usize, usize) {
+        let here = e.topics.get(TOPIC).map_or(0, |t| t.partitions.len());
+        let acc = e
+            .acc
+            .lock()
+            .topics
+            .get(TOPIC)
+            .map_or(0, |t| t.partitions.len());
+        (here, acc)
+    }
+
+    #[test]
+    fn partition_indexes_outside_the_listed_count_are_refused() {
+        let (mut e, future) = engine();
+        let now = Instant::now();
+        for bad in [
+            &[i32::MAX - 1][..],
+            &[i32::MAX],
+            &[-1],
+            &[0, 5],
+            &[0, 0],
+            &[1],
+        ] {
+            e.metadata_due = false;
+            e.handle_metadata(V, &metadata([1].into_iter(), bad), now);
+            assert_eq!(partitions(&e), (0, 0), "{bad:?}");
+            assert!(e.metadata_due, "{bad:?}: metadata is asked again");
+        }
+        assert!(
+            future.wait_timeout(Duration::ZERO).is_none(),
+            "the record waits"
+        );
+        e.handle_metadata(V, &metadata([1].into_iter(), &[1, 0]), now);
+        assert_eq!(partitions(&e), (2, 2));
+        assert!(e.acc.lock().topics[TOPIC].waiting.is_empty());
+    }
+
+    #[test]
+    fn the_brokers_a_metadata_answer_adds_are_bounded() {
+        let (mut e, _future) = engine();
+        let now = Instant::now();
+        let bootstrap = e.client.nodes().len();
+        e.handle_metadata(V, &metadata((-5..3000).rev(), &[0]), now);
+        assert_eq!(e.brokers.len(), MAX_BROKERS);
+        assert!(e.brokers.keys().all(|&id| id >= 0));
+        assert_eq!(e.client.nodes().len(), bootstrap + MAX_BROKERS);
+        // Known brokers are still updated; new ones still refused.
+        e.handle_metadata(V, &metadata([2999, 5000].into_iter(), &[0]), now);
+        assert_eq!(e.brokers.len(), MAX_BROKERS);
+        assert!(!e.brokers.contains_key(&5000));
     }
 }

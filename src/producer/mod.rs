@@ -58,7 +58,7 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 
 pub use config::{Acks, ProducerConfig};
 pub use delivery::{DeliveryCallback, DeliveryFuture, DeliveryResult};
-pub use record::{ProduceError, ProducerRecord, RecordMetadata};
+pub use record::{validate_topic, ProduceError, ProducerRecord, RecordMetadata, MAX_TOPIC_LEN};
 
 use crate::client::ConfigError;
 use crate::net::{Selector, SelectorConfig, SelectorWaker};
@@ -66,6 +66,9 @@ use accumulator::{Accumulator, Appended, Pending};
 use delivery::Completion;
 use engine::{Command, Engine};
 use memory::BufferPool;
+
+/// The bound used for a caller's timeout too large to add to the clock.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why a producer could not be created.
 #[derive(Debug)]
@@ -113,11 +116,13 @@ impl Inner {
             return;
         }
         let (ack_tx, ack_rx) = bounded(1);
+        // A timeout too large for the clock means "no bound" (a year is as good as forever).
+        let timeout = timeout.min(FOREVER);
         let deadline = Instant::now() + timeout;
         if self.tx.send(Command::Close(deadline, ack_tx)).is_ok() {
             self.sleeping.store(true, Ordering::SeqCst);
             self.wake();
-            let _ = ack_rx.recv_timeout(timeout + Duration::from_secs(5));
+            let _ = ack_rx.recv_timeout(timeout.saturating_add(Duration::from_secs(5)));
         }
         let handle = self
             .thread
@@ -203,6 +208,10 @@ impl Producer {
     fn enqueue(&self, record: ProducerRecord, completion: Completion) {
         if self.inner.closed.load(Ordering::SeqCst) {
             completion.complete(Err(ProduceError::Closed));
+            return;
+        }
+        if let Err(reason) = record::validate_topic(&record.topic) {
+            completion.complete(Err(ProduceError::InvalidTopic { reason }));
             return;
         }
         let reserved = record.size_estimate();
@@ -314,7 +323,7 @@ impl Producer {
         }
         self.inner.sleeping.store(true, Ordering::SeqCst);
         self.inner.wake();
-        ack_rx.recv_timeout(timeout).is_ok()
+        ack_rx.recv_timeout(timeout.min(FOREVER)).is_ok()
     }
 
     /// Flushes for at most `timeout`, then stops the network thread; records still not delivered
@@ -361,6 +370,37 @@ mod tests {
         p.close(Duration::from_millis(100));
         let r = p.send(ProducerRecord::new("t", "v")).wait();
         assert_eq!(r, Err(ProduceError::Closed));
+    }
+
+    #[test]
+    fn huge_ms_values_are_refused_at_configuration_and_huge_timeouts_saturate() {
+        for key in [
+            "linger.ms",
+            "max.block.ms",
+            "retry.backoff.ms",
+            "retry.backoff.max.ms",
+            "delivery.timeout.ms",
+            "metadata.max.age.ms",
+            "request.timeout.ms",
+            "reconnect.backoff.ms",
+        ] {
+            let mut cfg = ProducerConfig::new("127.0.0.1:1");
+            cfg.set(key, "18446744073709551615").unwrap();
+            match Producer::new(cfg) {
+                Err(ProducerError::Config(e)) => assert!(e.to_string().contains(key), "{e}"),
+                Err(e) => panic!("{key}: {e}"),
+                Ok(_) => panic!("{key}: accepted"),
+            }
+        }
+        let cfg = ProducerConfig::new("127.0.0.1:1").delivery_timeout(Duration::MAX);
+        assert!(matches!(Producer::new(cfg), Err(ProducerError::Config(_))));
+        let p = Producer::new(ProducerConfig::new("127.0.0.1:1")).unwrap();
+        assert!(p.flush(Duration::MAX), "nothing queued: flushed at once");
+        p.close(Duration::MAX);
+        assert_eq!(
+            p.send(ProducerRecord::new("t", "v")).wait(),
+            Err(ProduceError::Closed)
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 
+use super::command::Command;
 use super::delivery::Completion;
-use super::engine::Command;
 use super::record::{ProduceError, ProducerRecord};
 use crate::client::SplitMix64;
 use crate::protocol::{self, RecordBatchWriter};

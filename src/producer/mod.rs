@@ -43,6 +43,7 @@
 //! ```
 
 mod accumulator;
+mod command;
 mod config;
 mod delivery;
 mod engine;
@@ -63,8 +64,9 @@ pub use record::{validate_topic, ProduceError, ProducerRecord, RecordMetadata, M
 use crate::client::ConfigError;
 use crate::net::{Selector, SelectorConfig, SelectorWaker};
 use accumulator::{Accumulator, Appended, Pending};
+use command::Command;
 use delivery::Completion;
-use engine::{Command, Engine};
+use engine::Engine;
 use memory::BufferPool;
 
 /// The bound used for a caller's timeout too large to add to the clock.

@@ -58,6 +58,25 @@ pub enum Behaviour {
     WrongCorrelation,
 }
 
+/// A scripted server at a simulated address (a fake broker, say): it sees every frame a client
+/// sends there and answers with zero or more frames, each delivered one round trip after the
+/// request, in order. A server that holds a request can answer it later through
+/// [`SimNetwork::deliver`]. Connections to its address are accepted.
+pub trait SimServer: Send {
+    /// Handles one frame sent on `channel`; returns the frames to answer with.
+    fn request(&mut self, channel: ChannelId, frame: Bytes) -> Vec<Bytes>;
+}
+
+/// The scripted servers, by address.
+#[derive(Default)]
+struct Servers(HashMap<SocketAddr, Box<dyn SimServer>>);
+
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
     Connected(ChannelId),
@@ -90,6 +109,7 @@ pub struct SimNetwork {
     sends: Vec<CompletedSend>,
     receives: Vec<Received>,
     connects: u64,
+    servers: Servers,
 }
 
 impl Default for SimNetwork {
@@ -116,6 +136,7 @@ impl SimNetwork {
             sends: Vec::new(),
             receives: Vec::new(),
             connects: 0,
+            servers: Servers::default(),
         }
     }
 
@@ -129,6 +150,17 @@ impl SimNetwork {
     /// under the new behaviour.
     pub fn set_behaviour(&mut self, addr: SocketAddr, behaviour: Behaviour) {
         self.behaviours.insert(addr, behaviour);
+    }
+
+    /// Puts a scripted server at `addr` (it takes precedence over a [`Behaviour`] there).
+    pub fn set_server(&mut self, addr: SocketAddr, server: Box<dyn SimServer>) {
+        self.servers.0.insert(addr, server);
+    }
+
+    /// Delivers `frame` to the client on `channel` one latency from now (a held request's late
+    /// answer). Nothing happens if the channel is closed by then.
+    pub fn deliver(&mut self, channel: ChannelId, frame: Bytes) {
+        self.schedule(self.latency, Event::Deliver(channel, frame));
     }
 
     /// Advances the clock by `d` without polling.
@@ -251,6 +283,10 @@ impl Transport for SimNetwork {
                 next_seq: 0,
             },
         );
+        if self.servers.0.contains_key(&addr) {
+            self.schedule(self.latency * 2, Event::Connected(id));
+            return Ok(id);
+        }
         match self.behaviour(addr) {
             Behaviour::Refuse => self.schedule(self.latency * 2, Event::ConnectFailed(id)),
             Behaviour::Blackhole => {}
@@ -268,6 +304,12 @@ impl Transport for SimNetwork {
         let addr = c.addr;
         self.schedule(Duration::ZERO, Event::SendDone(channel, seq));
         let rtt = self.latency * 2;
+        if let Some(server) = self.servers.0.get_mut(&addr) {
+            for answer in server.request(channel, frame) {
+                self.schedule(rtt, Event::Deliver(channel, answer));
+            }
+            return Ok(seq);
+        }
         match self.behaviour(addr) {
             Behaviour::Echo => self.schedule(rtt, Event::Deliver(channel, frame)),
             Behaviour::WrongCorrelation => {

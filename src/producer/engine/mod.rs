@@ -13,6 +13,8 @@
 mod idempotence;
 mod metadata;
 mod sender;
+#[cfg(test)]
+mod sim_tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -586,7 +588,10 @@ impl<T: Transport> Engine<T> {
             for p in &t.partitions {
                 if let Some(b) = p.batches.front() {
                     at(b.deadline);
-                    if let Some(r) = b.retry_at {
+                    // A backoff still running; one that has run out waits for its leader,
+                    // whose connection delay is a wake of its own below (no busy loop while
+                    // the leader reconnects).
+                    if let Some(r) = b.retry_at.filter(|&r| r > now) {
                         at(r);
                     }
                 }

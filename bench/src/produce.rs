@@ -190,6 +190,10 @@ pub struct ProduceArgs {
     /// same cluster. Only with the mock.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub broker_rtt_ms: u64,
+    /// `max.in.flight.requests.per.connection` for mqnet and `max.in.flight` for librdkafka (the
+    /// same value for both); default: each one's own default (5, and librdkafka's 1,000,000).
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).
@@ -214,6 +218,8 @@ pub struct Settings {
     pub buffer_memory: usize,
     /// The mock brokers' response delay (ms).
     pub broker_rtt_ms: u64,
+    /// Requests in flight per connection for both peers (`None`: each one's default).
+    pub max_in_flight: Option<usize>,
 }
 
 impl Settings {
@@ -228,6 +234,7 @@ impl Settings {
             partitions: 4,
             buffer_memory: DEFAULT_BUFFER_MEMORY,
             broker_rtt_ms: 0,
+            max_in_flight: None,
         }
     }
 
@@ -253,6 +260,11 @@ impl Settings {
         if !(1024..=(1usize << 40)).contains(&a.buffer_memory) {
             return Err("--buffer-memory must be between 1 KiB and 1 TiB".into());
         }
+        if a.max_in_flight
+            .is_some_and(|n| !(1..=1_000_000).contains(&n))
+        {
+            return Err("--max-in-flight must be in 1..=1000000".into());
+        }
         if a.broker_rtt_ms > 10_000 {
             return Err("--broker-rtt-ms must be at most 10000".into());
         }
@@ -268,16 +280,20 @@ impl Settings {
             partitions: a.partitions,
             buffer_memory: a.buffer_memory,
             broker_rtt_ms: a.broker_rtt_ms,
+            max_in_flight: a.max_in_flight,
         })
     }
 
     /// The workload label of the table.
     pub fn label(&self) -> String {
-        let rtt = if self.broker_rtt_ms > 0 {
+        let mut rtt = if self.broker_rtt_ms > 0 {
             format!(" broker RTT {} ms", self.broker_rtt_ms)
         } else {
             String::new()
         };
+        if let Some(n) = self.max_in_flight {
+            rtt.push_str(&format!(" max.in.flight {n}"));
+        }
         format!(
             "{} × {} acks={} linger.ms={} batch.size={} buffer {}{rtt}",
             report::thousands(self.records as f64),
@@ -496,6 +512,13 @@ fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Str
         .linger_ms(s.linger_ms)
         .batch_size(s.batch_size)
         .buffer_memory(s.buffer_memory);
+    let cfg = match s.max_in_flight {
+        Some(n) => {
+            let client = cfg.client.clone().max_in_flight(n);
+            cfg.client(client)
+        }
+        None => cfg,
+    };
     let producer = Producer::new(cfg).map_err(|e| format!("mqnet producer: {e}"))?;
     let value = value_bytes(s.size);
     let mut key = [0u8; 20];
@@ -611,7 +634,11 @@ mod rd {
         };
         let max_messages = (s.records + 1000).min(i32::MAX as u64);
         let max_kbytes = (s.buffer_memory / 1024).clamp(1, i32::MAX as usize);
-        let producer: BaseProducer<Ctx> = rdkafka::ClientConfig::new()
+        let mut config = rdkafka::ClientConfig::new();
+        if let Some(n) = s.max_in_flight {
+            config.set("max.in.flight", n.to_string());
+        }
+        let producer: BaseProducer<Ctx> = config
             .set("bootstrap.servers", bootstrap)
             .set("acks", s.acks.name())
             .set("enable.idempotence", s.acks.idempotence().to_string())

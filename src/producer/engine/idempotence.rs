@@ -3,15 +3,33 @@
 
 use super::*;
 
+/// The producer id and epoch, and the state of their renewal.
+#[derive(Default)]
+pub(super) struct Idempotence {
+    /// From InitProducerId; `None` until then and after a reset.
+    pub(super) producer_id: Option<(i64, i16)>,
+    pub(super) init_in_flight: bool,
+    /// InitProducerId failed: no new attempt before this (the retry backoff, growing with
+    /// `init_failures`).
+    pub(super) init_backoff_until: Option<Instant>,
+    pub(super) init_failures: u32,
+    /// A batch holding sequence numbers failed with its outcome unknown (retries or
+    /// `delivery.timeout.ms` ran out), or the broker lost the producer's state: the partition's
+    /// sequence has a gap the broker will never accept. As Kafka does (KIP-360), sending pauses,
+    /// requests in flight drain, the producer gets a new id/epoch and every partition's sequence
+    /// restarts at 0.
+    pub(super) reset_due: bool,
+}
+
 impl<T: Transport> Engine<T> {
     // ----- idempotence ------------------------------------------------------------------------
 
     pub(super) fn maybe_init_producer_id(&mut self, now: Instant) {
         if !self.cfg.enable_idempotence
-            || self.producer_id.is_some()
-            || self.pid_in_flight
+            || self.idem.producer_id.is_some()
+            || self.idem.init_in_flight
             || self.fatal.is_some()
-            || self.pid_backoff_until.is_some_and(|t| now < t)
+            || self.idem.init_backoff_until.is_some_and(|t| now < t)
         {
             return;
         }
@@ -28,7 +46,7 @@ impl<T: Transport> Engine<T> {
                 self.client.send(ClientRequest::new(node, corr, frame), now);
                 self.control_in_flight
                     .insert(corr, Control::InitProducerId { version });
-                self.pid_in_flight = true;
+                self.idem.init_in_flight = true;
             }
             Err(e) => log::error!("init producer id request: {e}"),
         }
@@ -43,10 +61,10 @@ impl<T: Transport> Engine<T> {
                         resp.producer_id,
                         resp.producer_epoch
                     );
-                    self.pid_in_flight = false;
-                    self.pid_failures = 0;
-                    self.pid_backoff_until = None;
-                    self.producer_id = Some((resp.producer_id, resp.producer_epoch));
+                    self.idem.init_in_flight = false;
+                    self.idem.init_failures = 0;
+                    self.idem.init_backoff_until = None;
+                    self.idem.producer_id = Some((resp.producer_id, resp.producer_epoch));
                 }
                 Some(err) if err.is_retriable() => {
                     log::warn!("InitProducerId: {err}");
@@ -56,7 +74,7 @@ impl<T: Transport> Engine<T> {
                     // Not retriable (authorization, an invalid request, an unknown server
                     // error): asking again cannot heal it, so the producer fails fast.
                     log::error!("InitProducerId refused: {err}; every record fails with it");
-                    self.pid_in_flight = false;
+                    self.idem.init_in_flight = false;
                     self.fatal = Some(ProduceError::Broker(err));
                 }
             },
@@ -70,13 +88,13 @@ impl<T: Transport> Engine<T> {
     /// An InitProducerId attempt failed in a way that may heal: the next one waits out the retry
     /// backoff, growing with each failure in a row.
     pub(super) fn init_producer_id_failed(&mut self, now: Instant, stale_metadata: bool) {
-        self.pid_in_flight = false;
+        self.idem.init_in_flight = false;
         if stale_metadata {
-            self.metadata_due = true;
+            self.meta.due = true;
         }
-        let b = self.retry.backoff(self.pid_failures, &mut self.rng);
-        self.pid_failures = self.pid_failures.saturating_add(1);
-        self.pid_backoff_until = Some(now.checked_add(b).unwrap_or(now));
+        let b = self.retry.backoff(self.idem.init_failures, &mut self.rng);
+        self.idem.init_failures = self.idem.init_failures.saturating_add(1);
+        self.idem.init_backoff_until = Some(now.checked_add(b).unwrap_or(now));
     }
 
     /// Once the producer is fatally failed: every queued batch fails with the error, the
@@ -163,10 +181,10 @@ impl<T: Transport> Engine<T> {
     }
 
     /// A batch that holds sequence numbers is given up with its outcome unknown: schedule the
-    /// epoch bump and sequence reset (see `sequence_reset_due`).
+    /// epoch bump and sequence reset (see `Idempotence::reset_due`).
     pub(super) fn abandon_sequence(&mut self, b: &Batch) {
         if self.cfg.enable_idempotence && b.base_sequence.is_some() {
-            self.sequence_reset_due = true;
+            self.idem.reset_due = true;
         }
     }
 
@@ -175,11 +193,11 @@ impl<T: Transport> Engine<T> {
     /// batches that were stamped under the old id for re-stamping when they are next sent (in
     /// queue order, which is sequence order).
     pub(super) fn maybe_reset_sequences(&mut self) {
-        if !self.sequence_reset_due || !self.produce_in_flight.is_empty() {
+        if !self.idem.reset_due || !self.produce_in_flight.is_empty() {
             return;
         }
         log::warn!("sequences restart at 0 under a new producer id");
-        self.producer_id = None;
+        self.idem.producer_id = None;
         for t in self.topics.values_mut() {
             for p in t.partitions.iter_mut() {
                 p.next_sequence = 0;
@@ -190,6 +208,6 @@ impl<T: Transport> Engine<T> {
                 }
             }
         }
-        self.sequence_reset_due = false;
+        self.idem.reset_due = false;
     }
 }

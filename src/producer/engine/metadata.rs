@@ -3,6 +3,34 @@
 
 use super::*;
 
+/// What the engine knows of the cluster's layout and its Metadata requests.
+pub(super) struct Metadata {
+    /// Brokers the metadata named, by id: their address as last advertised.
+    pub(super) brokers: HashMap<i32, String>,
+    /// A refresh is wanted (a new topic, a stale leader, an error).
+    pub(super) due: bool,
+    pub(super) in_flight: bool,
+    /// When the last answer came.
+    pub(super) at: Option<Instant>,
+    /// No request before this (after a failure or an incomplete answer).
+    pub(super) backoff_until: Option<Instant>,
+    /// Failures in a row, for the backoff.
+    pub(super) failures: u32,
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Metadata {
+            brokers: HashMap::new(),
+            due: true,
+            in_flight: false,
+            at: None,
+            backoff_until: None,
+            failures: 0,
+        }
+    }
+}
+
 impl<T: Transport> Engine<T> {
     // ----- metadata ----------------------------------------------------------------------------
 
@@ -35,16 +63,17 @@ impl<T: Transport> Engine<T> {
     }
 
     pub(super) fn maybe_request_metadata(&mut self, now: Instant) {
-        if self.metadata_in_flight {
+        if self.meta.in_flight {
             return;
         }
         let stale = self
-            .metadata_at
+            .meta
+            .at
             .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.metadata_max_age);
-        if self.topics.is_empty() || !(self.metadata_due || stale) {
+        if self.topics.is_empty() || !(self.meta.due || stale) {
             return;
         }
-        if self.metadata_backoff_until.is_some_and(|t| now < t) {
+        if self.meta.backoff_until.is_some_and(|t| now < t) {
             return;
         }
         let Some((node, version)) =
@@ -59,23 +88,23 @@ impl<T: Transport> Engine<T> {
                 self.client.send(ClientRequest::new(node, corr, frame), now);
                 self.control_in_flight
                     .insert(corr, Control::Metadata { version });
-                self.metadata_in_flight = true;
-                self.metadata_due = false;
+                self.meta.in_flight = true;
+                self.meta.due = false;
             }
             Err(e) => log::error!("metadata request: {e}"),
         }
     }
 
     pub(super) fn metadata_failed(&mut self, now: Instant) {
-        self.metadata_in_flight = false;
-        self.metadata_due = true;
-        let b = self.retry.backoff(self.metadata_failures, &mut self.rng);
-        self.metadata_failures = self.metadata_failures.saturating_add(1);
-        self.metadata_backoff_until = Some(now + b);
+        self.meta.in_flight = false;
+        self.meta.due = true;
+        let b = self.retry.backoff(self.meta.failures, &mut self.rng);
+        self.meta.failures = self.meta.failures.saturating_add(1);
+        self.meta.backoff_until = Some(now + b);
     }
 
     pub(super) fn handle_metadata(&mut self, version: i16, frame: &[u8], now: Instant) {
-        self.metadata_in_flight = false;
+        self.meta.in_flight = false;
         let md = match protocol::decode_metadata_response(version, frame) {
             Ok(md) => md,
             Err(e) => {
@@ -84,14 +113,15 @@ impl<T: Transport> Engine<T> {
                 return;
             }
         };
-        self.metadata_at = Some(now);
-        self.metadata_failures = 0;
+        self.meta.at = Some(now);
+        self.meta.failures = 0;
         for b in &md.brokers {
             if b.node_id < 0 {
                 log::warn!("metadata: broker with node id {} ignored", b.node_id);
                 continue;
             }
-            if !self.brokers.contains_key(&b.node_id) && self.brokers.len() >= MAX_BROKERS {
+            if !self.meta.brokers.contains_key(&b.node_id) && self.meta.brokers.len() >= MAX_BROKERS
+            {
                 log::warn!(
                     "metadata: broker {} ignored (already {MAX_BROKERS} brokers)",
                     b.node_id
@@ -99,12 +129,12 @@ impl<T: Transport> Engine<T> {
                 continue;
             }
             let addr = format!("{}:{}", b.host, b.port);
-            if self.brokers.get(&b.node_id) != Some(&addr) {
+            if self.meta.brokers.get(&b.node_id) != Some(&addr) {
                 if let Err(e) = self.client.add_node(NodeId(b.node_id), &addr) {
                     log::warn!("broker {} at {addr}: {e}", b.node_id);
                     continue;
                 }
-                self.brokers.insert(b.node_id, addr);
+                self.meta.brokers.insert(b.node_id, addr);
             }
         }
         let mut retry_soon = false;
@@ -158,8 +188,8 @@ impl<T: Transport> Engine<T> {
         drop(st);
         reject_all(&self.pool, rejected);
         if retry_soon {
-            self.metadata_due = true;
-            self.metadata_backoff_until = Some(now + self.cfg.retry_backoff);
+            self.meta.due = true;
+            self.meta.backoff_until = Some(now + self.cfg.retry_backoff);
         }
     }
 }

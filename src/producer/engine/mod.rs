@@ -81,28 +81,15 @@ pub(crate) struct Engine<T: Transport = Selector> {
     pool: Arc<BufferPool>,
     sleeping: Arc<AtomicBool>,
     topics: TopicMap<TopicState>,
-    brokers: HashMap<i32, String>,
+    /// The metadata part (see `metadata.rs`).
+    meta: metadata::Metadata,
+    /// The idempotence part (see `idempotence.rs`).
+    idem: idempotence::Idempotence,
     produce_in_flight: HashMap<i32, InFlightProduce>,
     control_in_flight: HashMap<i32, Control>,
-    metadata_due: bool,
-    metadata_in_flight: bool,
-    metadata_at: Option<Instant>,
-    metadata_backoff_until: Option<Instant>,
-    metadata_failures: u32,
-    producer_id: Option<(i64, i16)>,
-    pid_in_flight: bool,
-    /// InitProducerId failed: no new attempt before this (the retry backoff, growing with
-    /// `pid_failures`).
-    pid_backoff_until: Option<Instant>,
-    pid_failures: u32,
     /// The producer cannot go on (an error that cannot heal, e.g. InitProducerId refused for
     /// good): every record fails with it, queued ones at once, later ones at `send`.
     fatal: Option<ProduceError>,
-    /// A batch holding sequence numbers failed with its outcome unknown (retries or
-    /// `delivery.timeout.ms` ran out): the partition's sequence has a gap the broker will never
-    /// accept. As Kafka does (KIP-360), sending pauses, requests in flight drain, the producer
-    /// gets a new id/epoch and every partition's sequence restarts at 0.
-    sequence_reset_due: bool,
     flush_waiters: Vec<Sender<()>>,
     closing: Option<(Instant, Sender<()>)>,
     retry: ExponentialBackoff,
@@ -194,20 +181,11 @@ impl<T: Transport> Engine<T> {
             pool,
             sleeping,
             topics: TopicMap::default(),
-            brokers: HashMap::new(),
+            meta: metadata::Metadata::default(),
+            idem: idempotence::Idempotence::default(),
             produce_in_flight: HashMap::new(),
             control_in_flight: HashMap::new(),
-            metadata_due: true,
-            metadata_in_flight: false,
-            metadata_at: None,
-            metadata_backoff_until: None,
-            metadata_failures: 0,
-            producer_id: None,
-            pid_in_flight: false,
-            pid_backoff_until: None,
-            pid_failures: 0,
             fatal: None,
-            sequence_reset_due: false,
             flush_waiters: Vec::new(),
             closing: None,
             retry,
@@ -382,7 +360,7 @@ impl<T: Transport> Engine<T> {
             for name in st.topics.keys() {
                 if !self.topics.contains_key(name) {
                     self.topics.insert(name.clone(), TopicState::default());
-                    self.metadata_due = true;
+                    self.meta.due = true;
                 }
             }
         }
@@ -597,16 +575,16 @@ impl<T: Transport> Engine<T> {
                 }
             }
         }
-        if let Some(t) = self.metadata_backoff_until {
-            if self.metadata_due {
+        if let Some(t) = self.meta.backoff_until {
+            if self.meta.due {
                 at(t);
             }
         }
         if let Some((d, _)) = &self.closing {
             at(*d);
         }
-        if let Some(t) = self.pid_backoff_until {
-            if self.cfg.enable_idempotence && self.producer_id.is_none() {
+        if let Some(t) = self.idem.init_backoff_until {
+            if self.cfg.enable_idempotence && self.idem.producer_id.is_none() {
                 at(t);
             }
         }
@@ -793,10 +771,10 @@ mod tests {
             &[0, 0],
             &[1],
         ] {
-            e.metadata_due = false;
+            e.meta.due = false;
             e.handle_metadata(V, &metadata([1].into_iter(), bad), now);
             assert_eq!(partitions(&e), (0, 0), "{bad:?}");
-            assert!(e.metadata_due, "{bad:?}: metadata is asked again");
+            assert!(e.meta.due, "{bad:?}: metadata is asked again");
         }
         assert!(
             future.wait_timeout(Duration::ZERO).is_none(),
@@ -813,12 +791,12 @@ mod tests {
         let now = Instant::now();
         let bootstrap = e.client.nodes().len();
         e.handle_metadata(V, &metadata((-5..3000).rev(), &[0]), now);
-        assert_eq!(e.brokers.len(), MAX_BROKERS);
-        assert!(e.brokers.keys().all(|&id| id >= 0));
+        assert_eq!(e.meta.brokers.len(), MAX_BROKERS);
+        assert!(e.meta.brokers.keys().all(|&id| id >= 0));
         assert_eq!(e.client.nodes().len(), bootstrap + MAX_BROKERS);
         // Known brokers are still updated; new ones still refused.
         e.handle_metadata(V, &metadata([2999, 5000].into_iter(), &[0]), now);
-        assert_eq!(e.brokers.len(), MAX_BROKERS);
-        assert!(!e.brokers.contains_key(&5000));
+        assert_eq!(e.meta.brokers.len(), MAX_BROKERS);
+        assert!(!e.meta.brokers.contains_key(&5000));
     }
 }

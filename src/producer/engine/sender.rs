@@ -37,7 +37,7 @@ impl<T: Transport> Engine<T> {
     pub(super) fn send_ready(&mut self, now: Instant) {
         self.maybe_reset_sequences();
         let idempotent = self.cfg.enable_idempotence;
-        if idempotent && (self.producer_id.is_none() || self.sequence_reset_due) {
+        if idempotent && (self.idem.producer_id.is_none() || self.idem.reset_due) {
             return;
         }
         let limit = self.partition_limit;
@@ -81,7 +81,7 @@ impl<T: Transport> Engine<T> {
                 return false;
             }
         };
-        let (pid, epoch) = self.producer_id.unwrap_or((-1, -1));
+        let (pid, epoch) = self.idem.producer_id.unwrap_or((-1, -1));
         let idempotent = self.cfg.enable_idempotence;
         let limit = self.partition_limit;
         let max_request = self.cfg.max_request_size;
@@ -222,11 +222,11 @@ impl<T: Transport> Engine<T> {
                 }
             }
             Outcome::Disconnected(cause) => {
-                self.metadata_due = true;
+                self.meta.due = true;
                 self.retry_batches(inflight.batches, &format!("disconnected: {cause}"), now);
             }
             Outcome::TimedOut => {
-                self.metadata_due = true;
+                self.meta.due = true;
                 self.retry_batches(inflight.batches, "request timed out", now);
             }
             Outcome::LocalError(e) => {
@@ -285,7 +285,7 @@ impl<T: Transport> Engine<T> {
                     // a new producer id/epoch and sequences from 0 (KIP-360), then a resend.
                     let seq = b.base_sequence.unwrap_or(0);
                     let expected = b.restamp
-                        || self.sequence_reset_due
+                        || self.idem.reset_due
                         || self
                             .partition_mut(&topic, part)
                             .is_some_and(|p| Self::earlier_unresolved(p, seq));
@@ -294,13 +294,13 @@ impl<T: Transport> Engine<T> {
                             "{topic}-{part}: OUT_OF_ORDER_SEQUENCE_NUMBER at sequence {seq} with \
                              nothing before it: new producer id"
                         );
-                        self.sequence_reset_due = true;
+                        self.idem.reset_due = true;
                     }
                     self.retry_batches(vec![(topic, part, b)], "OUT_OF_ORDER_SEQUENCE_NUMBER", now);
                 }
                 Some((Some(err), _)) if err.is_retriable() => {
                     if err.invalidates_metadata() {
-                        self.metadata_due = true;
+                        self.meta.due = true;
                     }
                     self.retry_batches(vec![(topic, part, b)], &err.to_string(), now);
                 }

@@ -61,6 +61,25 @@ pub enum Behaviour {
     WrongCorrelation,
 }
 
+/// A scripted server at a simulated address (a fake broker, say): it sees every frame a client
+/// sends there and answers with zero or more frames, each delivered one round trip after the
+/// request, in order. A server that holds a request can answer it later through
+/// [`SimNetwork::deliver`]. Connections to its address are accepted.
+pub trait SimServer: Send {
+    /// Handles one frame sent on `channel`; returns the frames to answer with.
+    fn request(&mut self, channel: ChannelId, frame: Bytes) -> Vec<Bytes>;
+}
+
+/// The scripted servers, by address.
+#[derive(Default)]
+struct Servers(HashMap<SocketAddr, Box<dyn SimServer>>);
+
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
     Connected(ChannelId),
@@ -110,6 +129,7 @@ pub struct SimNetwork {
     history: Vec<(Instant, SocketAddr)>,
     /// Frames the server at an address swallows without answering, per address.
     drops: HashMap<SocketAddr, u64>,
+    servers: Servers,
 }
 
 impl Default for SimNetwork {
@@ -140,6 +160,7 @@ impl SimNetwork {
             connects: 0,
             history: Vec::new(),
             drops: HashMap::new(),
+            servers: Servers::default(),
         }
     }
 
@@ -174,6 +195,17 @@ impl SimNetwork {
     /// under the new behaviour.
     pub fn set_behaviour(&mut self, addr: SocketAddr, behaviour: Behaviour) {
         self.behaviours.insert(addr, behaviour);
+    }
+
+    /// Puts a scripted server at `addr` (it takes precedence over a [`Behaviour`] there).
+    pub fn set_server(&mut self, addr: SocketAddr, server: Box<dyn SimServer>) {
+        self.servers.0.insert(addr, server);
+    }
+
+    /// Delivers `frame` to the client on `channel` one latency from now (a held request's late
+    /// answer). Nothing happens if the channel is closed by then.
+    pub fn deliver(&mut self, channel: ChannelId, frame: Bytes) {
+        self.schedule(self.latency, Event::Deliver(channel, frame));
     }
 
     /// Advances the clock by `d` without polling.
@@ -369,6 +401,10 @@ impl Transport for SimNetwork {
                 sending_until: self.now,
             },
         );
+        if self.servers.0.contains_key(&addr) {
+            self.schedule(self.latency * 2, Event::Connected(id));
+            return Ok(id);
+        }
         match self.behaviour(addr) {
             Behaviour::Refuse => self.schedule(self.latency * 2, Event::ConnectFailed(id)),
             Behaviour::Blackhole => {}
@@ -402,6 +438,12 @@ impl Transport for SimNetwork {
         let rtt = leave + self.latency * 2;
         if let Some(d) = self.drops.get_mut(&addr).filter(|d| **d > 0) {
             *d -= 1;
+            return Ok(seq);
+        }
+        if let Some(server) = self.servers.0.get_mut(&addr) {
+            for answer in server.request(channel, frame) {
+                self.schedule(rtt, Event::Deliver(channel, answer));
+            }
             return Ok(seq);
         }
         match self.behaviour(addr) {

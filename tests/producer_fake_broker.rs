@@ -27,12 +27,13 @@ use mqnet::protocol::{partition_for_key, KafkaError, ProtocolError};
 
 use fake::{
     api, decode_produce_frame, Answer, BrokerConfig, DropMode, FakeBroker, State,
-    DUPLICATE_SEQUENCE_NUMBER, MESSAGE_TOO_LARGE, NOT_LEADER_OR_FOLLOWER,
+    CLUSTER_AUTHORIZATION_FAILED, COORDINATOR_NOT_AVAILABLE, DUPLICATE_SEQUENCE_NUMBER,
+    MESSAGE_TOO_LARGE, NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER, OUT_OF_ORDER_SEQUENCE_NUMBER,
 };
 
 /// A scripted fake Kafka broker over `mqnet::server::Server`.
 mod fake {
-    use std::collections::{HashMap, VecDeque};
+    use std::collections::{HashMap, HashSet, VecDeque};
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -75,6 +76,10 @@ mod fake {
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
 
     /// Size of the record batch v2 header (base offset through record count).
     pub const BATCH_HEADER: usize = 61;
@@ -238,6 +243,28 @@ mod fake {
         /// InitProducerId requests answered so far: each one gets the next epoch, as a real
         /// broker hands a new producer id/epoch to every InitProducerId without one.
         pub inits: i16,
+        /// Partitions that had a scripted fault (error or drop): an OUT_OF_ORDER_SEQUENCE_NUMBER
+        /// there is the expected answer to batches that were in flight behind the fault.
+        faulted: HashSet<(String, i32)>,
+        /// OUT_OF_ORDER_SEQUENCE_NUMBER answers on faulted partitions (elsewhere each is a
+        /// violation).
+        pub out_of_order: usize,
+        /// Metadata answers every topic with LEADER_NOT_AVAILABLE while set (records wait in the
+        /// producer for the topic's partitions).
+        pub hide_topics: bool,
+        /// Scripted error codes for the batch of `(topic, partition, base sequence)`.
+        sequence_faults: HashMap<(String, i32, i32), VecDeque<i16>>,
+        /// The code answered for a batch recognised as a resend of an appended one (0, as Kafka
+        /// for the last five batches; DUPLICATE_SEQUENCE_NUMBER as older brokers).
+        pub duplicate_code: i16,
+        /// Never answer produce requests while set (switchable; see `BrokerConfig::hold_produce`).
+        pub hold: bool,
+        /// Metadata lists one partition with this index for every topic while set.
+        pub partition_index: Option<i32>,
+        /// Error codes for the next InitProducerId answers, in order.
+        pub init_errors: VecDeque<i16>,
+        /// When each InitProducerId request arrived.
+        pub init_times: Vec<Instant>,
     }
 
     /// What to do with a request.
@@ -467,6 +494,15 @@ mod fake {
                 drops: VecDeque::new(),
                 topics: Vec::new(),
                 inits: 0,
+                faulted: HashSet::new(),
+                out_of_order: 0,
+                hide_topics: false,
+                sequence_faults: HashMap::new(),
+                duplicate_code: 0,
+                hold: false,
+                partition_index: None,
+                init_errors: VecDeque::new(),
+                init_times: Vec::new(),
             }
         }
 
@@ -618,7 +654,12 @@ mod fake {
             let topics = names
                 .iter()
                 .map(|n| {
-                    let partitions = (0..self.cfg.partitions)
+                    let indexes: Vec<i32> = match self.partition_index {
+                        Some(i) => vec![i],
+                        None => (0..self.cfg.partitions).collect(),
+                    };
+                    let partitions = indexes
+                        .into_iter()
                         .map(|i| {
                             let mut p = MetadataResponsePartition::default()
                                 .with_error_code(0)
@@ -633,7 +674,11 @@ mod fake {
                         })
                         .collect();
                     MetadataResponseTopic::default()
-                        .with_error_code(0)
+                        .with_error_code(if self.hide_topics {
+                            LEADER_NOT_AVAILABLE
+                        } else {
+                            0
+                        })
                         .with_name(Some(TopicName(StrBytes::from_string(n.clone()))))
                         .with_partitions(partitions)
                 })
@@ -660,6 +705,18 @@ mod fake {
             let (header, req) = decode_request::<InitProducerIdRequest>(frame, version)?;
             if req.transactional_id.is_some() {
                 return Err("InitProducerId with a transactional id".into());
+            }
+            self.init_times.push(Instant::now());
+            if let Some(code) = self.init_errors.pop_front() {
+                let body = InitProducerIdResponse::default()
+                    .with_error_code(code)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1);
+                return Ok(Action::Respond(encode_response(
+                    header.correlation_id,
+                    version,
+                    &body,
+                )?));
             }
             let body = InitProducerIdResponse::default()
                 .with_error_code(0)
@@ -704,6 +761,9 @@ mod fake {
                         (CORRUPT_MESSAGE, -1)
                     }
                     Ok(batches) => {
+                        if drop.is_some() {
+                            self.faulted.insert((topic.clone(), partition));
+                        }
                         let r = if drop == Some(DropMode::BeforeAppend) {
                             (0, -1)
                         } else {
@@ -743,7 +803,7 @@ mod fake {
             } else if acks == 0 {
                 call.answer = Answer::NoResponse;
                 Action::NoResponse
-            } else if self.cfg.hold_produce {
+            } else if self.cfg.hold_produce || self.hold {
                 call.answer = Answer::Held;
                 Action::Hold
             } else {
@@ -760,7 +820,19 @@ mod fake {
                 return (UNKNOWN_TOPIC_OR_PARTITION, -1);
             }
             let key = (topic.to_string(), partition);
-            let fault = self.faults.get_mut(&key).and_then(VecDeque::pop_front);
+            let mut fault = self.faults.get_mut(&key).and_then(VecDeque::pop_front);
+            if fault.is_none() {
+                if let Some(b) = batches.first() {
+                    fault = self
+                        .sequence_faults
+                        .get_mut(&(topic.to_string(), partition, b.base_sequence))
+                        .and_then(VecDeque::pop_front);
+                }
+            }
+            if fault.is_some() {
+                self.faulted.insert(key.clone());
+            }
+            let faulted = self.faulted.contains(&key);
             let log = self.logs.entry(key).or_default();
             match fault {
                 Some(DUPLICATE_SEQUENCE_NUMBER) => {
@@ -791,16 +863,23 @@ mod fake {
                             .find(|(s, c, _)| *s == b.base_sequence && *c == n)
                         {
                             self.duplicates += 1;
+                            if self.duplicate_code != 0 {
+                                return (self.duplicate_code, -1);
+                            }
                             first_offset.get_or_insert(off);
                             continue;
                         }
                     }
                     let expected = if same { log.next_sequence } else { 0 };
                     if b.base_sequence != expected {
-                        self.violations.push(format!(
-                            "{topic}-{partition}: base sequence {} where {expected} was due",
-                            b.base_sequence
-                        ));
+                        if faulted {
+                            self.out_of_order += 1;
+                        } else {
+                            self.violations.push(format!(
+                                "{topic}-{partition}: base sequence {} where {expected} was due",
+                                b.base_sequence
+                            ));
+                        }
                         return (OUT_OF_ORDER_SEQUENCE_NUMBER, -1);
                     }
                     log.producer = Some(producer);
@@ -1031,6 +1110,17 @@ mod fake {
             q.extend(std::iter::repeat_n(code, n));
         }
 
+        /// Answers the batch of `topic`-`partition` with base sequence `seq` with `code`, the next
+        /// `n` times it arrives (nothing is appended).
+        pub fn fail_sequence(&self, topic: &str, partition: i32, seq: i32, code: i16, n: usize) {
+            let mut st = self.shared.lock();
+            let q = st
+                .sequence_faults
+                .entry((topic.to_string(), partition, seq))
+                .or_default();
+            q.extend(std::iter::repeat_n(code, n));
+        }
+
         /// Closes the connection instead of answering the next produce request.
         pub fn drop_next_produce(&self, mode: DropMode) {
             assert!(
@@ -1247,14 +1337,20 @@ fn check_delivered(
 struct Attempts {
     base_sequence: i32,
     records: i32,
-    /// Indexes of the produce calls that carried it.
+    /// Indexes of the produce calls that carried it (answers OUT_OF_ORDER_SEQUENCE_NUMBER left
+    /// out: those attempts were in flight behind a failed batch and never reached the log).
     calls: Vec<usize>,
+    /// CRC and size of its first attempt.
+    crc: u32,
+    size: usize,
 }
 
-/// The batches of `topic`-`partition` in arrival order with consecutive resends merged. Checks
-/// that every resend is byte-for-byte the batch first sent (same base sequence, same CRC), that
-/// sequences start at 0 and are contiguous, and the producer id and epoch. Batches of the produce
-/// calls in `refused` (refused for good, their sequence numbers given back) are left out.
+/// The batches of `topic`-`partition` in order of their first attempt the broker took up (answered
+/// other than OUT_OF_ORDER_SEQUENCE_NUMBER). Checks that every resend is byte-for-byte the batch
+/// first sent (same base sequence, same CRC), that the sequences the broker accepted, in arrival
+/// order, start at 0 and are contiguous (a resend of an accepted one aside), and the producer id
+/// and epoch. Batches of the produce calls in `refused` (refused for good, their sequence numbers
+/// given back) are left out.
 fn sequences(
     st: &State,
     topic: &str,
@@ -1263,7 +1359,7 @@ fn sequences(
     refused: &HashSet<usize>,
 ) -> Vec<Attempts> {
     let mut out: Vec<Attempts> = Vec::new();
-    let mut last_raw: Option<&Bytes> = None;
+    let mut accepted: Vec<(i32, i32)> = Vec::new();
     for (call, b) in st.batches(topic, partition) {
         if refused.contains(&call) {
             continue;
@@ -1274,29 +1370,38 @@ fn sequences(
             "{topic}-{partition}: producer id and epoch"
         );
         assert_eq!(b.base_offset, 0, "a producer writes base offset 0");
-        if let Some(prev) = out.last_mut() {
-            if prev.base_sequence == b.base_sequence {
+        let code = st.produce[call].code_for(topic, partition);
+        if code == Some(OUT_OF_ORDER_SEQUENCE_NUMBER) {
+            continue;
+        }
+        match out.iter_mut().find(|a| a.base_sequence == b.base_sequence) {
+            Some(prev) => {
                 assert_eq!(
-                    Some(&b.raw),
-                    last_raw,
+                    (b.crc, b.raw.len()),
+                    (prev.crc, prev.size),
                     "{topic}-{partition}: a resend of sequence {} differs from its first attempt",
                     b.base_sequence
                 );
                 prev.calls.push(call);
-                continue;
             }
+            None => out.push(Attempts {
+                base_sequence: b.base_sequence,
+                records: b.records.len() as i32,
+                calls: vec![call],
+                crc: b.crc,
+                size: b.raw.len(),
+            }),
         }
-        let expected = out.last().map_or(0, |a| a.base_sequence + a.records);
-        assert_eq!(
-            b.base_sequence, expected,
-            "{topic}-{partition}: base sequences must start at 0 and be contiguous"
-        );
-        out.push(Attempts {
-            base_sequence: b.base_sequence,
-            records: b.records.len() as i32,
-            calls: vec![call],
-        });
-        last_raw = Some(&b.raw);
+        if matches!(code, Some(0) | Some(DUPLICATE_SEQUENCE_NUMBER))
+            && !accepted.iter().any(|&(s, _)| s == b.base_sequence)
+        {
+            let expected = accepted.last().map_or(0, |&(s, n)| s + n);
+            assert_eq!(
+                b.base_sequence, expected,
+                "{topic}-{partition}: accepted base sequences must start at 0 and be contiguous"
+            );
+            accepted.push((b.base_sequence, b.records.len() as i32));
+        }
     }
     out
 }
@@ -1441,7 +1546,10 @@ fn not_leader_errors_are_retried_with_the_same_sequence_and_order() {
     let metadata_before = broker.state().count(api::METADATA);
     let produce_before = broker.state().produce.len();
 
-    broker.fail_produce(TOPIC, 0, NOT_LEADER_OR_FOLLOWER, 2);
+    // The next batch of partition 0 starts at the sequence after the records it holds; it is
+    // refused twice (the batches in flight behind it come back out of order and follow it).
+    let next = broker.state().log(TOPIC, 0).len() as i32;
+    broker.fail_sequence(TOPIC, 0, next, NOT_LEADER_OR_FOLLOWER, 2);
     let futures: Vec<DeliveryFuture> = (20..1_000)
         .map(|i| sent.send(&producer, record(i)))
         .collect();
@@ -2111,5 +2219,309 @@ fn a_batch_failed_after_retries_does_not_break_the_partitions_sequence() {
         assert_eq!(after[0].1, 0, "sequences restart at 0 under the new epoch");
     }
     close(producer);
+    broker.assert_clean();
+}
+
+// ----- pipelining: several batches of a partition in flight -------------------------------------
+
+/// Five requests in flight per connection, each staged as soon as the sender has it (so one pass
+/// of the sender puts five on the wire at once), small batches.
+fn pipelined(addr: &str) -> ProducerConfig {
+    let cfg = config(addr).batch_size(1024).linger_ms(0);
+    let mut client = cfg.client.clone().max_in_flight(5);
+    client.pipeline_unsent = true;
+    cfg.client(client)
+}
+
+fn p0_record(i: usize) -> ProducerRecord {
+    ProducerRecord::new(TOPIC, format!("v-{i}-{}", "z".repeat(60))).partition(0)
+}
+
+/// Sends `n` records to partition 0 while the broker answers Metadata with LEADER_NOT_AVAILABLE,
+/// then lets the topic appear: the producer has every batch queued when it learns the leader, so
+/// its first pass sends five requests (one batch of partition 0 each) back to back.
+fn queue_then_reveal(
+    broker: &FakeBroker,
+    producer: &Producer,
+    sent: &mut Sent,
+    n: usize,
+) -> Vec<DeliveryFuture> {
+    broker.state().hide_topics = true;
+    let futures = (0..n).map(|i| sent.send(producer, p0_record(i))).collect();
+    drop(broker.wait_until("metadata and a producer id", WAIT, |st| {
+        st.count(api::METADATA) >= 1 && st.count(api::INIT_PRODUCER_ID) >= 1
+    }));
+    broker.state().hide_topics = false;
+    futures
+}
+
+/// Partition 0's produce calls, in arrival order.
+fn p0_calls(st: &State) -> Vec<usize> {
+    st.produce
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.code_for(TOPIC, 0).is_some())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// A retriable error on the first of five batches of one partition in flight: the four behind it
+/// come back OUT_OF_ORDER_SEQUENCE_NUMBER (the broker never saw the first), and all five are
+/// resent in sequence order, the failed one first, each stored exactly once.
+fn retriable_error_on_the_first_of_five_in_flight(code: i16) {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    broker.fail_sequence(TOPIC, 0, 0, code, 1);
+    let producer = Producer::new(pipelined(&broker.addr())).unwrap();
+    let mut sent = Sent::new();
+    let futures = queue_then_reveal(&broker, &producer, &mut sent, 100);
+    let metas = all_ok(&futures);
+    sent.done();
+    close(producer);
+
+    let st = broker.state();
+    check_delivered(&st, TOPIC, &sent, &metas, &HashSet::new(), true);
+    assert_eq!(
+        st.out_of_order, 4,
+        "the four batches in flight behind the failed one were refused as out of order"
+    );
+    let calls = p0_calls(&st);
+    assert_eq!(st.produce[calls[0]].code_for(TOPIC, 0), Some(code));
+    for &c in &calls[1..5] {
+        assert_eq!(
+            st.produce[c].code_for(TOPIC, 0),
+            Some(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+    }
+    // Every batch accepted once, in sequence order; the failed one was taken on its second try.
+    let attempts = sequences(&st, TOPIC, 0, PID, &HashSet::new());
+    assert!(attempts.len() >= 6, "{attempts:?}");
+    assert_eq!(attempts[0].base_sequence, 0);
+    assert_eq!(attempts[0].calls.len(), 2, "{attempts:?}");
+    assert!(attempts[1..].iter().all(|a| a.calls.len() == 1));
+    drop(st);
+    broker.assert_clean();
+}
+
+#[test]
+fn a_retriable_error_on_the_first_of_five_in_flight_resends_them_in_order() {
+    retriable_error_on_the_first_of_five_in_flight(NOT_ENOUGH_REPLICAS);
+}
+
+#[test]
+fn not_leader_on_the_first_of_five_in_flight_resends_them_in_order() {
+    retriable_error_on_the_first_of_five_in_flight(NOT_LEADER_OR_FOLLOWER);
+}
+
+/// Exactly five produce requests in flight on a connection the broker never answers (never a
+/// sixth); when they time out the connection is closed and the five batches are resent in order
+/// on a new one: the broker recognises each as already appended, nothing is stored twice.
+#[test]
+fn five_requests_in_flight_per_connection_then_a_timeout_resends_them_in_order() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    let mut cfg = pipelined(&broker.addr());
+    cfg.client = cfg
+        .client
+        .clone()
+        .request_timeout(Duration::from_millis(1500));
+    let producer = Producer::new(cfg).unwrap();
+    let mut sent = Sent::new();
+    broker.state().hold = true;
+    let futures = queue_then_reveal(&broker, &producer, &mut sent, 100);
+    let first = {
+        let st = broker.wait_until("five produce requests", WAIT, |st| st.produce.len() >= 5);
+        let conn = st.produce[0].conn;
+        assert!(st.produce.iter().all(|c| c.conn == conn));
+        conn
+    };
+    broker.state().hold = false;
+    drop(broker.wait_until("the held connection closed", WAIT, |st| {
+        st.disconnections.iter().any(|(c, _)| *c == first)
+    }));
+    let metas = all_ok(&futures);
+    sent.done();
+    close(producer);
+
+    let st = broker.state();
+    let on_first = st.produce.iter().filter(|c| c.conn == first).count();
+    assert_eq!(on_first, 5, "max.in.flight.requests.per.connection is 5");
+    let held: Vec<i32> = st.produce[..5]
+        .iter()
+        .map(|c| c.batches[0].base_sequence)
+        .collect();
+    assert!(held.windows(2).all(|w| w[0] < w[1]), "{held:?}");
+    assert_eq!(st.duplicates, 5, "each held batch was resent once");
+    check_delivered(&st, TOPIC, &sent, &metas, &HashSet::new(), true);
+    let attempts = sequences(&st, TOPIC, 0, PID, &HashSet::new());
+    assert!(attempts[..5].iter().all(|a| a.calls.len() == 2));
+    assert!(attempts[5..].iter().all(|a| a.calls.len() == 1));
+    drop(st);
+    broker.assert_clean();
+}
+
+/// The connection drops with five batches of one partition in flight, after the broker appended
+/// the first: the resent first batch is answered DUPLICATE_SEQUENCE_NUMBER (success), the other
+/// four are appended in order, each record stored once.
+#[test]
+fn duplicate_sequence_number_on_a_resent_batch_with_five_in_flight() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig {
+        deferred: true,
+        ..BrokerConfig::default()
+    });
+    broker.state().duplicate_code = DUPLICATE_SEQUENCE_NUMBER;
+    broker.drop_next_produce(DropMode::AfterAppend);
+    let producer = Producer::new(pipelined(&broker.addr())).unwrap();
+    let mut sent = Sent::new();
+    let futures = queue_then_reveal(&broker, &producer, &mut sent, 100);
+    let metas = all_ok(&futures);
+    sent.done();
+    close(producer);
+
+    let st = broker.state();
+    assert_eq!(st.duplicates, 1);
+    let calls = p0_calls(&st);
+    assert_eq!(st.produce[calls[0]].answer, Answer::Closed);
+    assert_eq!(
+        st.produce[calls[1]].code_for(TOPIC, 0),
+        Some(DUPLICATE_SEQUENCE_NUMBER)
+    );
+    assert_eq!(
+        st.produce[calls[1]].batches[0].raw,
+        st.produce[calls[0]].batches[0].raw
+    );
+    // A duplicate's offsets are not known to the producer (-1): compare the log only.
+    check_delivered(&st, TOPIC, &sent, &metas, &HashSet::new(), false);
+    sequences(&st, TOPIC, 0, PID, &HashSet::new());
+    drop(st);
+    broker.assert_clean();
+}
+
+// ----- InitProducerId errors -----------------------------------------------------------------
+
+/// A retriable InitProducerId error (COORDINATOR_NOT_AVAILABLE) is retried after the retry
+/// backoff, growing with each failure, not at round-trip rate; then records are delivered.
+#[test]
+fn a_retriable_init_producer_id_error_backs_off() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    broker
+        .state()
+        .init_errors
+        .extend([COORDINATOR_NOT_AVAILABLE; 3]);
+    let backoff = Duration::from_millis(50);
+    let cfg = config(&broker.addr()).retry_backoff(backoff, Duration::from_secs(1));
+    let producer = Producer::new(cfg).unwrap();
+    let mut sent = Sent::new();
+    let futures: Vec<DeliveryFuture> = (0..10)
+        .map(|i| sent.send(&producer, p0_record(i)))
+        .collect();
+    let metas = all_ok(&futures);
+    sent.done();
+    close(producer);
+    let st = broker.state();
+    assert_eq!(st.init_times.len(), 4, "three refusals, then a producer id");
+    for (k, w) in st.init_times.windows(2).enumerate() {
+        // The backoff of the k-th failure in a row is 50 ms × 2^k, jittered by ±20 %.
+        let least = backoff.mul_f64(0.8 * f64::from(1u32 << k));
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= least,
+            "attempt {}: {gap:?} after the previous, at least {least:?} due",
+            k + 1
+        );
+    }
+    check_delivered(&st, TOPIC, &sent, &metas, &HashSet::new(), true);
+    drop(st);
+    broker.assert_clean();
+}
+
+/// A non-retriable InitProducerId error (CLUSTER_AUTHORIZATION_FAILED) cannot heal by asking
+/// again: it is asked once, every queued record fails with it at once (not at
+/// `delivery.timeout.ms`), and later sends fail with it too.
+#[test]
+fn a_non_retriable_init_producer_id_error_fails_fast() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    broker
+        .state()
+        .init_errors
+        .push_back(CLUSTER_AUTHORIZATION_FAILED);
+    let producer = Producer::new(config(&broker.addr())).unwrap();
+    let start = Instant::now();
+    let futures: Vec<DeliveryFuture> = (0..10).map(|i| producer.send(p0_record(i))).collect();
+    let fatal = ProduceError::Broker(KafkaError::ClusterAuthorizationFailed);
+    for (i, r) in results(&futures, WAIT).into_iter().enumerate() {
+        assert_eq!(r, Err(fatal.clone()), "record {i}");
+    }
+    assert!(
+        start.elapsed() < WAIT / 2,
+        "failed after {:?}, not at once",
+        start.elapsed()
+    );
+    assert_eq!(producer.send(p0_record(10)).wait(), Err(fatal));
+    assert_eq!(producer.buffered_bytes(), 0);
+    producer.close(Duration::from_secs(5));
+    let st = broker.state();
+    assert_eq!(st.init_times.len(), 1, "asked once");
+    assert!(st.produce.is_empty());
+    drop(st);
+    broker.assert_clean();
+}
+
+/// Topic names are checked at `send` with Kafka's rules; a bad one fails at once with a typed
+/// error and never reaches a Metadata request, and good topics keep flowing.
+#[test]
+fn invalid_topic_names_fail_at_send() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    let producer = Producer::new(config(&broker.addr())).unwrap();
+    let long = "t".repeat(32_768);
+    for bad in ["", ".", "..", "a b", "t/1", "ünï", &long, &"x".repeat(250)] {
+        let r = producer.send(ProducerRecord::new(bad, "v")).wait();
+        assert!(
+            matches!(r, Err(ProduceError::InvalidTopic { .. })),
+            "{:?}: {r:?}",
+            &bad[..bad.len().min(20)]
+        );
+    }
+    let ok = producer
+        .send(ProducerRecord::new(&"x".repeat(249), "v"))
+        .wait();
+    assert!(ok.is_ok(), "{ok:?}");
+    let ok = producer.send(p0_record(0)).wait();
+    assert!(ok.is_ok(), "{ok:?}");
+    close(producer);
+    broker.assert_clean();
+}
+
+/// A Metadata answer whose one partition has index 2^31-2 is refused (no allocation for two
+/// billion partitions, no overflow): the records wait, metadata is asked again, and once the
+/// broker answers sanely they are delivered.
+#[test]
+fn a_metadata_answer_with_an_absurd_partition_index_is_refused() {
+    init_log();
+    let broker = FakeBroker::start(BrokerConfig::default());
+    broker.state().partition_index = Some(i32::MAX - 1);
+    let producer = Producer::new(config(&broker.addr())).unwrap();
+    let mut sent = Sent::new();
+    let futures: Vec<DeliveryFuture> = (0..10)
+        .map(|i| sent.send(&producer, p0_record(i)))
+        .collect();
+    drop(broker.wait_until("metadata asked again", WAIT, |st| {
+        st.count(api::METADATA) >= 3
+    }));
+    assert!(futures
+        .iter()
+        .all(|f| f.wait_timeout(Duration::ZERO).is_none()));
+    broker.state().partition_index = None;
+    let metas = all_ok(&futures);
+    sent.done();
+    close(producer);
+    let st = broker.state();
+    assert!(st.produce.iter().all(|c| c.answer == Answer::Responded));
+    check_delivered(&st, TOPIC, &sent, &metas, &HashSet::new(), true);
+    drop(st);
     broker.assert_clean();
 }

@@ -774,21 +774,25 @@ fn matrix(a: &MatrixArgs) -> Result<bool, String> {
             Peer::Mqnet => vec![produce::ProduceImpl::Mqnet],
             Peer::All => vec![produce::ProduceImpl::Rdkafka, produce::ProduceImpl::Mqnet],
         };
-        let s = produce::Settings {
-            records: a.produce_records,
-            ..produce::Settings::target()
-        };
-        if !a.json {
-            println!();
-        }
-        let pb = progress(impls.len(), a.json);
-        let r = produce::run_row(&s, &impls, "bench", None, a.json, &pb);
-        pb.finish_and_clear();
-        match r {
-            Ok(row_ok) => ok &= row_ok,
-            Err(e) => {
-                eprintln!("produce: FAILED: {e}");
-                ok = false;
+        // At loopback speed, and at a 5 ms broker round trip (a real cluster's latency).
+        for broker_rtt_ms in [0, 5] {
+            let s = produce::Settings {
+                records: a.produce_records,
+                broker_rtt_ms,
+                ..produce::Settings::target()
+            };
+            if !a.json {
+                println!();
+            }
+            let pb = progress(impls.len(), a.json);
+            let r = produce::run_row(&s, &impls, "bench", None, a.json, &pb);
+            pb.finish_and_clear();
+            match r {
+                Ok(row_ok) => ok &= row_ok,
+                Err(e) => {
+                    eprintln!("produce: FAILED: {e}");
+                    ok = false;
+                }
             }
         }
     }

@@ -189,6 +189,15 @@ pub struct ProduceArgs {
     /// broker in-process (see produce_broker.rs).
     #[arg(long, value_enum, default_value_t = crate::produce_broker::BrokerKind::Mock)]
     pub broker: crate::produce_broker::BrokerKind,
+    /// Response delay of every broker of the in-process mock cluster, in milliseconds
+    /// (`rd_kafka_mock_broker_set_rtt`): a real cluster's round trip. Both peers produce to the
+    /// same cluster. Only with the mock.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub broker_rtt_ms: u64,
+    /// `max.in.flight.requests.per.connection` for mqnet and `max.in.flight` for librdkafka (the
+    /// same value for both); default: each one's own default (5, and librdkafka's 1,000,000).
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).
@@ -211,6 +220,10 @@ pub struct Settings {
     pub partitions: i32,
     /// buffer.memory / queue.buffering.max.kbytes × 1024.
     pub buffer_memory: usize,
+    /// The mock brokers' response delay (ms).
+    pub broker_rtt_ms: u64,
+    /// Requests in flight per connection for both peers (`None`: each one's default).
+    pub max_in_flight: Option<usize>,
 }
 
 impl Settings {
@@ -224,6 +237,8 @@ impl Settings {
             batch_size: 16_384,
             partitions: 4,
             buffer_memory: DEFAULT_BUFFER_MEMORY,
+            broker_rtt_ms: 0,
+            max_in_flight: None,
         }
     }
 
@@ -249,6 +264,17 @@ impl Settings {
         if !(1024..=(1usize << 40)).contains(&a.buffer_memory) {
             return Err("--buffer-memory must be between 1 KiB and 1 TiB".into());
         }
+        if a.max_in_flight
+            .is_some_and(|n| !(1..=1_000_000).contains(&n))
+        {
+            return Err("--max-in-flight must be in 1..=1000000".into());
+        }
+        if a.broker_rtt_ms > 10_000 {
+            return Err("--broker-rtt-ms must be at most 10000".into());
+        }
+        if a.broker_rtt_ms > 0 && a.bootstrap_servers.is_some() {
+            return Err("--broker-rtt-ms applies to the mock cluster only".into());
+        }
         Ok(Settings {
             records: a.records,
             size: a.size,
@@ -257,13 +283,23 @@ impl Settings {
             batch_size: a.batch_size,
             partitions: a.partitions,
             buffer_memory: a.buffer_memory,
+            broker_rtt_ms: a.broker_rtt_ms,
+            max_in_flight: a.max_in_flight,
         })
     }
 
     /// The workload label of the table.
     pub fn label(&self) -> String {
+        let mut rtt = if self.broker_rtt_ms > 0 {
+            format!(" broker RTT {} ms", self.broker_rtt_ms)
+        } else {
+            String::new()
+        };
+        if let Some(n) = self.max_in_flight {
+            rtt.push_str(&format!(" max.in.flight {n}"));
+        }
         format!(
-            "{} × {} acks={} linger.ms={} batch.size={} buffer {}",
+            "{} × {} acks={} linger.ms={} batch.size={} buffer {}{rtt}",
             report::thousands(self.records as f64),
             report::size_label(self.size),
             self.acks.name(),
@@ -322,6 +358,9 @@ pub struct ProduceResult {
     pub cluster: String,
     /// CPUs the harness could use.
     pub cores: usize,
+    /// The mock brokers' response delay (ms).
+    #[serde(default)]
+    pub broker_rtt_ms: u64,
     /// The first error seen, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -453,6 +492,7 @@ fn summarize(
         partitions: s.partitions,
         cluster: cluster.to_string(),
         cores: sys::cores(),
+        broker_rtt_ms: s.broker_rtt_ms,
         first_error: m.first_error.or_else(|| t.first_error.clone()),
     }
 }
@@ -476,6 +516,13 @@ fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Str
         .linger_ms(s.linger_ms)
         .batch_size(s.batch_size)
         .buffer_memory(s.buffer_memory);
+    let cfg = match s.max_in_flight {
+        Some(n) => {
+            let client = cfg.client.clone().max_in_flight(n);
+            cfg.client(client)
+        }
+        None => cfg,
+    };
     let producer = Producer::new(cfg).map_err(|e| format!("mqnet producer: {e}"))?;
     let value = value_bytes(s.size);
     let mut key = [0u8; 20];
@@ -591,7 +638,11 @@ mod rd {
         };
         let max_messages = (s.records + 1000).min(i32::MAX as u64);
         let max_kbytes = (s.buffer_memory / 1024).clamp(1, i32::MAX as usize);
-        let producer: BaseProducer<Ctx> = rdkafka::ClientConfig::new()
+        let mut config = rdkafka::ClientConfig::new();
+        if let Some(n) = s.max_in_flight {
+            config.set("max.in.flight", n.to_string());
+        }
+        let producer: BaseProducer<Ctx> = config
             .set("bootstrap.servers", bootstrap)
             .set("acks", s.acks.name())
             .set("enable.idempotence", s.acks.idempotence().to_string())
@@ -686,11 +737,21 @@ enum Cluster {
 }
 
 impl Cluster {
-    fn open(bootstrap: Option<&str>) -> Result<Self, String> {
+    #[cfg_attr(not(feature = "rdkafka-peer"), allow(unused_variables))]
+    fn open(bootstrap: Option<&str>, rtt_ms: u64) -> Result<Self, String> {
         match bootstrap {
             Some(b) => Ok(Cluster::External(b.to_string())),
             #[cfg(feature = "rdkafka-peer")]
-            None => Ok(Cluster::Mock(rd::mock(MOCK_BROKERS)?)),
+            None => {
+                let m = rd::mock(MOCK_BROKERS)?;
+                if rtt_ms > 0 {
+                    for b in 1..=MOCK_BROKERS {
+                        m.broker_round_trip_time(b, Duration::from_millis(rtt_ms))
+                            .map_err(|e| format!("mock broker {b} RTT: {e}"))?;
+                    }
+                }
+                Ok(Cluster::Mock(m))
+            }
             #[cfg(not(feature = "rdkafka-peer"))]
             None => Err(NO_PEER.into()),
         }
@@ -722,9 +783,10 @@ impl Cluster {
             Cluster::External(b) => format!("cluster at {b}, one topic for all implementations"),
             #[cfg(feature = "rdkafka-peer")]
             Cluster::Mock(_) => format!(
-                "in-process librdkafka mock cluster, {MOCK_BROKERS} brokers; a fresh topic per \
-                 implementation, {} partitions, replication factor {MOCK_REPLICATION}",
-                s.partitions
+                "in-process librdkafka mock cluster, {MOCK_BROKERS} brokers, response delay {} ms; \
+                 a fresh topic per implementation, {} partitions, replication factor \
+                 {MOCK_REPLICATION}",
+                s.broker_rtt_ms, s.partitions
             ),
         }
     }
@@ -779,7 +841,7 @@ pub fn run_row(
     json: bool,
     pb: &ProgressBar,
 ) -> Result<bool, String> {
-    let cluster = Cluster::open(bootstrap)?;
+    let cluster = Cluster::open(bootstrap, s.broker_rtt_ms)?;
     let header = format!(
         "mqnet-bench produce: {} cores; {}; producers one after another in this process; \
          key = record index, value {} B; record 0 warms up, the clock runs from record 1 to the \

@@ -478,6 +478,7 @@ mod tests {
             partitions: 4,
             cluster: "mock".into(),
             cores: 2,
+            broker_rtt_ms: 0,
             first_error: None,
         }
     }

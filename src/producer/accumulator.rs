@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 
+use super::command::Command;
 use super::delivery::Completion;
-use super::engine::Command;
 use super::record::{ProduceError, ProducerRecord};
 use crate::client::SplitMix64;
 use crate::protocol::{self, RecordBatchWriter};
@@ -90,6 +90,10 @@ pub(crate) struct Batch {
     pub retry_at: Option<Instant>,
     pub attempts: u32,
     pub base_sequence: Option<i32>,
+    /// `base_sequence` was moved (an earlier batch of the partition was refused for good) after
+    /// the batch was stamped: its frozen bytes carry the old sequence and are re-stamped before
+    /// the next send, and an OUT_OF_ORDER_SEQUENCE_NUMBER answer to the old stamp is expected.
+    pub restamp: bool,
     pub records: i32,
     pub base_timestamp: i64,
     pub last_error: Option<String>,
@@ -138,6 +142,8 @@ pub(crate) struct AccState {
     pub new_topics: bool,
     /// The producer is closed: appends fail with [`ProduceError::Closed`].
     pub closed: bool,
+    /// The producer failed for good: appends fail with this error.
+    pub fatal: Option<ProduceError>,
     rng: SplitMix64,
     limits: Limits,
     /// Sealed batches go to the network thread here.
@@ -181,6 +187,7 @@ impl Accumulator {
                 topics: TopicMap::default(),
                 new_topics: false,
                 closed: false,
+                fatal: None,
                 rng: SplitMix64::from_entropy(),
                 limits: Limits {
                     batch_size,
@@ -204,11 +211,12 @@ impl Accumulator {
     /// waiting queue.
     pub fn append(&self, p: Pending) -> Appended {
         let mut st = self.lock();
-        if st.closed {
+        if st.closed || st.fatal.is_some() {
+            let error = st.fatal.clone().unwrap_or(ProduceError::Closed);
             return Appended::Rejected(Rejected {
                 completion: p.completion,
                 reserved: p.reserved,
-                error: ProduceError::Closed,
+                error,
             });
         }
         let st = &mut *st;
@@ -289,6 +297,7 @@ impl AccState {
         let Some(t) = self.topics.get_mut(topic) else {
             return out;
         };
+        let count = count.min(super::engine::MAX_PARTITIONS);
         if t.partitions.len() < count {
             t.partitions.resize_with(count, AccPartition::default);
         }
@@ -418,6 +427,7 @@ impl AccTopic {
                 retry_at: None,
                 attempts: 0,
                 base_sequence: None,
+                restamp: false,
                 records: 0,
                 base_timestamp: ts,
                 last_error: None,

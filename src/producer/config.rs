@@ -6,6 +6,11 @@ use crate::client::{
     parse_bool, parse_ms, parse_properties, parse_usize, ClientConfig, ConfigError,
 };
 
+/// The largest `*.ms` value accepted: `i32::MAX` ms (about 24.8 days, Kafka's int configs). Any
+/// deadline the producer computes from the clock and these stays far from `Instant`'s range, so
+/// no `Instant + Duration` can overflow.
+pub const MAX_DURATION: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// `acks`: how many replicas must have the record before the broker answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acks {
@@ -251,6 +256,38 @@ impl ProducerConfig {
                 value: String::new(),
                 expected: "at least one host:port",
             });
+        }
+        let durations = [
+            ("linger.ms", Some(self.linger)),
+            ("max.block.ms", Some(self.max_block)),
+            ("retry.backoff.ms", Some(self.retry_backoff)),
+            ("retry.backoff.max.ms", Some(self.retry_backoff_max)),
+            ("delivery.timeout.ms", Some(self.delivery_timeout)),
+            ("metadata.max.age.ms", Some(self.metadata_max_age)),
+            ("reconnect.backoff.ms", Some(self.client.reconnect_backoff)),
+            (
+                "reconnect.backoff.max.ms",
+                Some(self.client.reconnect_backoff_max),
+            ),
+            (
+                "socket.connection.setup.timeout.ms",
+                Some(self.client.connection_setup_timeout),
+            ),
+            (
+                "socket.connection.setup.timeout.max.ms",
+                Some(self.client.connection_setup_timeout_max),
+            ),
+            ("request.timeout.ms", Some(self.client.request_timeout)),
+            ("connections.max.idle.ms", self.client.connections_max_idle),
+        ];
+        for (key, d) in durations {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                return Err(ConfigError::InvalidValue {
+                    key: key.into(),
+                    value: d.map_or(0, |d| d.as_millis()).to_string(),
+                    expected: "at most 2147483647 ms (Kafka's int range)",
+                });
+            }
         }
         if self.delivery_timeout < self.linger + self.client.request_timeout {
             return Err(ConfigError::InvalidValue {

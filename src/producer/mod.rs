@@ -15,8 +15,15 @@
 //!   silently.
 //! - Partitioner: Java-compatible murmur2 of the key; keyless records stick to one partition until
 //!   its batch fills.
-//! - Sender: one batch in flight per partition (so order holds across retries),
-//!   `max.in.flight.requests.per.connection` per broker, metadata refreshed on
+//! - Sender: up to `max.in.flight.requests.per.connection` Produce requests in flight per broker
+//!   connection, each with the ready batch of every partition the broker leads (one batch per
+//!   partition per request, as Kafka's broker requires), so several batches of one partition are in
+//!   flight at once. With idempotence at most five per partition (Kafka's limit); sequences are
+//!   assigned in order, and when a batch fails retriably the batches behind it (which the broker
+//!   answers OUT_OF_ORDER_SEQUENCE_NUMBER) are resent in sequence order after it, one at a time,
+//!   never reordered or duplicated. Without idempotence and with more than one request in flight a
+//!   resent batch may land after a later one (Kafka's documented behaviour);
+//!   `max.in.flight.requests.per.connection=1` keeps strict order. Metadata refreshed on
 //!   `NOT_LEADER_OR_FOLLOWER`, `UNKNOWN_TOPIC_OR_PARTITION` and disconnects, retriable errors retried
 //!   with `retry.backoff.ms`..`retry.backoff.max.ms` (exponential, jittered) until
 //!   `delivery.timeout.ms`.
@@ -36,6 +43,7 @@
 //! ```
 
 mod accumulator;
+mod command;
 mod config;
 mod delivery;
 mod engine;
@@ -51,14 +59,18 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 
 pub use config::{Acks, ProducerConfig};
 pub use delivery::{DeliveryCallback, DeliveryFuture, DeliveryResult};
-pub use record::{ProduceError, ProducerRecord, RecordMetadata};
+pub use record::{validate_topic, ProduceError, ProducerRecord, RecordMetadata, MAX_TOPIC_LEN};
 
 use crate::client::ConfigError;
 use crate::net::{Selector, SelectorConfig, SelectorWaker};
 use accumulator::{Accumulator, Appended, Pending};
+use command::Command;
 use delivery::Completion;
-use engine::{Command, Engine};
+use engine::Engine;
 use memory::BufferPool;
+
+/// The bound used for a caller's timeout too large to add to the clock.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why a producer could not be created.
 #[derive(Debug)]
@@ -106,11 +118,13 @@ impl Inner {
             return;
         }
         let (ack_tx, ack_rx) = bounded(1);
+        // A timeout too large for the clock means "no bound" (a year is as good as forever).
+        let timeout = timeout.min(FOREVER);
         let deadline = Instant::now() + timeout;
         if self.tx.send(Command::Close(deadline, ack_tx)).is_ok() {
             self.sleeping.store(true, Ordering::SeqCst);
             self.wake();
-            let _ = ack_rx.recv_timeout(timeout + Duration::from_secs(5));
+            let _ = ack_rx.recv_timeout(timeout.saturating_add(Duration::from_secs(5)));
         }
         let handle = self
             .thread
@@ -196,6 +210,10 @@ impl Producer {
     fn enqueue(&self, record: ProducerRecord, completion: Completion) {
         if self.inner.closed.load(Ordering::SeqCst) {
             completion.complete(Err(ProduceError::Closed));
+            return;
+        }
+        if let Err(reason) = record::validate_topic(&record.topic) {
+            completion.complete(Err(ProduceError::InvalidTopic { reason }));
             return;
         }
         let reserved = record.size_estimate();
@@ -307,7 +325,7 @@ impl Producer {
         }
         self.inner.sleeping.store(true, Ordering::SeqCst);
         self.inner.wake();
-        ack_rx.recv_timeout(timeout).is_ok()
+        ack_rx.recv_timeout(timeout.min(FOREVER)).is_ok()
     }
 
     /// Flushes for at most `timeout`, then stops the network thread; records still not delivered
@@ -354,6 +372,37 @@ mod tests {
         p.close(Duration::from_millis(100));
         let r = p.send(ProducerRecord::new("t", "v")).wait();
         assert_eq!(r, Err(ProduceError::Closed));
+    }
+
+    #[test]
+    fn huge_ms_values_are_refused_at_configuration_and_huge_timeouts_saturate() {
+        for key in [
+            "linger.ms",
+            "max.block.ms",
+            "retry.backoff.ms",
+            "retry.backoff.max.ms",
+            "delivery.timeout.ms",
+            "metadata.max.age.ms",
+            "request.timeout.ms",
+            "reconnect.backoff.ms",
+        ] {
+            let mut cfg = ProducerConfig::new("127.0.0.1:1");
+            cfg.set(key, "18446744073709551615").unwrap();
+            match Producer::new(cfg) {
+                Err(ProducerError::Config(e)) => assert!(e.to_string().contains(key), "{e}"),
+                Err(e) => panic!("{key}: {e}"),
+                Ok(_) => panic!("{key}: accepted"),
+            }
+        }
+        let cfg = ProducerConfig::new("127.0.0.1:1").delivery_timeout(Duration::MAX);
+        assert!(matches!(Producer::new(cfg), Err(ProducerError::Config(_))));
+        let p = Producer::new(ProducerConfig::new("127.0.0.1:1")).unwrap();
+        assert!(p.flush(Duration::MAX), "nothing queued: flushed at once");
+        p.close(Duration::MAX);
+        assert_eq!(
+            p.send(ProducerRecord::new("t", "v")).wait(),
+            Err(ProduceError::Closed)
+        );
     }
 
     #[test]

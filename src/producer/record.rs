@@ -120,6 +120,48 @@ pub enum ProduceError {
     Protocol(ProtocolError),
     /// The producer is closed (or closed before the record could be delivered).
     Closed,
+    /// The record's topic name breaks Kafka's rules (see [`validate_topic`]); nothing was sent.
+    InvalidTopic {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// The longest topic name Kafka accepts.
+pub const MAX_TOPIC_LEN: usize = 249;
+
+/// Checks a topic name against Kafka's rules: 1 to 249 characters from `[a-zA-Z0-9._-]`, and
+/// neither `.` nor `..`. [`Producer::send`](super::Producer::send) refuses a record whose topic
+/// breaks them with [`ProduceError::InvalidTopic`] (a name a broker could never accept, and one
+/// that might not even fit a Metadata request, would otherwise stall the producer's metadata).
+///
+/// # Errors
+/// What is wrong with the name.
+///
+/// ```
+/// use mqnet::producer::validate_topic;
+/// assert!(validate_topic("orders.v2_eu-1").is_ok());
+/// assert!(validate_topic("..").is_err());
+/// assert!(validate_topic("a b").is_err());
+/// assert!(validate_topic(&"x".repeat(250)).is_err());
+/// ```
+pub fn validate_topic(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty topic name");
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return Err("topic name longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return Err("topic name \".\" or \"..\"");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("topic name with a character outside [a-zA-Z0-9._-]");
+    }
+    Ok(())
 }
 
 impl fmt::Display for ProduceError {
@@ -153,6 +195,7 @@ impl fmt::Display for ProduceError {
             }
             ProduceError::Protocol(e) => write!(f, "protocol error: {e}"),
             ProduceError::Closed => write!(f, "producer closed"),
+            ProduceError::InvalidTopic { reason } => write!(f, "invalid topic: {reason}"),
         }
     }
 }

@@ -34,7 +34,8 @@ impl Default for Metadata {
 impl<T: Transport> Engine<T> {
     // ----- metadata ----------------------------------------------------------------------------
 
-    /// Where and at which version to send a control request (Metadata, InitProducerId): the least
+    /// Where and at which version to send a control request (Metadata, InitProducerId): while no
+    /// broker is known, the bootstrap server `BootstrapFailover` has chosen; then the least
     /// loaded node once it is Ready, at the highest version both sides support. A node that shares
     /// no version with us is disconnected, so it backs off and another node is tried.
     pub(super) fn control_target(
@@ -43,10 +44,22 @@ impl<T: Transport> Engine<T> {
         (lo, hi): (i16, i16),
         now: Instant,
     ) -> Option<(NodeId, i16)> {
-        let node = self.client.least_loaded_node(now)?;
-        if !self.client.ready(node, now) {
-            return None;
-        }
+        let node = if self.meta.brokers.is_empty() {
+            // No broker known yet: ask the chosen bootstrap server, failing over round robin.
+            match self.bootstrap.poll(&mut self.client, now) {
+                Ok(node) => node?,
+                Err(e) => {
+                    log::error!("bootstrap servers: {e}");
+                    return None;
+                }
+            }
+        } else {
+            let node = self.client.least_loaded_node(now)?;
+            if !self.client.ready(node, now) {
+                return None;
+            }
+            node
+        };
         match self
             .client
             .handshake()

@@ -34,6 +34,7 @@ use super::record::{ProduceError, RecordMetadata};
 use crate::client::{
     ClientRequest, ClientResponse, ExponentialBackoff, NetworkClient, NodeId, Outcome, SplitMix64,
 };
+use crate::failover::BootstrapFailover;
 use crate::net::{Selector, Transport};
 use crate::protocol::{self, api, ApiVersionsHandshake, KafkaError, ProtocolError};
 
@@ -72,6 +73,9 @@ pub(crate) struct Engine<T: Transport = Selector> {
     /// How many batches of one partition may be in flight at once (see [`partition_limit`]).
     partition_limit: usize,
     client: NetworkClient<T, ApiVersionsHandshake>,
+    /// Which bootstrap server to ask while no broker is known (RocketMQ's name-server choice:
+    /// one address at a time, round robin on failure).
+    bootstrap: BootstrapFailover,
     rx: Receiver<Command>,
     acc: Arc<Accumulator>,
     /// The accumulator held nothing at the last look.
@@ -167,11 +171,16 @@ impl<T: Transport> Engine<T> {
     ) -> std::io::Result<Self> {
         let handshake = ApiVersionsHandshake::new(&cfg.client_id);
         let mut client = NetworkClient::with_transport(transport, cfg.client.clone(), handshake);
+        // Registered up front (under the ids BootstrapFailover gives them: -1, -2, ... in list
+        // order) so a malformed address fails here, at construction.
         for (i, addr) in cfg.bootstrap_servers.iter().enumerate() {
             client.add_node(NodeId(-1 - i as i32), addr)?;
         }
+        let mut rng = SplitMix64::from_entropy();
+        let bootstrap = BootstrapFailover::new(cfg.bootstrap_servers.iter().cloned(), &mut rng);
         let retry = ExponentialBackoff::new(cfg.retry_backoff, cfg.retry_backoff_max, 0.2);
         Ok(Engine {
+            bootstrap,
             partition_limit: partition_limit(&cfg),
             client,
             rx,
@@ -189,7 +198,7 @@ impl<T: Transport> Engine<T> {
             flush_waiters: Vec::new(),
             closing: None,
             retry,
-            rng: SplitMix64::from_entropy(),
+            rng,
             responses: Vec::new(),
             send_buf: BytesMut::with_capacity(cfg.batch_size * 4),
             disconnected_rx: false,

@@ -244,10 +244,20 @@ impl BrokerState {
 /// `n` records for partition 0 appended before its first turn: the sender has several batches of
 /// the partition ready at once.
 fn setup(broker: &Broker, n: usize) -> (Engine<SimNetwork>, Vec<DeliveryFuture>) {
+    setup_with_bootstrap(broker, n, ADDR)
+}
+
+/// [`setup`] with `bootstrap` as `bootstrap.servers` (the broker is at `ADDR`; any other address
+/// refuses connections).
+fn setup_with_bootstrap(
+    broker: &Broker,
+    n: usize,
+    bootstrap: &str,
+) -> (Engine<SimNetwork>, Vec<DeliveryFuture>) {
     broker.lock().partitions = 1;
     let mut net = SimNetwork::new();
     net.set_server(ADDR.parse().expect("addr"), Box::new(broker.clone()));
-    let cfg = ProducerConfig::new(ADDR)
+    let cfg = ProducerConfig::new(bootstrap)
         .linger_ms(0)
         .batch_size(1024)
         .retry_backoff(Duration::from_millis(20), Duration::from_millis(200))
@@ -452,4 +462,37 @@ fn a_disconnect_with_five_in_flight_resends_them_in_order() {
 #[test]
 fn duplicate_sequence_number_on_resent_batches_counts_as_delivered() {
     disconnect_with_five_in_flight(DUPLICATE_SEQUENCE_NUMBER);
+}
+
+/// The bootstrap servers are tried one at a time (`BootstrapFailover`): each dead one at most
+/// once before the live one, whatever the random starting point, and the records are delivered.
+#[test]
+fn dead_bootstrap_servers_are_failed_over_one_at_a_time() {
+    const DEAD: [&str; 2] = ["127.0.0.1:9001", "127.0.0.1:9002"];
+    for _ in 0..8 {
+        let broker = Broker::default();
+        let list = format!("{},{},{ADDR}", DEAD[0], DEAD[1]);
+        let (mut e, futures) = setup_with_bootstrap(&broker, 20, &list);
+        run_until(&mut e, Duration::from_secs(10), |_| all_done(&futures));
+        check_exactly_once_in_order(&broker, &futures);
+        let live: std::net::SocketAddr = ADDR.parse().expect("addr");
+        let history = e.client.transport().connect_history();
+        let first_live = history
+            .iter()
+            .position(|(_, a)| *a == live)
+            .expect("the live bootstrap server was connected");
+        let before: Vec<_> = history[..first_live].iter().map(|(_, a)| *a).collect();
+        assert!(before.len() <= DEAD.len(), "{before:?}");
+        for d in DEAD {
+            let d: std::net::SocketAddr = d.parse().expect("addr");
+            assert!(
+                before.iter().filter(|a| **a == d).count() <= 1,
+                "{before:?}"
+            );
+        }
+        assert!(
+            history[first_live..].iter().all(|(_, a)| *a == live),
+            "no dead bootstrap server is tried once the cluster is known: {history:?}"
+        );
+    }
 }

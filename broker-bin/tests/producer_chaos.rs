@@ -16,7 +16,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mqnet::broker::{codes, Broker};
 use mqnet::client::ClientConfig;
@@ -430,6 +430,10 @@ fn check(rep: &Report, seed: u64) {
     assert_eq!(rep.consumed, rep.delivered, "{ctx}");
 }
 
+/// The schedule CI replays (a fixed seed, so a CI failure is reproducible as it stands);
+/// `MQNET_CHAOS_SEED` explores others.
+const CI_SEED: u64 = 20_261_130;
+
 #[test]
 fn idempotent_producer_through_seeded_broker_faults_delivers_exactly_once_in_order() {
     let n = env_usize("MQNET_CHAOS_RECORDS").unwrap_or(30_000);
@@ -437,11 +441,7 @@ fn idempotent_producer_through_seeded_broker_faults_delivers_exactly_once_in_ord
     let seed = std::env::var("MQNET_CHAOS_SEED")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+        .unwrap_or(CI_SEED);
     let rep = run(n, faults, seed);
     check(&rep, seed);
 }

@@ -54,7 +54,11 @@
 //!   server's streams); outside the workspace, built by `cargo fuzz`.
 //!
 //! mqnet is Unix-only (it uses `MSG_NOSIGNAL` and `recv` into uninitialised buffer space).
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+// The one `unsafe` block (`Channel::read_once`, reading into uninitialised buffer space) is
+// allowed on its function, with its SAFETY comment.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg(unix)]
 
 #[cfg(feature = "broker")]
@@ -68,6 +72,7 @@ pub mod producer;
 #[cfg(feature = "kafka")]
 pub mod protocol;
 pub mod server;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 /// The README's example, compiled as a doc test so it cannot rot.

@@ -78,6 +78,7 @@ impl Channel {
     ///
     /// # Errors
     /// The socket's read error, `WouldBlock` included.
+    #[allow(unsafe_code)]
     pub fn read_once(&mut self, max: usize) -> io::Result<usize> {
         let spare: &mut [MaybeUninit<u8>] = self.read_buf.spare_capacity_mut();
         let take = spare.len().min(max);

@@ -25,7 +25,7 @@ use crossbeam_channel::Sender;
 
 use super::command::Command;
 use super::delivery::Completion;
-use super::record::{ProduceError, ProducerRecord};
+use super::record::{ProduceError, ProducerRecord, RetryCause};
 use crate::client::SplitMix64;
 use crate::protocol::{self, RecordBatchWriter};
 
@@ -96,7 +96,7 @@ pub(crate) struct Batch {
     pub restamp: bool,
     pub records: i32,
     pub base_timestamp: i64,
-    pub last_error: Option<String>,
+    pub last_error: Option<RetryCause>,
 }
 
 impl Batch {

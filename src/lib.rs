@@ -59,6 +59,11 @@
 // allowed on its function, with its SAFETY comment.
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(unreachable_pub, rust_2018_idioms)]
+// A library does not print (it logs through `log`), and leaves no debugging or placeholder macro.
+#![warn(clippy::dbg_macro, clippy::todo, clippy::unimplemented)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+#![warn(clippy::manual_let_else, clippy::cast_lossless)]
 #![cfg(unix)]
 
 #[cfg(feature = "broker")]

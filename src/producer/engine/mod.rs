@@ -157,7 +157,7 @@ fn reject_all(pool: &BufferPool, rejected: Vec<Rejected>) {
 }
 
 impl<T: Transport> Engine<T> {
-    pub fn new(
+    pub(crate) fn new(
         cfg: ProducerConfig,
         rx: Receiver<Command>,
         acc: Arc<Accumulator>,
@@ -200,7 +200,7 @@ impl<T: Transport> Engine<T> {
 
     /// The driver: runs turns until closed, on the transport's clock (the real clock for the
     /// Selector), sleeping in the transport's poll between them.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         loop {
             let now = self.client.transport().now();
             let Some(timeout) = self.turn(now) else {

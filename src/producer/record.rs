@@ -257,3 +257,46 @@ impl std::error::Error for ProduceError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+    use crate::net::{DisconnectReason, FrameError};
+
+    #[test]
+    fn delivery_timeout_chains_to_the_typed_last_failure() {
+        let e = ProduceError::DeliveryTimeout {
+            last: Some(RetryCause::Broker(KafkaError::NotLeaderOrFollower)),
+        };
+        let last = e.source().and_then(|s| s.downcast_ref::<RetryCause>());
+        assert_eq!(
+            last,
+            Some(&RetryCause::Broker(KafkaError::NotLeaderOrFollower))
+        );
+        let kafka = last
+            .and_then(|l| l.source())
+            .and_then(|s| s.downcast_ref::<KafkaError>());
+        assert_eq!(kafka, Some(&KafkaError::NotLeaderOrFollower));
+        assert!(ProduceError::DeliveryTimeout { last: None }
+            .source()
+            .is_none());
+    }
+
+    #[test]
+    fn a_disconnect_chains_down_to_the_transport_reason() {
+        let why = DisconnectReason::InvalidFrame(FrameError::NegativeLength(-1));
+        let e = ProduceError::RetriesExhausted {
+            last: Some(RetryCause::Disconnected(DisconnectCause::Transport(why))),
+        };
+        let mut chain = Vec::new();
+        let mut cur: Option<&(dyn Error + 'static)> = Some(&e);
+        while let Some(c) = cur {
+            chain.push(c.to_string());
+            cur = c.source();
+        }
+        assert_eq!(chain.len(), 5, "{chain:?}");
+        assert!(chain[0].contains("retries exhausted"), "{chain:?}");
+    }
+}

@@ -1,18 +1,69 @@
 //! # mqnet
 //!
 //! A networking core for message-queue clients, built by hand on a single-threaded mio reactor.
+//! The state machines are sans-IO: they take the caller's `now` and bytes, and a thin driver does
+//! the syscalls, so every layer above the sockets also runs on simulated time in tests.
 //!
-//! Layers, bottom-up (each calls only the one below it):
+//! # The map
 //!
-//! - [`net`]: length-prefixed frames, channels and the [`net::Selector`], the only code that touches
-//!   sockets.
+//! Layers, bottom-up. Each calls only the one below it; nothing above [`net`] touches a socket.
+//!
+//! ```text
+//!   binaries   mqnet-bench                  mqnet-broker
+//!              producer                     broker
+//!              protocol (Kafka codec)         |
+//!              failover, group                |
+//!              client                       server
+//!   net        Selector (sockets), Transport trait;  sim: a simulated Transport
+//! ```
+//!
+//! - [`net`]: length-prefixed frames, channels, send queues and the [`net::Selector`], which owns
+//!   every socket; the [`net::Transport`] trait that the layers above are generic over.
 //! - [`client`]: the [`client::NetworkClient`]: per-node connection states, reconnect backoff,
 //!   connection-setup timeouts, in-flight requests with correlation checks, request timeouts.
+//! - [`failover`]: policies above the client: bootstrap-server selection
+//!   ([`failover::BootstrapFailover`]) and one logical connection over a list of servers
+//!   ([`failover::FailoverTransport`], ActiveMQ's `failover:` URI).
 //! - [`group`]: connection groups over the client (n connections per address, reference counted),
 //!   with heartbeats and a paced reconnect manager.
+//! - [`protocol`] (feature `kafka`): the Kafka wire codec: hand-written record batches and Produce
+//!   requests on the hot path, length-checked decoders for every response.
+//! - [`producer`] (feature `kafka`): the idempotent Kafka producer: accumulator, sender engine,
+//!   delivery futures and callbacks.
+//! - [`server`]: the server role beside the client on [`net`]: accept, read request frames, hand
+//!   them to a handler, write responses back in request order per connection.
+//! - `broker` (feature `broker`): an embedded strict Kafka-subset broker on the server role, with
+//!   an on-disk log and Kafka's idempotence checks.
+//! - `sim` (feature `sim`, and the crate's own unit tests): a simulated network implementing
+//!   [`net::Transport`], with scripted servers and injected faults, on simulated time.
+//!
+//! # Cargo features
+//!
+//! - `kafka` (default): [`protocol`] and [`producer`] (pulls in `kafka-protocol`, `crc32c`,
+//!   `crossbeam-channel`).
+//! - `broker` (off): the `broker` module; implies `kafka`.
+//! - `sim` (off): the `sim` module, for tests of code built on mqnet. A default build does not
+//!   compile it.
+//!
+//! # Workspace
+//!
+//! - `bench/` (`mqnet-bench`): the loopback benchmark harness; tokio, clap and librdkafka live
+//!   there and never reach the library.
+//! - `broker-bin/` (`mqnet-broker`): the broker as a process, with its interop and crash tests.
+//! - `fuzz/`: cargo-fuzz targets (frame decoding, failover URIs, Kafka responses and requests, the
+//!   server's streams); outside the workspace, built by `cargo fuzz`.
 //!
 //! mqnet is Unix-only (it uses `MSG_NOSIGNAL` and `recv` into uninitialised buffer space).
-#![warn(missing_docs)]
+#![deny(missing_docs)]
+// The one `unsafe` block (`Channel::read_once`, reading into uninitialised buffer space) is
+// allowed on its function, with its SAFETY comment.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(unreachable_pub, rust_2018_idioms)]
+// A library does not print (it logs through `log`), and leaves no debugging or placeholder macro.
+#![warn(clippy::dbg_macro, clippy::todo, clippy::unimplemented)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+#![warn(clippy::manual_let_else, clippy::cast_lossless)]
 #![cfg(unix)]
 
 #[cfg(feature = "broker")]
@@ -26,6 +77,7 @@ pub mod producer;
 #[cfg(feature = "kafka")]
 pub mod protocol;
 pub mod server;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 /// The README's example, compiled as a doc test so it cannot rot.

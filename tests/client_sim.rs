@@ -218,7 +218,7 @@ fn in_flight_cap_makes_the_sixth_request_wait() {
         max_in_flight = max_in_flight.max(c.in_flight_count(node));
         if c.in_flight_count(node) == 5 {
             assert_eq!(c.waiting_count(node), 1, "the sixth waits");
-            assert!(!c.is_ready(node, now));
+            assert!(!c.is_ready(node));
         }
         if done.len() == 6 {
             break;

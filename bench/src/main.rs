@@ -285,7 +285,7 @@ struct MatrixArgs {
     produce_records: u64,
 }
 
-/// Records of the default matrix's produce row: the target row.
+/// Records of the default matrix's produce row.
 const MATRIX_PRODUCE_RECORDS: u64 = 1_000_000;
 
 impl Default for MatrixArgs {

@@ -227,7 +227,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The settings of `produce` with its defaults (the target row).
+    /// The settings of `produce` with its defaults (the default matrix's produce row).
     pub fn target() -> Self {
         Settings {
             records: 1_000_000,

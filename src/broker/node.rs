@@ -29,11 +29,11 @@ use super::API_VERSIONS;
 
 /// Kafka's broker default `fetch.max.bytes` (55 MiB): the most record bytes one Fetch response
 /// reads, whatever the request asks for.
-pub const FETCH_MAX_BYTES: usize = 57_671_680;
+pub(crate) const FETCH_MAX_BYTES: usize = 57_671_680;
 
 /// A node's advertised address.
 #[derive(Debug, Clone)]
-pub struct NodeAddr {
+pub(crate) struct NodeAddr {
     /// The node id.
     pub id: i32,
     /// The host clients connect to.
@@ -44,7 +44,7 @@ pub struct NodeAddr {
 
 /// What every node shares.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The state, under one lock.
     pub cluster: Mutex<Cluster>,
     /// The nodes' addresses, set once every node is bound.
@@ -60,7 +60,7 @@ pub struct Shared {
 impl Shared {
     /// The cluster, locked (a poisoned lock is taken over: the state is only ever mutated by
     /// complete operations).
-    pub fn lock(&self) -> MutexGuard<'_, Cluster> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Cluster> {
         self.cluster.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -85,7 +85,7 @@ struct Parked {
 }
 
 /// The handler of one node.
-pub struct NodeHandler {
+pub(crate) struct NodeHandler {
     id: i32,
     /// Open connections, so a node taken down can close them all.
     conns: Vec<ChannelId>,
@@ -131,7 +131,7 @@ fn name(s: &str) -> km::TopicName {
 
 impl NodeHandler {
     /// The handler of node `id`.
-    pub fn new(id: i32, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(id: i32, shared: Arc<Shared>) -> Self {
         NodeHandler {
             id,
             conns: Vec::new(),
@@ -143,13 +143,13 @@ impl NodeHandler {
     }
 
     /// The open connections.
-    pub fn connections(&self) -> &[ChannelId] {
+    pub(crate) fn connections(&self) -> &[ChannelId] {
         &self.conns
     }
 
     /// The nearest moment [`tick`](Self::tick) has work: a parked fetch's or a delayed
     /// response's deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let a = self.parked.iter().map(|p| p.deadline).min();
         let b = self.delayed.iter().map(|d| d.0).min();
         match (a, b) {
@@ -160,7 +160,7 @@ impl NodeHandler {
 
     /// Answers the delayed responses that are due and the parked fetches that are satisfied or
     /// due.
-    pub fn tick(&mut self, now: Instant) {
+    pub(crate) fn tick(&mut self, now: Instant) {
         let mut i = 0;
         while i < self.delayed.len() {
             if self.delayed[i].0 <= now {

@@ -50,31 +50,68 @@ impl ConnectionState {
 #[derive(Debug, Clone)]
 pub struct NodeConnection {
     /// Host to resolve.
-    pub host: String,
+    pub(crate) host: String,
     /// Port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Current state.
-    pub state: ConnectionState,
+    pub(crate) state: ConnectionState,
     /// The channel of the current attempt or connection.
-    pub channel: Option<ChannelId>,
+    pub(crate) channel: Option<ChannelId>,
     /// Resolved addresses, tried round robin; emptied to force a re-resolve.
-    pub addresses: Vec<SocketAddr>,
+    pub(crate) addresses: Vec<SocketAddr>,
     /// Index of the next address to try.
-    pub next_address: usize,
+    pub(crate) next_address: usize,
     /// The address of the current attempt.
-    pub current_address: Option<SocketAddr>,
+    pub(crate) current_address: Option<SocketAddr>,
     /// Consecutive failures since the node was last Ready (KAFKA-13879: reset only at Ready).
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// Consecutive failed setup attempts, for the growing setup timeout.
-    pub setup_failures: u32,
+    pub(crate) setup_failures: u32,
     /// When the last attempt started or the last disconnect happened.
-    pub last_attempt: Option<Instant>,
+    pub(crate) last_attempt: Option<Instant>,
     /// The current reconnect backoff, counted from `last_attempt`.
-    pub reconnect_backoff: Duration,
+    pub(crate) reconnect_backoff: Duration,
     /// The current setup timeout.
-    pub setup_timeout: Duration,
+    pub(crate) setup_timeout: Duration,
     /// Deadline of the attempt in progress.
-    pub setup_deadline: Option<Instant>,
+    pub(crate) setup_deadline: Option<Instant>,
+}
+
+impl NodeConnection {
+    /// The host to resolve.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConnectionState {
+        self.state
+    }
+
+    /// The channel of the current attempt or connection.
+    pub fn channel(&self) -> Option<ChannelId> {
+        self.channel
+    }
+
+    /// The address of the current attempt.
+    pub fn current_address(&self) -> Option<SocketAddr> {
+        self.current_address
+    }
+
+    /// Consecutive failures since the node was last Ready.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The current reconnect backoff, counted from the last attempt or disconnect.
+    pub fn reconnect_backoff(&self) -> Duration {
+        self.reconnect_backoff
+    }
 }
 
 /// The connection states of every node, with their backoffs.

@@ -4,7 +4,7 @@
 //!
 //! The state machines ([`ClusterConnectionStates`], [`ExponentialBackoff`]) take `now` and never
 //! touch a socket; the client reaches the network only through the [`Transport`](crate::net::Transport)
-//! trait, so the whole client runs on simulated time against [`crate::sim::SimNetwork`] in tests.
+//! trait, so the whole client runs on simulated time against `mqnet::sim::SimNetwork` in tests.
 
 mod backoff;
 mod config;

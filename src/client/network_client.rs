@@ -467,7 +467,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     /// Whether a request can be sent to `node` now and staged at once: the connection is Ready and
     /// the in-flight rules allow one more.
-    pub fn is_ready(&self, node: NodeId, _now: Instant) -> bool {
+    pub fn is_ready(&self, node: NodeId) -> bool {
         self.node_index(node).is_some_and(|i| {
             self.states.get(i).state == ConnectionState::Ready && self.can_stage(i)
         })
@@ -480,7 +480,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let Some(i) = self.node_index(node) else {
             return false;
         };
-        if self.is_ready(node, now) {
+        if self.is_ready(node) {
             return true;
         }
         if self.states.can_connect(i, now) {

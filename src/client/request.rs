@@ -133,6 +133,15 @@ impl fmt::Display for DisconnectCause {
     }
 }
 
+impl std::error::Error for DisconnectCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DisconnectCause::Transport(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// A request that failed without touching the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalError {
@@ -153,6 +162,15 @@ impl fmt::Display for LocalError {
             LocalError::NotReady(s) => write!(f, "node not ready ({s:?})"),
             LocalError::Rejected(e) => write!(f, "send refused: {e}"),
             LocalError::DuplicateCorrelationId => write!(f, "correlation id already in flight"),
+        }
+    }
+}
+
+impl std::error::Error for LocalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LocalError::Rejected(e) => Some(e),
+            _ => None,
         }
     }
 }

@@ -331,7 +331,7 @@ impl FailoverTransport<Selector, NoHandshake> {
 }
 
 impl<T: Transport, H: Handshake> FailoverTransport<T, H> {
-    /// A transport over `transport` (a Selector, or [`crate::sim::SimNetwork`] in tests).
+    /// A transport over `transport` (a Selector, or `mqnet::sim::SimNetwork` in tests).
     ///
     /// Each server's own options (`tcp://h:p?tcpNoDelay=false`) become its connections' socket
     /// options, over the client config's.

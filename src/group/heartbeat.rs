@@ -36,7 +36,7 @@ impl Heartbeat for EchoHeartbeat {
 }
 
 /// The heartbeat for a peer that returns every frame byte for byte (such as
-/// [`Behaviour::Echo`](crate::sim::Behaviour::Echo) of the simulated network): the correlation id
+/// `mqnet::sim::Behaviour::Echo` of the simulated network): the correlation id
 /// (big-endian) followed by [`MirrorHeartbeat::BODY`], answered by exactly the same bytes.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MirrorHeartbeat;

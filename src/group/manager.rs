@@ -386,7 +386,7 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
         &self.config
     }
 
-    /// The transport's clock (simulated time under [`crate::sim::SimNetwork`]).
+    /// The transport's clock (simulated time under `mqnet::sim::SimNetwork`).
     pub fn now(&self) -> Instant {
         self.client.transport().now()
     }
@@ -642,7 +642,7 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
         let Some(g) = self.groups[slot].as_mut() else {
             return Err(GroupError::UnknownGroup(group.to_string()));
         };
-        let picked = Self::select(&self.client, &self.config, g, now);
+        let picked = Self::select(&self.client, &self.config, g);
         match picked {
             Some(idx) => {
                 g.cursor = (idx + 1) % g.members.len().max(1);
@@ -663,12 +663,7 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
 
     /// The member to send to: a live member with an in-flight slot free (round robin from the
     /// cursor, or the least loaded), else the least loaded ready member of any health.
-    fn select(
-        client: &NetworkClient<T, H>,
-        config: &GroupConfig,
-        g: &Group,
-        now: Instant,
-    ) -> Option<usize> {
+    fn select(client: &NetworkClient<T, H>, config: &GroupConfig, g: &Group) -> Option<usize> {
         let n = g.members.len();
         let ready = |m: &Member| client.connection_state(m.node) == Some(ConnectionState::Ready);
         let load = |m: &Member| client.in_flight_count(m.node) + client.waiting_count(m.node);
@@ -677,7 +672,7 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
                 for k in 0..n {
                     let idx = (g.cursor + k) % n;
                     let m = &g.members[idx];
-                    if m.heartbeat_failures == 0 && client.is_ready(m.node, now) {
+                    if m.heartbeat_failures == 0 && client.is_ready(m.node) {
                         return Some(idx);
                     }
                 }

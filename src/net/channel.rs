@@ -51,7 +51,7 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
-    pub fn new(id: ChannelId, stream: TcpStream, state: ChannelState) -> Self {
+    pub(crate) fn new(id: ChannelId, stream: TcpStream, state: ChannelState) -> Self {
         Channel {
             id,
             stream,
@@ -70,7 +70,7 @@ impl Channel {
         }
     }
 
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.state == ChannelState::Connected
     }
 
@@ -78,7 +78,8 @@ impl Channel {
     ///
     /// # Errors
     /// The socket's read error, `WouldBlock` included.
-    pub fn read_once(&mut self, max: usize) -> io::Result<usize> {
+    #[allow(unsafe_code)]
+    pub(crate) fn read_once(&mut self, max: usize) -> io::Result<usize> {
         let spare: &mut [MaybeUninit<u8>] = self.read_buf.spare_capacity_mut();
         let take = spare.len().min(max);
         let n = SockRef::from(&self.stream).recv(&mut spare[..take])?;

@@ -86,6 +86,18 @@ impl fmt::Display for DisconnectReason {
     }
 }
 
+impl std::error::Error for IoFault {}
+
+impl std::error::Error for DisconnectReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DisconnectReason::ConnectFailed(e) | DisconnectReason::Io(e) => Some(e),
+            DisconnectReason::InvalidFrame(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Why [`Selector::send`](super::Selector::send) refused a frame. Nothing is staged when it refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -130,7 +142,14 @@ impl fmt::Display for SendError {
     }
 }
 
-impl std::error::Error for SendError {}
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::InvalidFrame(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Errors of Selector calls that take a channel or listener id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,7 +33,7 @@ pub(crate) struct Lru {
 
 impl Lru {
     /// Marks `slot` active at `now` and moves it to the tail (newest).
-    pub fn touch(&mut self, slot: usize, now: Instant) {
+    pub(crate) fn touch(&mut self, slot: usize, now: Instant) {
         if slot >= self.links.len() {
             self.links.resize(slot + 1, UNLINKED);
         }
@@ -60,7 +60,7 @@ impl Lru {
     }
 
     /// Removes `slot` from the list, if it is in it.
-    pub fn remove(&mut self, slot: usize) {
+    pub(crate) fn remove(&mut self, slot: usize) {
         if slot < self.links.len() && self.links[slot].linked {
             self.unlink(slot);
             self.links[slot] = UNLINKED;
@@ -84,13 +84,13 @@ impl Lru {
     }
 
     /// The least recently active slot and when it was last active.
-    pub fn oldest(&self) -> Option<(usize, Instant)> {
+    pub(crate) fn oldest(&self) -> Option<(usize, Instant)> {
         let h = self.head? as usize;
         self.links[h].last_active.map(|t| (h, t))
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Small frames (prefix and payload of at most [`COALESCE_MAX`] bytes) are copied, prefix included,
 //! into one contiguous per-channel buffer when staged, so a run of them leaves as one `iovec`
-//! instead of two per frame: the kernel's per-segment cost of a gather (about 25 ns per 100-byte
-//! frame on loopback) is larger than the copy. Larger frames are written from their own buffers.
+//! instead of two per frame: for frames this small, copying costs less than the kernel's
+//! per-segment work for one more `iovec`. Larger frames are written from their own buffers.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -72,20 +72,20 @@ pub(crate) struct SendQueue {
 }
 
 impl SendQueue {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
 
-    pub fn staged_bytes(&self) -> usize {
+    pub(crate) fn staged_bytes(&self) -> usize {
         self.staged_bytes
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.frames.len()
     }
 
     /// Stages a frame and returns its sequence number.
-    pub fn push(&mut self, header: Option<[u8; HEADER_LEN]>, body: Bytes) -> u64 {
+    pub(crate) fn push(&mut self, header: Option<[u8; HEADER_LEN]>, body: Bytes) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let header_len = if header.is_some() { HEADER_LEN } else { 0 };
@@ -150,7 +150,7 @@ impl SendQueue {
     ///
     /// # Errors
     /// Any error of `w` other than `WouldBlock` and `Interrupted`.
-    pub fn write_to<W: Write>(
+    pub(crate) fn write_to<W: Write>(
         &mut self,
         w: &mut W,
         mut done: impl FnMut(u64),
@@ -268,7 +268,7 @@ impl SendQueue {
     }
 
     /// Drops every staged frame; returns how many there were.
-    pub fn clear(&mut self) -> usize {
+    pub(crate) fn clear(&mut self) -> usize {
         let n = self.frames.len();
         self.frames.clear();
         self.front_written = 0;

@@ -25,7 +25,7 @@ use crossbeam_channel::Sender;
 
 use super::command::Command;
 use super::delivery::Completion;
-use super::record::{ProduceError, ProducerRecord};
+use super::record::{ProduceError, ProducerRecord, RetryCause};
 use crate::client::SplitMix64;
 use crate::protocol::{self, RecordBatchWriter};
 
@@ -96,12 +96,12 @@ pub(crate) struct Batch {
     pub restamp: bool,
     pub records: i32,
     pub base_timestamp: i64,
-    pub last_error: Option<String>,
+    pub last_error: Option<RetryCause>,
 }
 
 impl Batch {
     /// Its size in bytes (header included).
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         match &self.frozen {
             Some(b) => b.len(),
             None => self.buf.len(),
@@ -176,7 +176,7 @@ fn now_ms() -> i64 {
 }
 
 impl Accumulator {
-    pub fn new(
+    pub(crate) fn new(
         batch_size: usize,
         max_request: usize,
         delivery_timeout: Duration,
@@ -202,14 +202,14 @@ impl Accumulator {
 
     /// Locks the state (a poisoned lock is taken over: the state stays consistent between
     /// statements that could panic).
-    pub fn lock(&self) -> MutexGuard<'_, AccState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, AccState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Appends a record on the calling thread: to its partition's open batch when the topic's
     /// partitions are known and no earlier record of the topic waits for them, else to the topic's
     /// waiting queue.
-    pub fn append(&self, p: Pending) -> Appended {
+    pub(crate) fn append(&self, p: Pending) -> Appended {
         let mut st = self.lock();
         if st.closed || st.fatal.is_some() {
             let error = st.fatal.clone().unwrap_or(ProduceError::Closed);
@@ -291,7 +291,7 @@ pub(crate) struct Partitioned {
 impl AccState {
     /// Sets a topic's partition count (it only grows) and appends the records that waited for it.
     /// Called by the network thread.
-    pub fn set_partitions(&mut self, topic: &str, count: usize) -> Partitioned {
+    pub(crate) fn set_partitions(&mut self, topic: &str, count: usize) -> Partitioned {
         let mut out = Partitioned::default();
         let limits = self.limits;
         let Some(t) = self.topics.get_mut(topic) else {

@@ -9,7 +9,7 @@ use crate::client::{
 /// The largest `*.ms` value accepted: `i32::MAX` ms (about 24.8 days, Kafka's int configs). Any
 /// deadline the producer computes from the clock and these stays far from `Instant`'s range, so
 /// no `Instant + Duration` can overflow.
-pub const MAX_DURATION: Duration = Duration::from_millis(i32::MAX as u64);
+pub(crate) const MAX_DURATION: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// `acks`: how many replicas must have the record before the broker answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

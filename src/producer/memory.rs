@@ -17,7 +17,7 @@ pub(crate) struct BufferPool {
 }
 
 impl BufferPool {
-    pub fn new(total: usize) -> Self {
+    pub(crate) fn new(total: usize) -> Self {
         BufferPool {
             total,
             used: AtomicUsize::new(0),
@@ -48,7 +48,7 @@ impl BufferPool {
     /// # Errors
     /// [`ProduceError::RecordTooLarge`] when `n` exceeds the whole pool;
     /// [`ProduceError::BufferExhausted`] when the wait ran out.
-    pub fn reserve(&self, n: usize, max_block: Duration) -> Result<(), ProduceError> {
+    pub(crate) fn reserve(&self, n: usize, max_block: Duration) -> Result<(), ProduceError> {
         if n > self.total {
             return Err(ProduceError::RecordTooLarge {
                 size: n,
@@ -81,7 +81,7 @@ impl BufferPool {
     }
 
     /// Returns `n` bytes to the pool and wakes blocked senders.
-    pub fn release(&self, n: usize) {
+    pub(crate) fn release(&self, n: usize) {
         if n == 0 {
             return;
         }
@@ -93,7 +93,7 @@ impl BufferPool {
     }
 
     /// Bytes in use.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 }

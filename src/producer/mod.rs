@@ -59,7 +59,9 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 
 pub use config::{Acks, ProducerConfig};
 pub use delivery::{DeliveryCallback, DeliveryFuture, DeliveryResult};
-pub use record::{validate_topic, ProduceError, ProducerRecord, RecordMetadata, MAX_TOPIC_LEN};
+pub use record::{
+    validate_topic, ProduceError, ProducerRecord, RecordMetadata, RetryCause, MAX_TOPIC_LEN,
+};
 
 use crate::client::ConfigError;
 use crate::net::{Selector, SelectorConfig, SelectorWaker};
@@ -90,7 +92,14 @@ impl std::fmt::Display for ProducerError {
     }
 }
 
-impl std::error::Error for ProducerError {}
+impl std::error::Error for ProducerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProducerError::Config(e) => Some(e),
+            ProducerError::Io(e) => Some(e),
+        }
+    }
+}
 
 struct Inner {
     tx: Sender<Command>,

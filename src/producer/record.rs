@@ -4,6 +4,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::client::{DisconnectCause, LocalError};
 use crate::protocol::{KafkaError, ProtocolError};
 
 /// A record to produce.
@@ -91,7 +92,7 @@ pub enum ProduceError {
     /// retriable failure seen, if any.
     DeliveryTimeout {
         /// The last failure before the deadline.
-        last: Option<String>,
+        last: Option<RetryCause>,
     },
     /// `buffer.memory` stayed full for `max.block.ms`.
     BufferExhausted,
@@ -114,7 +115,7 @@ pub enum ProduceError {
     /// A retriable error persisted past `retries`.
     RetriesExhausted {
         /// The last failure.
-        last: Option<String>,
+        last: Option<RetryCause>,
     },
     /// The broker and mqnet share no version of a needed API, or a response did not parse.
     Protocol(ProtocolError),
@@ -125,6 +126,54 @@ pub enum ProduceError {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+/// A retriable failure of a batch: the `last` of [`ProduceError::DeliveryTimeout`] and
+/// [`ProduceError::RetriesExhausted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryCause {
+    /// The broker answered the partition (or the topic's metadata) with a retriable error code.
+    Broker(KafkaError),
+    /// The Produce response did not parse.
+    Protocol(ProtocolError),
+    /// The connection was lost with the request in flight.
+    Disconnected(DisconnectCause),
+    /// The request got no answer within `request.timeout.ms`.
+    RequestTimedOut,
+    /// The client refused the request before sending it.
+    Local(LocalError),
+    /// The Produce response did not name the batch's partition.
+    PartitionMissing,
+    /// The deadline passed while the batch's request was in flight (no failure seen yet).
+    InFlight,
+}
+
+impl fmt::Display for RetryCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryCause::Broker(e) => write!(f, "{e}"),
+            RetryCause::Protocol(e) => write!(f, "{e}"),
+            RetryCause::Disconnected(c) => write!(f, "disconnected: {c}"),
+            RetryCause::RequestTimedOut => write!(f, "request timed out"),
+            RetryCause::Local(e) => write!(f, "{e}"),
+            RetryCause::PartitionMissing => write!(f, "partition missing from response"),
+            RetryCause::InFlight => write!(f, "request still in flight"),
+        }
+    }
+}
+
+impl std::error::Error for RetryCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RetryCause::Broker(e) => Some(e),
+            RetryCause::Protocol(e) => Some(e),
+            RetryCause::Disconnected(c) => Some(c),
+            RetryCause::Local(e) => Some(e),
+            RetryCause::RequestTimedOut | RetryCause::PartitionMissing | RetryCause::InFlight => {
+                None
+            }
+        }
+    }
 }
 
 /// The longest topic name Kafka accepts.
@@ -186,13 +235,10 @@ impl fmt::Display for ProduceError {
                 )
             }
             ProduceError::Broker(e) => write!(f, "broker error: {e}"),
-            ProduceError::RetriesExhausted { last } => {
-                write!(
-                    f,
-                    "retries exhausted (last error: {})",
-                    last.as_deref().unwrap_or("none")
-                )
+            ProduceError::RetriesExhausted { last: Some(l) } => {
+                write!(f, "retries exhausted (last error: {l})")
             }
+            ProduceError::RetriesExhausted { last: None } => write!(f, "retries exhausted"),
             ProduceError::Protocol(e) => write!(f, "protocol error: {e}"),
             ProduceError::Closed => write!(f, "producer closed"),
             ProduceError::InvalidTopic { reason } => write!(f, "invalid topic: {reason}"),
@@ -200,4 +246,57 @@ impl fmt::Display for ProduceError {
     }
 }
 
-impl std::error::Error for ProduceError {}
+impl std::error::Error for ProduceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProduceError::DeliveryTimeout { last: Some(l) }
+            | ProduceError::RetriesExhausted { last: Some(l) } => Some(l),
+            ProduceError::Broker(e) => Some(e),
+            ProduceError::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+    use crate::net::{DisconnectReason, FrameError};
+
+    #[test]
+    fn delivery_timeout_chains_to_the_typed_last_failure() {
+        let e = ProduceError::DeliveryTimeout {
+            last: Some(RetryCause::Broker(KafkaError::NotLeaderOrFollower)),
+        };
+        let last = e.source().and_then(|s| s.downcast_ref::<RetryCause>());
+        assert_eq!(
+            last,
+            Some(&RetryCause::Broker(KafkaError::NotLeaderOrFollower))
+        );
+        let kafka = last
+            .and_then(|l| l.source())
+            .and_then(|s| s.downcast_ref::<KafkaError>());
+        assert_eq!(kafka, Some(&KafkaError::NotLeaderOrFollower));
+        assert!(ProduceError::DeliveryTimeout { last: None }
+            .source()
+            .is_none());
+    }
+
+    #[test]
+    fn a_disconnect_chains_down_to_the_transport_reason() {
+        let why = DisconnectReason::InvalidFrame(FrameError::NegativeLength(-1));
+        let e = ProduceError::RetriesExhausted {
+            last: Some(RetryCause::Disconnected(DisconnectCause::Transport(why))),
+        };
+        let mut chain = Vec::new();
+        let mut cur: Option<&(dyn Error + 'static)> = Some(&e);
+        while let Some(c) = cur {
+            chain.push(c.to_string());
+            cur = c.source();
+        }
+        assert_eq!(chain.len(), 5, "{chain:?}");
+        assert!(chain[0].contains("retries exhausted"), "{chain:?}");
+    }
+}

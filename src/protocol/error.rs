@@ -71,7 +71,14 @@ impl fmt::Display for ProtocolError {
     }
 }
 
-impl std::error::Error for ProtocolError {}
+impl std::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProtocolError::Kafka(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<KafkaError> for ProtocolError {
     fn from(e: KafkaError) -> Self {

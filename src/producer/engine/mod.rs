@@ -3,7 +3,7 @@
 //!
 //! Sans-IO: the engine is generic over the [`Transport`] below its NetworkClient and every step
 //! takes the caller's `now`; [`Engine::run`] is the thin driver that reads the transport's clock
-//! (the real one for the Selector), so the same engine runs on [`mqnet::sim`](crate::sim) time in
+//! (the real one for the Selector), so the same engine runs on `mqnet::sim` time in
 //! tests. Its state has named parts, each with its own file:
 //! - `metadata.rs`: topics' partitions and leaders, the brokers, Metadata requests;
 //! - `idempotence.rs`: the producer id and epoch, per-partition sequences, their reset;
@@ -30,7 +30,7 @@ use super::accumulator::{
 use super::command::Command;
 use super::config::{Acks, ProducerConfig};
 use super::memory::BufferPool;
-use super::record::{ProduceError, RecordMetadata};
+use super::record::{ProduceError, RecordMetadata, RetryCause};
 use crate::client::{
     ClientRequest, ClientResponse, ExponentialBackoff, NetworkClient, NodeId, Outcome, SplitMix64,
 };
@@ -161,7 +161,7 @@ fn reject_all(pool: &BufferPool, rejected: Vec<Rejected>) {
 }
 
 impl<T: Transport> Engine<T> {
-    pub fn new(
+    pub(crate) fn new(
         cfg: ProducerConfig,
         rx: Receiver<Command>,
         acc: Arc<Accumulator>,
@@ -209,7 +209,7 @@ impl<T: Transport> Engine<T> {
 
     /// The driver: runs turns until closed, on the transport's clock (the real clock for the
     /// Selector), sleeping in the transport's poll between them.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         loop {
             let now = self.client.transport().now();
             let Some(timeout) = self.turn(now) else {
@@ -424,7 +424,7 @@ impl<T: Transport> Engine<T> {
                 .topics
                 .get(&name)
                 .and_then(|t| t.last_error)
-                .map(|e| e.to_string());
+                .map(RetryCause::Broker);
             p.completion
                 .complete(Err(ProduceError::DeliveryTimeout { last }));
         }
@@ -464,10 +464,10 @@ impl<T: Transport> Engine<T> {
     ///
     /// Without idempotence and with more than one batch of a partition in flight, a resent batch
     /// may land after a later one (Kafka's documented behaviour); `max.in.flight = 1` keeps order.
-    fn retry_batches(&mut self, batches: Vec<(String, i32, Batch)>, why: &str, now: Instant) {
+    fn retry_batches(&mut self, batches: Vec<(String, i32, Batch)>, why: RetryCause, now: Instant) {
         for (topic, part, mut b) in batches.into_iter().rev() {
             b.attempts += 1;
-            b.last_error = Some(why.to_string());
+            b.last_error = Some(why.clone());
             if now >= b.deadline {
                 let last = b.last_error.clone();
                 self.abandon_sequence(&b);
@@ -542,10 +542,7 @@ impl<T: Transport> Engine<T> {
                 if now >= b.deadline && !b.completions.is_empty() {
                     self.pool.release(b.reserved);
                     b.reserved = 0;
-                    let last = b
-                        .last_error
-                        .clone()
-                        .or_else(|| Some("request still in flight".to_string()));
+                    let last = b.last_error.clone().or(Some(RetryCause::InFlight));
                     for c in b.completions.drain(..) {
                         c.complete(Err(ProduceError::DeliveryTimeout { last: last.clone() }));
                     }

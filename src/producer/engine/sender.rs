@@ -212,7 +212,7 @@ impl<T: Transport> Engine<T> {
                     Ok(resp) => self.handle_produce(inflight, resp, now),
                     Err(e) => {
                         log::warn!("produce response from {}: {e}", inflight.node);
-                        self.retry_batches(inflight.batches, &format!("{e}"), now);
+                        self.retry_batches(inflight.batches, RetryCause::Protocol(e), now);
                     }
                 }
             }
@@ -223,14 +223,14 @@ impl<T: Transport> Engine<T> {
             }
             Outcome::Disconnected(cause) => {
                 self.meta.due = true;
-                self.retry_batches(inflight.batches, &format!("disconnected: {cause}"), now);
+                self.retry_batches(inflight.batches, RetryCause::Disconnected(cause), now);
             }
             Outcome::TimedOut => {
                 self.meta.due = true;
-                self.retry_batches(inflight.batches, "request timed out", now);
+                self.retry_batches(inflight.batches, RetryCause::RequestTimedOut, now);
             }
             Outcome::LocalError(e) => {
-                self.retry_batches(inflight.batches, &format!("{e}"), now);
+                self.retry_batches(inflight.batches, RetryCause::Local(e), now);
             }
         }
     }
@@ -296,23 +296,22 @@ impl<T: Transport> Engine<T> {
                         );
                         self.idem.reset_due = true;
                     }
-                    self.retry_batches(vec![(topic, part, b)], "OUT_OF_ORDER_SEQUENCE_NUMBER", now);
+                    let why = RetryCause::Broker(KafkaError::OutOfOrderSequenceNumber);
+                    self.retry_batches(vec![(topic, part, b)], why, now);
                 }
                 Some((Some(err), _)) if err.is_retriable() => {
                     if err.invalidates_metadata() {
                         self.meta.due = true;
                     }
-                    self.retry_batches(vec![(topic, part, b)], &err.to_string(), now);
+                    self.retry_batches(vec![(topic, part, b)], RetryCause::Broker(err), now);
                 }
                 Some((Some(err), _)) => {
                     self.release_sequence(&topic, part, &b);
                     self.fail_batch(&topic, part, b, ProduceError::Broker(err));
                 }
-                None => self.retry_batches(
-                    vec![(topic, part, b)],
-                    "partition missing from response",
-                    now,
-                ),
+                None => {
+                    self.retry_batches(vec![(topic, part, b)], RetryCause::PartitionMissing, now)
+                }
             }
         }
     }

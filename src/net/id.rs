@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use super::slots::Key;
+
 /// Identifies one channel (one TCP connection) of a [`Selector`](super::Selector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId {
@@ -26,6 +28,25 @@ impl ChannelId {
     }
 }
 
+impl ChannelId {
+    /// The key of this channel in the Selector's slot table.
+    pub(crate) fn key(self) -> Key {
+        Key {
+            index: self.index,
+            generation: self.generation,
+        }
+    }
+}
+
+impl From<Key> for ChannelId {
+    fn from(k: Key) -> Self {
+        ChannelId {
+            index: k.index,
+            generation: k.generation,
+        }
+    }
+}
+
 impl fmt::Display for ChannelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ch{}.{}", self.index, self.generation)
@@ -37,6 +58,25 @@ impl fmt::Display for ChannelId {
 pub struct ListenerId {
     pub(crate) index: u32,
     pub(crate) generation: u32,
+}
+
+impl ListenerId {
+    /// The key of this listener in the Selector's slot table.
+    pub(crate) fn key(self) -> Key {
+        Key {
+            index: self.index,
+            generation: self.generation,
+        }
+    }
+}
+
+impl From<Key> for ListenerId {
+    fn from(k: Key) -> Self {
+        ListenerId {
+            index: k.index,
+            generation: k.generation,
+        }
+    }
 }
 
 impl fmt::Display for ListenerId {

@@ -9,6 +9,30 @@ use std::fmt;
 
 use super::slots::Key;
 
+/// Converts a handle to and from its [`Key`] in the Selector's slot table (same slot, same
+/// generation).
+macro_rules! slot_key {
+    ($t:ident) => {
+        impl $t {
+            pub(crate) fn key(self) -> Key {
+                Key {
+                    index: self.index,
+                    generation: self.generation,
+                }
+            }
+        }
+
+        impl From<Key> for $t {
+            fn from(k: Key) -> Self {
+                $t {
+                    index: k.index,
+                    generation: k.generation,
+                }
+            }
+        }
+    };
+}
+
 /// Identifies one channel (one TCP connection) of a [`Selector`](super::Selector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId {
@@ -28,25 +52,6 @@ impl ChannelId {
     }
 }
 
-impl ChannelId {
-    /// The key of this channel in the Selector's slot table.
-    pub(crate) fn key(self) -> Key {
-        Key {
-            index: self.index,
-            generation: self.generation,
-        }
-    }
-}
-
-impl From<Key> for ChannelId {
-    fn from(k: Key) -> Self {
-        ChannelId {
-            index: k.index,
-            generation: k.generation,
-        }
-    }
-}
-
 impl fmt::Display for ChannelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ch{}.{}", self.index, self.generation)
@@ -60,27 +65,11 @@ pub struct ListenerId {
     pub(crate) generation: u32,
 }
 
-impl ListenerId {
-    /// The key of this listener in the Selector's slot table.
-    pub(crate) fn key(self) -> Key {
-        Key {
-            index: self.index,
-            generation: self.generation,
-        }
-    }
-}
-
-impl From<Key> for ListenerId {
-    fn from(k: Key) -> Self {
-        ListenerId {
-            index: k.index,
-            generation: k.generation,
-        }
-    }
-}
-
 impl fmt::Display for ListenerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ln{}.{}", self.index, self.generation)
     }
 }
+
+slot_key!(ChannelId);
+slot_key!(ListenerId);

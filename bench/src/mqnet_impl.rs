@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqnet::client::{ClientConfig, ClientRequest, ClientResponse, ConnectionState, NetworkClient};
 use mqnet::client::{NodeId, Outcome};
+use mqnet::net::ChannelMap;
 use mqnet::net::{ChannelId, CloseMode, Received, Selector, SelectorConfig, SocketOptions};
 use mqnet::server::{Handler, Server, ServerConfig};
 
@@ -196,8 +197,8 @@ struct LayerConn {
 pub struct SelectorLayer {
     sel: Selector,
     conns: Vec<LayerConn>,
-    /// Connection index by channel slot.
-    by_slot: Vec<Option<(ChannelId, usize)>>,
+    /// Connection index by channel.
+    by_channel: ChannelMap<usize>,
     received: Vec<Received>,
 }
 
@@ -215,16 +216,13 @@ impl SelectorLayer {
         Ok(SelectorLayer {
             sel: Selector::with_config(config)?,
             conns: Vec::new(),
-            by_slot: Vec::new(),
+            by_channel: ChannelMap::new(),
             received: Vec::new(),
         })
     }
 
     fn conn_of(&self, channel: ChannelId) -> Option<usize> {
-        match self.by_slot.get(channel.slot()) {
-            Some(Some((id, conn))) if *id == channel => Some(*conn),
-            _ => None,
-        }
+        self.by_channel.get(channel).copied()
     }
 }
 
@@ -242,10 +240,7 @@ impl RequestLayer for SelectorLayer {
             channel: Some(channel),
             in_flight: VecDeque::new(),
         };
-        if self.by_slot.len() <= channel.slot() {
-            self.by_slot.resize(channel.slot() + 1, None);
-        }
-        self.by_slot[channel.slot()] = Some((channel, conn));
+        self.by_channel.insert(channel, conn);
         Ok(())
     }
 
@@ -275,10 +270,7 @@ impl RequestLayer for SelectorLayer {
         }
         self.sel.swap_completed_receives(&mut self.received);
         for r in self.received.drain(..) {
-            let Some(conn) = (match self.by_slot.get(r.channel.slot()) {
-                Some(Some((id, conn))) if *id == r.channel => Some(*conn),
-                _ => None,
-            }) else {
+            let Some(&conn) = self.by_channel.get(r.channel) else {
                 continue;
             };
             match self.conns[conn].in_flight.pop_front() {
@@ -296,13 +288,9 @@ impl RequestLayer for SelectorLayer {
             }
         }
         for d in self.sel.disconnected() {
-            let Some(conn) = (match self.by_slot.get(d.channel.slot()) {
-                Some(Some((id, conn))) if *id == d.channel => Some(*conn),
-                _ => None,
-            }) else {
+            let Some(conn) = self.by_channel.remove(d.channel) else {
                 continue;
             };
-            self.by_slot[d.channel.slot()] = None;
             let c = &mut self.conns[conn];
             c.channel = None;
             for correlation_id in c.in_flight.drain(..) {
@@ -326,7 +314,7 @@ impl RequestLayer for SelectorLayer {
             }
             c.in_flight.clear();
         }
-        self.by_slot.clear();
+        self.by_channel.clear();
     }
 }
 

@@ -15,6 +15,7 @@ use super::node::{split_host_port, NodeId, Resolver, SystemResolver};
 use super::request::{
     Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome,
 };
+use crate::net::ChannelMap;
 use crate::net::{
     ChannelId, Received, Selector, SelectorConfig, SendError, SocketOptions, Transport,
 };
@@ -210,8 +211,8 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     metrics: Vec<NodeMetrics>,
     /// Per node: socket options overriding the config's (`None`: the config's).
     node_options: Vec<Option<SocketOptions>>,
-    /// Channel slot → (channel, node index).
-    channel_nodes: Vec<Option<(ChannelId, usize)>>,
+    /// Channel → node index.
+    channel_nodes: ChannelMap<usize>,
     /// Completions waiting to be returned by the next poll.
     completed: Vec<ClientResponse>,
     callbacks: Vec<(usize, Callback)>,
@@ -259,7 +260,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             requests: Vec::new(),
             metrics: Vec::new(),
             node_options: Vec::new(),
-            channel_nodes: Vec::new(),
+            channel_nodes: ChannelMap::new(),
             completed: Vec::new(),
             callbacks: Vec::new(),
             receives: Vec::new(),
@@ -373,9 +374,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let was = self.states.get(i).state;
         if let Some(ch) = self.states.get(i).channel {
             self.transport.close(ch);
-            if let Some(slot) = self.channel_nodes.get_mut(ch.slot()) {
-                *slot = None;
-            }
+            self.channel_nodes.remove(ch);
         }
         if was == ConnectionState::Ready || was == ConnectionState::Handshaking {
             self.metrics[i].connections_closed += 1;
@@ -418,7 +417,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 *d -= 1;
             }
         }
-        for (_, n) in self.channel_nodes.iter_mut().flatten() {
+        for n in self.channel_nodes.values_mut() {
             if *n > i {
                 *n -= 1;
             }
@@ -575,11 +574,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             Ok(ch) => {
                 log::debug!("{node}: connecting to {addr} on {ch}");
                 self.states.connecting(i, ch, addr, now);
-                let slot = ch.slot();
-                if slot >= self.channel_nodes.len() {
-                    self.channel_nodes.resize(slot + 1, None);
-                }
-                self.channel_nodes[slot] = Some((ch, i));
+                self.channel_nodes.insert(ch, i);
             }
             Err(e) => {
                 log::warn!("{node}: connect to {addr} failed: {e}");
@@ -603,8 +598,8 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     }
 
     fn node_of(&self, ch: ChannelId) -> Option<usize> {
-        match self.channel_nodes.get(ch.slot()) {
-            Some(Some((c, i))) if *c == ch && self.states.get(*i).channel == Some(ch) => Some(*i),
+        match self.channel_nodes.get(ch) {
+            Some(&i) if self.states.get(i).channel == Some(ch) => Some(i),
             _ => None,
         }
     }
@@ -802,9 +797,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let was = self.states.get(i).state;
         if let Some(ch) = self.states.get(i).channel {
             self.transport.close(ch);
-            if let Some(slot) = self.channel_nodes.get_mut(ch.slot()) {
-                *slot = None;
-            }
+            self.channel_nodes.remove(ch);
         }
         if was == ConnectionState::Ready || was == ConnectionState::Handshaking {
             self.metrics[i].connections_closed += 1;
@@ -1061,9 +1054,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 continue;
             };
             // The channel is already gone: forget it before closing so we do not close it twice.
-            if let Some(slot) = self.channel_nodes.get_mut(d.channel.slot()) {
-                *slot = None;
-            }
+            self.channel_nodes.remove(d.channel);
             self.states.get_mut(i).channel = None;
             self.close_node(i, DisconnectCause::Transport(d.reason), None, now);
         }

@@ -7,6 +7,32 @@
 
 use std::fmt;
 
+use super::slots::Key;
+
+/// Converts a handle to and from its [`Key`] in the Selector's slot table (same slot, same
+/// generation).
+macro_rules! slot_key {
+    ($t:ident) => {
+        impl $t {
+            pub(crate) fn key(self) -> Key {
+                Key {
+                    index: self.index,
+                    generation: self.generation,
+                }
+            }
+        }
+
+        impl From<Key> for $t {
+            fn from(k: Key) -> Self {
+                $t {
+                    index: k.index,
+                    generation: k.generation,
+                }
+            }
+        }
+    };
+}
+
 /// Identifies one channel (one TCP connection) of a [`Selector`](super::Selector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId {
@@ -44,3 +70,6 @@ impl fmt::Display for ListenerId {
         write!(f, "ln{}.{}", self.index, self.generation)
     }
 }
+
+slot_key!(ChannelId);
+slot_key!(ListenerId);

@@ -11,6 +11,7 @@ mod metrics;
 mod options;
 mod selector;
 mod send_queue;
+mod slots;
 mod transport;
 
 pub use error::{ChannelError, DisconnectReason, IoFault, SendError};
@@ -22,4 +23,5 @@ pub use selector::{
     Accepted, CloseMode, CompletedSend, Disconnected, Received, Selector, SelectorWaker,
     ACCEPT_RETRY_INTERVAL, DEFAULT_BACKLOG,
 };
+pub use slots::ChannelMap;
 pub use transport::Transport;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use slab::Slab;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::channel::{Channel, ChannelState, SocketWriter};
@@ -18,6 +17,7 @@ use super::id::{ChannelId, ListenerId};
 use super::lru::Lru;
 use super::metrics::SelectorMetrics;
 use super::options::{SelectorConfig, SocketOptions};
+use super::slots::Slots;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 
@@ -241,8 +241,7 @@ pub struct Selector {
     events: Option<Events>,
     config: SelectorConfig,
     decoder: FrameDecoder,
-    slots: Slab<Slot>,
-    generations: Vec<u32>,
+    slots: Slots<Slot>,
     waker: SelectorWaker,
     lru: Lru,
     /// Channels with staged sends to try before selecting.
@@ -293,8 +292,7 @@ impl Selector {
             decoder: FrameDecoder::new(config.max_frame_size),
             poll,
             config,
-            slots: Slab::new(),
-            generations: Vec::new(),
+            slots: Slots::default(),
             waker,
             lru: Lru::default(),
             write_list: Vec::new(),
@@ -326,15 +324,8 @@ impl Selector {
 
     // ----- opening -------------------------------------------------------------------------------
 
-    fn next_generation(&mut self, slot: usize) -> u32 {
-        if slot >= self.generations.len() {
-            self.generations.resize(slot + 1, 0);
-        }
-        self.generations[slot]
-    }
-
-    fn slot_index(slot: usize) -> io::Result<u32> {
-        u32::try_from(slot).map_err(|_| io::Error::other("too many channels"))
+    fn too_many_channels() -> io::Error {
+        io::Error::other("too many channels")
     }
 
     /// Starts a non-blocking connect to `addr` with `options` set on the socket first.
@@ -361,19 +352,17 @@ impl Selector {
             }
         };
         let mut stream = TcpStream::from_std(socket.into());
-        let entry = self.slots.vacant_entry();
-        let slot = entry.key();
-        let index = Self::slot_index(slot)?;
-        let generation = match self.generations.get(slot) {
-            Some(g) => *g,
-            None => 0,
-        };
+        let entry = self
+            .slots
+            .vacant_entry()
+            .ok_or_else(Self::too_many_channels)?;
+        let slot = entry.key().slot();
         self.poll.registry().register(
             &mut stream,
             Token(slot),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let id = ChannelId { index, generation };
+        let id = ChannelId::from(entry.key());
         let state = if immediate {
             ChannelState::Connected
         } else {
@@ -385,7 +374,6 @@ impl Selector {
             ch.established = true;
         }
         entry.insert(Slot::Channel(ch));
-        self.next_generation(slot);
         if immediate {
             self.metrics.connections_created += 1;
             self.carried_connected.push(id);
@@ -422,19 +410,20 @@ impl Selector {
         if self.config.reserve_descriptor && self.reserve_fd.is_none() {
             self.reserve_fd = std::fs::File::open("/dev/null").ok();
         }
-        let entry = self.slots.vacant_entry();
-        let slot = entry.key();
-        let index = Self::slot_index(slot)?;
-        let generation = self.generations.get(slot).copied().unwrap_or(0);
-        self.poll
-            .registry()
-            .register(&mut listener, Token(slot), Interest::READABLE)?;
-        let id = ListenerId { index, generation };
+        let entry = self
+            .slots
+            .vacant_entry()
+            .ok_or_else(Self::too_many_channels)?;
+        self.poll.registry().register(
+            &mut listener,
+            Token(entry.key().slot()),
+            Interest::READABLE,
+        )?;
+        let id = ListenerId::from(entry.key());
         entry.insert(Slot::Listener(Listener {
             id,
             socket: listener,
         }));
-        self.next_generation(slot);
         Ok(id)
     }
 
@@ -443,10 +432,8 @@ impl Selector {
     /// # Errors
     /// [`ChannelError::Unknown`] for a closed or unknown listener.
     pub fn listener_addr(&self, id: ListenerId) -> Result<SocketAddr, ChannelError> {
-        match self.slots.get(id.index as usize) {
-            Some(Slot::Listener(l)) if l.id == id => {
-                l.socket.local_addr().map_err(|_| ChannelError::Unknown)
-            }
+        match self.slots.get(id.key()) {
+            Some(Slot::Listener(l)) => l.socket.local_addr().map_err(|_| ChannelError::Unknown),
             _ => Err(ChannelError::Unknown),
         }
     }
@@ -456,14 +443,13 @@ impl Selector {
     /// # Errors
     /// [`ChannelError::Unknown`] for a closed or unknown listener.
     pub fn close_listener(&mut self, id: ListenerId) -> Result<(), ChannelError> {
-        match self.slots.get(id.index as usize) {
-            Some(Slot::Listener(l)) if l.id == id => {}
+        match self.slots.get(id.key()) {
+            Some(Slot::Listener(_)) => {}
             _ => return Err(ChannelError::Unknown),
         }
-        if let Slot::Listener(mut l) = self.slots.remove(id.index as usize) {
+        if let Some(Slot::Listener(mut l)) = self.slots.remove(id.key()) {
             let _ = self.poll.registry().deregister(&mut l.socket);
         }
-        self.retire_slot(id.index as usize);
         self.starved.retain(|l| *l != id);
         Ok(())
     }
@@ -471,15 +457,15 @@ impl Selector {
     // ----- channel access ------------------------------------------------------------------------
 
     fn channel(&self, id: ChannelId) -> Option<&Channel> {
-        match self.slots.get(id.index as usize) {
-            Some(Slot::Channel(c)) if c.id == id => Some(c),
+        match self.slots.get(id.key()) {
+            Some(Slot::Channel(c)) => Some(c),
             _ => None,
         }
     }
 
     fn channel_mut(&mut self, id: ChannelId) -> Option<&mut Channel> {
-        match self.slots.get_mut(id.index as usize) {
-            Some(Slot::Channel(c)) if c.id == id => Some(c),
+        match self.slots.get_mut(id.key()) {
+            Some(Slot::Channel(c)) => Some(c),
             _ => None,
         }
     }
@@ -598,8 +584,8 @@ impl Selector {
         body: Bytes,
     ) -> Result<u64, (SendError, Bytes)> {
         let limit = self.config.max_staged_bytes;
-        let ch = match self.slots.get_mut(id.index as usize) {
-            Some(Slot::Channel(c)) if c.id == id => c,
+        let ch = match self.slots.get_mut(id.key()) {
+            Some(Slot::Channel(c)) => c,
             _ => return Err((SendError::UnknownChannel, body)),
         };
         if matches!(ch.state, ChannelState::Closing { .. }) {
@@ -692,14 +678,11 @@ impl Selector {
 
     /// Removes the channel, returns how many staged frames were dropped with it.
     fn remove_channel(&mut self, id: ChannelId) -> usize {
-        let slot = id.index as usize;
-        let Some(Slot::Channel(c)) = self.slots.get(slot) else {
-            return 0;
-        };
-        if c.id != id {
+        let slot = id.slot();
+        if !matches!(self.slots.get(id.key()), Some(Slot::Channel(_))) {
             return 0;
         }
-        let Slot::Channel(mut ch) = self.slots.remove(slot) else {
+        let Some(Slot::Channel(mut ch)) = self.slots.remove(id.key()) else {
             return 0;
         };
         let _ = self.poll.registry().deregister(&mut ch.stream);
@@ -710,16 +693,8 @@ impl Selector {
         let unsent = ch.sends.clear();
         // An immediate connect closed before the poll that would report it: report nothing.
         self.carried_connected.retain(|c| *c != id);
-        self.retire_slot(slot);
         log::debug!("{id}: closed ({unsent} staged frames dropped)");
         unsent
-    }
-
-    fn retire_slot(&mut self, slot: usize) {
-        if slot >= self.generations.len() {
-            self.generations.resize(slot + 1, 0);
-        }
-        self.generations[slot] = self.generations[slot].wrapping_add(1);
     }
 
     fn close_with(&mut self, id: ChannelId, reason: DisconnectReason) {
@@ -841,12 +816,12 @@ impl Selector {
                 self.out.woken = true;
                 continue;
             }
-            match self.slots.get(token.0) {
-                Some(Slot::Listener(l)) => {
+            match self.slots.at_slot(token.0) {
+                Some((_, Slot::Listener(l))) => {
                     let id = l.id;
                     self.accept(id, now);
                 }
-                Some(Slot::Channel(c)) => {
+                Some((_, Slot::Channel(c))) => {
                     let id = c.id;
                     let readable =
                         event.is_readable() || event.is_read_closed() || event.is_error();
@@ -940,8 +915,8 @@ impl Selector {
     /// descriptor the reserve released: their peers see the connection closed instead of waiting.
     fn refuse_pending(&mut self, id: ListenerId) {
         for _ in 0..self.config.accept_budget {
-            let accepted = match self.slots.get(id.index as usize) {
-                Some(Slot::Listener(l)) if l.id == id => l.socket.accept(),
+            let accepted = match self.slots.get(id.key()) {
+                Some(Slot::Listener(l)) => l.socket.accept(),
                 _ => return,
             };
             match accepted {
@@ -1059,8 +1034,8 @@ impl Selector {
     fn accept(&mut self, id: ListenerId, now: Instant) {
         let opts = self.config.accepted_socket_options;
         for _ in 0..self.config.accept_budget {
-            let accepted = match self.slots.get(id.index as usize) {
-                Some(Slot::Listener(l)) if l.id == id => l.socket.accept(),
+            let accepted = match self.slots.get(id.key()) {
+                Some(Slot::Listener(l)) => l.socket.accept(),
                 _ => return,
             };
             let (mut stream, peer) = match accepted {
@@ -1078,12 +1053,10 @@ impl Selector {
             if let Err(e) = opts.apply(&socket2::SockRef::from(&stream)) {
                 log::warn!("{id}: socket options on accepted connection from {peer}: {e}");
             }
-            let entry = self.slots.vacant_entry();
-            let slot = entry.key();
-            let Ok(index) = Self::slot_index(slot) else {
+            let Some(entry) = self.slots.vacant_entry() else {
                 return;
             };
-            let generation = self.generations.get(slot).copied().unwrap_or(0);
+            let slot = entry.key().slot();
             if let Err(e) = self.poll.registry().register(
                 &mut stream,
                 Token(slot),
@@ -1092,7 +1065,7 @@ impl Selector {
                 log::warn!("{id}: registering accepted connection from {peer}: {e}");
                 continue;
             }
-            let cid = ChannelId { index, generation };
+            let cid = ChannelId::from(entry.key());
             let mut ch = Box::new(Channel::new(cid, stream, ChannelState::Connected));
             ch.peer = Some(peer);
             ch.established = true;
@@ -1100,7 +1073,6 @@ impl Selector {
             // current readiness. Nothing is read (or allocated) until then, so idle accepted
             // connections hold no read buffer.
             entry.insert(Slot::Channel(ch));
-            self.next_generation(slot);
             self.metrics.connections_created += 1;
             self.lru.touch(slot, now);
             self.out.accepted.push(Accepted {
@@ -1115,11 +1087,11 @@ impl Selector {
     }
 
     fn write_channel(&mut self, id: ChannelId, now: Instant) {
-        let slot = id.index as usize;
-        let Some(Slot::Channel(ch)) = self.slots.get_mut(slot) else {
+        let slot = id.slot();
+        let Some(Slot::Channel(ch)) = self.slots.get_mut(id.key()) else {
             return;
         };
-        if ch.id != id || ch.sends.is_empty() || ch.state == ChannelState::Connecting {
+        if ch.sends.is_empty() || ch.state == ChannelState::Connecting {
             return;
         }
         let sends = &mut self.out.completed_sends;
@@ -1163,11 +1135,11 @@ impl Selector {
         let budget = self.config.read_budget;
         let chunk = self.config.read_chunk.max(HEADER_LEN);
         let decoder = self.decoder;
-        let slot = id.index as usize;
-        let Some(Slot::Channel(ch)) = self.slots.get_mut(slot) else {
+        let slot = id.slot();
+        let Some(Slot::Channel(ch)) = self.slots.get_mut(id.key()) else {
             return;
         };
-        if ch.id != id || ch.state != ChannelState::Connected {
+        if ch.state != ChannelState::Connected {
             return;
         }
         if ch.muted {
@@ -1284,8 +1256,8 @@ impl Selector {
             if now.saturating_duration_since(last) < max_idle {
                 break;
             }
-            let id = match self.slots.get(slot) {
-                Some(Slot::Channel(c)) => c.id,
+            let id = match self.slots.at_slot(slot) {
+                Some((_, Slot::Channel(c))) => c.id,
                 _ => {
                     self.lru.remove(slot);
                     continue;

@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::net::frame::HEADER_LEN;
+use crate::net::ChannelMap;
 use crate::net::{
     ChannelId, CloseMode, DisconnectReason, ListenerId, Received, Selector, SelectorConfig,
     SelectorWaker, SendError, DEFAULT_BACKLOG,
@@ -133,10 +134,9 @@ enum Stage {
     Sending(u64),
 }
 
-/// Per-connection state, kept in a table indexed by the channel's slab slot.
+/// Per-connection state, kept in a [`ChannelMap`] by channel id.
 #[derive(Debug)]
 struct Conn {
-    id: ChannelId,
     /// Deferred mode: requests received and not yet handed to the handler, in arrival order.
     queued: VecDeque<Bytes>,
     stage: Stage,
@@ -147,50 +147,12 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(id: ChannelId) -> Self {
+    fn new() -> Self {
         Conn {
-            id,
             queued: VecDeque::new(),
             stage: Stage::Idle,
             backlog: VecDeque::new(),
             muted: false,
-        }
-    }
-}
-
-/// Connections by slab slot, each checked against its full id (slots are reused).
-#[derive(Debug, Default)]
-struct ConnTable {
-    slots: Vec<Option<Conn>>,
-    len: usize,
-}
-
-impl ConnTable {
-    fn insert(&mut self, id: ChannelId) {
-        let slot = id.slot();
-        if slot >= self.slots.len() {
-            self.slots.resize_with(slot + 1, || None);
-        }
-        if self.slots[slot].is_none() {
-            self.len += 1;
-        }
-        self.slots[slot] = Some(Conn::new(id));
-    }
-
-    fn get_mut(&mut self, id: ChannelId) -> Option<&mut Conn> {
-        match self.slots.get_mut(id.slot()) {
-            Some(Some(c)) if c.id == id => Some(c),
-            _ => None,
-        }
-    }
-
-    fn remove(&mut self, id: ChannelId) -> Option<Conn> {
-        match self.slots.get_mut(id.slot()) {
-            Some(slot @ Some(_)) if slot.as_ref().is_some_and(|c| c.id == id) => {
-                self.len -= 1;
-                slot.take()
-            }
-            _ => None,
         }
     }
 }
@@ -302,7 +264,7 @@ pub struct Server<M> {
     backlog: i32,
     prefixed: bool,
     listeners: Vec<ListenerId>,
-    conns: ConnTable,
+    conns: ChannelMap<Conn>,
     /// Inline mode: connections with responses in their backlog.
     backlogged: Vec<ChannelId>,
     /// Swapped with the Selector's received frames every poll, so the frames are ours to move.
@@ -380,7 +342,7 @@ impl<M: Mode> Server<M> {
             backlog: config.backlog,
             prefixed: config.prefixed_responses,
             listeners: Vec::new(),
-            conns: ConnTable::default(),
+            conns: ChannelMap::new(),
             backlogged: Vec::new(),
             received: Vec::new(),
             replies,
@@ -420,7 +382,7 @@ impl<M: Mode> Server<M> {
 
     /// Open connections.
     pub fn connections(&self) -> usize {
-        self.conns.len
+        self.conns.len()
     }
 
     /// The counters.
@@ -474,7 +436,7 @@ impl<M: Mode> Server<M> {
 
         for i in 0..self.sel.accepted().len() {
             let a = self.sel.accepted()[i];
-            self.conns.insert(a.channel);
+            self.conns.insert(a.channel, Conn::new());
             self.stats.accepted += 1;
             self.mode.connected(a.channel, a.peer);
         }

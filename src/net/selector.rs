@@ -584,9 +584,8 @@ impl Selector {
         body: Bytes,
     ) -> Result<u64, (SendError, Bytes)> {
         let limit = self.config.max_staged_bytes;
-        let ch = match self.slots.get_mut(id.key()) {
-            Some(Slot::Channel(c)) => c,
-            _ => return Err((SendError::UnknownChannel, body)),
+        let Some(Slot::Channel(ch)) = self.slots.get_mut(id.key()) else {
+            return Err((SendError::UnknownChannel, body));
         };
         if matches!(ch.state, ChannelState::Closing { .. }) {
             return Err((SendError::Closing, body));

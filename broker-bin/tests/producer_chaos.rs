@@ -22,8 +22,6 @@ use mqnet::broker::{codes, Broker};
 use mqnet::client::ClientConfig;
 use mqnet::producer::{Acks, Producer, ProducerConfig, ProducerRecord};
 use mqnet::protocol::partition_for_key;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 const TOPIC: &str = "chaos";
 const NODES: i32 = 3;
@@ -223,57 +221,6 @@ fn apply_end(broker: &Broker, f: Fault) {
     }
 }
 
-/// librdkafka's consumer (CRCs checked) over every partition from the beginning until the
-/// consumed count reaches the sum of the high watermarks, and a moment more so an extra record
-/// would show. Returns (partition, offset, key, value).
-fn consume_all(
-    bootstrap: &str,
-    total: usize,
-    deadline: Instant,
-) -> Vec<(i32, i64, String, String)> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "mqnet-producer-chaos")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("check.crcs", "true")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::with_capacity(total);
-    let mut extra: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        assert!(
-            now < deadline,
-            "consumer: {} of {total} records by the deadline",
-            out.len()
-        );
-        if extra.is_some_and(|e| now > e) {
-            break;
-        }
-        if out.len() >= total && extra.is_none() {
-            extra = Some(now + Duration::from_millis(500));
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => out.push((
-                m.partition(),
-                m.offset(),
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-            )),
-            Some(Err(e)) => panic!("consumer error: {e}"),
-            None => {}
-        }
-    }
-    out
-}
-
 /// What a run found.
 #[derive(Debug, Default)]
 struct Report {
@@ -348,10 +295,17 @@ fn run(n: usize, faults: usize, seed: u64) -> Report {
         .map(|p| broker.high_watermark(TOPIC, p).expect("partition"))
         .collect();
     let total: usize = hwm.iter().map(|h| *h as usize).sum();
-    let consumed = consume_all(
+    let consumed = common::consume_until(
         &bootstrap,
+        TOPIC,
+        PARTITIONS,
         total,
         Instant::now() + Duration::from_secs(60 + (n / 10_000) as u64),
+    );
+    assert!(
+        consumed.len() >= total,
+        "seed {seed}: consumer read {} of {total} records by the deadline",
+        consumed.len()
     );
     rep.consumed = consumed.len();
 

@@ -271,12 +271,30 @@ pub fn kcat(bootstrap: &str, topic: &str) -> Vec<(i32, i64, String, String)> {
 }
 
 /// librdkafka's consumer over every partition of `topic` from the beginning, CRCs checked, until
-/// `expected` records arrived (and a moment more, so a duplicate would show).
+/// `expected` records arrived (and a moment more, so a duplicate would show), or `WAIT` passed.
 pub fn consume(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
     expected: usize,
+) -> Vec<(i32, i64, String, String)> {
+    consume_until(
+        bootstrap,
+        topic,
+        partitions,
+        expected,
+        Instant::now() + WAIT,
+    )
+}
+
+/// [`consume`] with the caller's deadline; returns what arrived by then. Returns
+/// (partition, offset, key, value).
+pub fn consume_until(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    deadline: Instant,
 ) -> Vec<(i32, i64, String, String)> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -293,7 +311,6 @@ pub fn consume(
     }
     consumer.assign(&tpl).expect("assign");
     let mut out = Vec::with_capacity(expected);
-    let deadline = Instant::now() + WAIT;
     let mut extra: Option<Instant> = None;
     loop {
         let now = Instant::now();

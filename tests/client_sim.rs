@@ -8,21 +8,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqnet::client::{
     ClientConfig, ClientRequest, ClientResponse, ConnectionState, DisconnectCause, Handshake,
-    HandshakeStep, JitterSource, LocalError, NetworkClient, NoHandshake, NodeId, Outcome,
-    ResponseOrder, SplitMix64,
+    HandshakeStep, LocalError, NetworkClient, NoHandshake, NodeId, Outcome, ResponseOrder,
+    SplitMix64,
 };
 use mqnet::failover::BootstrapFailover;
 use mqnet::net::{DisconnectReason, Transport};
 use mqnet::sim::{Behaviour, SimNetwork};
+use mqnet_test_support::jitter::NoJitter;
 use proptest::prelude::*;
-
-/// Always the middle of the jitter range: factor exactly 1.0.
-struct NoJitter;
-impl JitterSource for NoJitter {
-    fn next_f64(&mut self) -> f64 {
-        0.5
-    }
-}
 
 type Client = NetworkClient<SimNetwork, NoHandshake>;
 

@@ -8,19 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mqnet::client::{
-    ClientConfig, ClientRequest, ConnectionState, DisconnectCause, JitterSource, LocalError,
-    NetworkClient, NoHandshake, NodeId, Outcome, SplitMix64,
+    ClientConfig, ClientRequest, ConnectionState, DisconnectCause, LocalError, NetworkClient,
+    NoHandshake, NodeId, Outcome, SplitMix64,
 };
 use mqnet::failover::BootstrapFailover;
 use mqnet::net::Transport;
 use mqnet::sim::{Behaviour, SimNetwork};
-
-struct Fixed(f64);
-impl JitterSource for Fixed {
-    fn next_f64(&mut self) -> f64 {
-        self.0
-    }
-}
+use mqnet_test_support::jitter::FixedJitter as Fixed;
 
 type Client = NetworkClient<SimNetwork, NoHandshake>;
 

@@ -8,24 +8,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mqnet::client::{
-    ClientConfig, ConnectionState, DisconnectCause, JitterSource, NoHandshake, NodeId,
-};
+use mqnet::client::{ClientConfig, ConnectionState, DisconnectCause, NoHandshake, NodeId};
 use mqnet::failover::{
     FailoverEvent, FailoverOutcome, FailoverRequest, FailoverResponse, FailoverTransport,
     FailoverUri, ServerUri,
 };
 use mqnet::net::Transport;
 use mqnet::sim::{Behaviour, SimNetwork};
+use mqnet_test_support::jitter::FixedJitter as Fixed;
 use proptest::prelude::*;
-
-/// Always the same sample: 0.5 is a jitter factor of exactly 1.0.
-struct Fixed(f64);
-impl JitterSource for Fixed {
-    fn next_f64(&mut self) -> f64 {
-        self.0
-    }
-}
 
 type Ft = FailoverTransport<SimNetwork, NoHandshake>;
 

@@ -9,23 +9,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mqnet::client::{
-    ClientConfig, ClientRequest, ClientResponse, DisconnectCause, JitterSource, NetworkClient,
-    NoHandshake, NodeId, Outcome, Resolver, SplitMix64,
+    ClientConfig, ClientRequest, ClientResponse, DisconnectCause, NetworkClient, NoHandshake,
+    NodeId, Outcome, Resolver, SplitMix64,
 };
 use mqnet::group::{
     DownReason, GroupClient, GroupConfig, GroupError, GroupEvent, GroupEventKind, MemberState,
     MirrorHeartbeat, Selection,
 };
 use mqnet::sim::{Behaviour, SimNetwork};
+use mqnet_test_support::jitter::NoJitter;
 use proptest::prelude::*;
-
-/// Always the middle of the jitter range: factor exactly 1.0.
-struct NoJitter;
-impl JitterSource for NoJitter {
-    fn next_f64(&mut self) -> f64 {
-        0.5
-    }
-}
 
 /// Resolves every host to 127.0.0.1 except `bad`, which fails at once (a synchronous failure).
 struct Fixed;

@@ -2,18 +2,16 @@
 //! connects, idle expiry and graceful closes that time out. Raw `std::net` peers play the
 //! misbehaving side. Everything runs on 127.0.0.1 and every wait is bounded (see `common`).
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use mqnet::net::{
     ChannelError, ChannelId, CloseMode, DisconnectReason, Disconnected, FrameError, Selector,
     SelectorConfig, SendError, SocketOptions,
 };
+use mqnet_test_support::selector_loop::*;
 
 /// A Selector with a listener on 127.0.0.1; returns it and the listener's address.
 fn server(config: SelectorConfig) -> (Selector, SocketAddr) {

@@ -2,19 +2,17 @@
 //! waker, byte-at-a-time peers, generation-tagged ids, back-pressure, graceful close, completed
 //! sends and metrics. Everything runs on 127.0.0.1 and every wait is bounded (see `common`).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use mqnet::net::{
     ChannelError, ChannelId, CloseMode, DisconnectReason, Selector, SelectorConfig, SendError,
     SocketOptions,
 };
+use mqnet_test_support::selector_loop::*;
 
 /// A Selector with a listener on 127.0.0.1; returns it and the listener's address.
 fn server(config: SelectorConfig) -> (Selector, std::net::SocketAddr) {

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use mqnet::net::{ChannelId, Received, Selector, SocketOptions};
+use mqnet_test_support::echo::LoopbackEcho;
 
 // ----- counting allocator ------------------------------------------------------------------------
 
@@ -119,103 +118,7 @@ fn count_allocs<R>(f: impl FnOnce() -> R) -> (usize, usize, R) {
     )
 }
 
-// ----- loopback echo -----------------------------------------------------------------------------
-
 const PAYLOAD_LEN: usize = 100;
-/// Upper bound on polls per round trip; a round trip normally takes two or three.
-const MAX_POLLS_PER_TRIP: usize = 1_000;
-
-struct Echo {
-    sel: Selector,
-    client: ChannelId,
-    server: ChannelId,
-    payload: Bytes,
-    /// Reused for `swap_completed_receives`, so taking frames out allocates nothing.
-    rx: Vec<Received>,
-}
-
-impl Echo {
-    fn new() -> Echo {
-        let mut sel = Selector::new().expect("selector");
-        let listener = sel.listen("127.0.0.1:0".parse().unwrap()).expect("listen");
-        let addr = sel.listener_addr(listener).expect("listener addr");
-        let client = sel
-            .connect(addr, &SocketOptions::default())
-            .expect("connect");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut server = None;
-        let mut connected = false;
-        for _ in 0..10_000 {
-            if server.is_some() && connected {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "loopback connection not established within 10 s"
-            );
-            sel.poll(Some(Duration::from_millis(100))).expect("poll");
-            assert!(
-                sel.disconnected().is_empty(),
-                "disconnect during setup: {:?}",
-                sel.disconnected()
-            );
-            connected |= sel.connected().contains(&client);
-            if let Some(a) = sel.accepted().first() {
-                server = Some(a.channel);
-            }
-        }
-        let server = server.expect("listener accepted no connection");
-        assert!(connected, "client never reported connected");
-        Echo {
-            sel,
-            client,
-            server,
-            payload: Bytes::from(vec![0xA5u8; PAYLOAD_LEN]),
-            rx: Vec::with_capacity(16),
-        }
-    }
-
-    /// `n` request/response round trips, one in flight: the client sends the payload, the server
-    /// echoes each frame it receives, the client waits for the echo.
-    fn round_trips(&mut self, n: usize, deadline: Instant) {
-        for _ in 0..n {
-            self.sel
-                .send(self.client, self.payload.clone())
-                .expect("client send");
-            let mut answered = false;
-            let mut polls = 0;
-            while !answered {
-                polls += 1;
-                assert!(
-                    polls <= MAX_POLLS_PER_TRIP,
-                    "no echo after {MAX_POLLS_PER_TRIP} polls"
-                );
-                assert!(
-                    Instant::now() < deadline,
-                    "round trips missed their deadline"
-                );
-                self.sel.poll(Some(Duration::from_secs(1))).expect("poll");
-                assert!(
-                    self.sel.disconnected().is_empty(),
-                    "unexpected disconnect: {:?}",
-                    self.sel.disconnected()
-                );
-                self.sel.swap_completed_receives(&mut self.rx);
-                // Every frame is moved out (echoed) or dropped here, before the next poll, so the
-                // read buffers' space can be reclaimed.
-                for r in self.rx.drain(..) {
-                    if r.channel == self.server {
-                        self.sel.send(self.server, r.frame).expect("server echo");
-                    } else {
-                        assert_eq!(r.channel, self.client);
-                        assert_eq!(r.frame.len(), PAYLOAD_LEN);
-                        answered = true;
-                    }
-                }
-            }
-        }
-    }
-}
 
 // ----- tests -------------------------------------------------------------------------------------
 
@@ -246,21 +149,21 @@ struct Measured {
 }
 
 fn measure() -> Measured {
-    let mut echo = Echo::new();
+    let mut echo = LoopbackEcho::new(PAYLOAD_LEN);
     let deadline = Instant::now() + Duration::from_secs(120);
 
     // Warm-up: lets every reused buffer (send queues, output vectors, read buffers, the payload's
     // shared refcount) reach its steady-state capacity.
-    echo.round_trips(2_000, deadline);
+    echo.run(2_000, 1, deadline);
 
-    let (allocs_10k, reallocs_10k, ()) = count_allocs(|| echo.round_trips(10_000, deadline));
-    let (allocs_20k, reallocs_20k, ()) = count_allocs(|| echo.round_trips(20_000, deadline));
+    let (allocs_10k, reallocs_10k, _) = count_allocs(|| echo.run(10_000, 1, deadline));
+    let (allocs_20k, reallocs_20k, _) = count_allocs(|| echo.run(20_000, 1, deadline));
     eprintln!(
         "allocations: 10,000 round trips: {allocs_10k} allocs + {reallocs_10k} reallocs; \
          20,000 round trips: {allocs_20k} allocs + {reallocs_20k} reallocs"
     );
     // Every round trip is one frame received by each end.
-    assert_eq!(echo.sel.metrics().frames_in, 2 * 32_000);
+    assert_eq!(echo.selector().metrics().frames_in, 2 * 32_000);
     Measured {
         allocs_10k,
         reallocs_10k,

@@ -3,7 +3,6 @@
 //!
 //! Every loop here is bounded both in iterations and in time ([`DEADLINE`]); running out of either
 //! panics with a message naming what was awaited.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};

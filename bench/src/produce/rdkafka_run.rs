@@ -1,0 +1,152 @@
+//! The workload through librdkafka's `BaseProducer` (the `rdkafka` crate), and the in-process
+//! mock cluster.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer as _, ProducerContext,
+};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use super::settings::Settings;
+use super::tally::{decimal, Measured, Tally};
+use super::{RDKAFKA_POLL_EVERY, WARMUP_LIMIT};
+
+/// The in-process mock cluster.
+pub type Mock = MockCluster<'static, DefaultProducerContext>;
+
+/// Starts a mock cluster of `brokers` brokers on 127.0.0.1.
+pub fn mock(brokers: i32) -> Result<Mock, String> {
+    MockCluster::new(brokers).map_err(|e| format!("librdkafka mock cluster: {e}"))
+}
+
+/// The producer's context: delivery callbacks (served in `poll`, on this thread) record
+/// send → callback latency; the opaque is the send time in ns since `base`.
+struct Ctx {
+    base: Instant,
+    tally: Mutex<Tally>,
+}
+
+impl Ctx {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ClientContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, sent_ns: usize) {
+        let now = Instant::now();
+        let sent = self.base + Duration::from_nanos(sent_ns as u64);
+        let mut t = self.tally();
+        match r {
+            Ok(_) => t.delivered(sent, now),
+            Err((e, _)) => t.failed(now, e),
+        }
+    }
+}
+
+pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, String> {
+    let deadline = Instant::now() + s.budget();
+    let base = Instant::now();
+    let ctx = Ctx {
+        base,
+        tally: Mutex::new(Tally::new()),
+    };
+    let max_messages = (s.records + 1000).min(i32::MAX as u64);
+    let max_kbytes = (s.buffer_memory / 1024).clamp(1, i32::MAX as usize);
+    let mut config = rdkafka::ClientConfig::new();
+    if let Some(n) = s.max_in_flight {
+        config.set("max.in.flight", n.to_string());
+    }
+    let producer: BaseProducer<Ctx> = config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", s.acks.name())
+        .set("enable.idempotence", s.acks.idempotence().to_string())
+        .set("linger.ms", s.linger_ms.to_string())
+        .set("batch.size", s.batch_size.to_string())
+        .set("queue.buffering.max.messages", max_messages.to_string())
+        .set("queue.buffering.max.kbytes", max_kbytes.to_string())
+        .set("partitioner", "murmur2_random")
+        .create_with_context(ctx)
+        .map_err(|e| format!("rdkafka producer: {e}"))?;
+    let value = super::tally::value_bytes(s.size);
+    let mut key = [0u8; 20];
+    let since_base = || Instant::now().saturating_duration_since(base).as_nanos() as usize;
+
+    // Record 0: connection and metadata.
+    let rec = BaseRecord::with_opaque_to(topic, since_base())
+        .key(decimal(0, &mut key))
+        .payload(&value[..]);
+    producer
+        .send(rec)
+        .map_err(|(e, _)| format!("rdkafka: record 0: {e}"))?;
+    let warm_deadline = Instant::now() + WARMUP_LIMIT;
+    while producer.context().tally().completed() == 0 && Instant::now() < warm_deadline {
+        producer.poll(Duration::from_millis(1));
+    }
+    {
+        let mut t = producer.context().tally();
+        if t.ok != 1 {
+            return Err(match &t.first_error {
+                Some(e) => format!("rdkafka: record 0 failed: {e}"),
+                None => format!("rdkafka: record 0 not delivered within {WARMUP_LIMIT:?}"),
+            });
+        }
+        *t = Tally::new();
+    }
+
+    let mut rejected = 0u64;
+    let mut first_error = None;
+    let start = Instant::now();
+    'records: for i in 1..s.records {
+        let mut rec = BaseRecord::with_opaque_to(topic, since_base())
+            .key(decimal(i, &mut key))
+            .payload(&value[..]);
+        // Queue full: serve callbacks and retry, until the deadline.
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if Instant::now() >= deadline {
+                        rejected += s.records - i;
+                        first_error.get_or_insert_with(|| "queue full at the deadline".into());
+                        break 'records;
+                    }
+                    rec = r;
+                    producer.poll(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    rejected += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                    break;
+                }
+            }
+        }
+        if i % RDKAFKA_POLL_EVERY == 0 {
+            producer.poll(Duration::ZERO);
+            if i % 65_536 == 0 && Instant::now() >= deadline {
+                break;
+            }
+        }
+    }
+    if let Err(e) = producer.flush(deadline.saturating_duration_since(Instant::now())) {
+        first_error.get_or_insert_with(|| format!("flush: {e}"));
+    }
+    let tally = std::mem::replace(&mut *producer.context().tally(), Tally::new());
+    drop(producer);
+    Ok(Measured {
+        tally,
+        start,
+        rejected,
+        first_error,
+    })
+}

@@ -23,6 +23,7 @@
 
 mod cluster;
 mod mqnet_run;
+mod pace;
 #[cfg(feature = "rdkafka-peer")]
 mod rdkafka_run;
 mod settings;
@@ -206,6 +207,11 @@ pub struct ProduceArgs {
     /// same value for both); default: each one's own default (5, and librdkafka's 1,000,000).
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// Offered load in records/s, the same for both peers (sends paced to it); default: as fast
+    /// as `send` returns. Latency compared at a load both can drain measures linger + round trip
+    /// + the sender's own time; at saturation it measures how long the buffer is.
+    #[arg(long, value_name = "RECORDS_PER_S")]
+    pub rate: Option<u64>,
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mqnet::producer::{DeliveryResult, Producer, ProducerConfig, ProducerRecord};
 
+use super::pace::Pacer;
 use super::settings::Settings;
 use super::tally::{decimal, value_bytes, Measured, Tally};
 use super::WARMUP_LIMIT;
@@ -53,7 +54,11 @@ pub(super) fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Me
     // One tally per run, shared by the delivery callbacks (they run on the producer's I/O thread).
     let tally = Arc::new(Mutex::new(Tally::new()));
     let start = Instant::now();
+    let pacer = Pacer::new(start, s.rate);
     for i in 1..s.records {
+        if let Some(wait) = pacer.ahead(i, Instant::now()) {
+            std::thread::sleep(wait);
+        }
         if i % 65_536 == 0 && Instant::now() >= deadline {
             break;
         }

@@ -13,6 +13,7 @@ use rdkafka::producer::{
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
+use super::pace::Pacer;
 use super::settings::Settings;
 use super::tally::{decimal, Measured, Tally};
 use super::{RDKAFKA_POLL_EVERY, WARMUP_LIMIT};
@@ -107,7 +108,12 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Strin
     let mut rejected = 0u64;
     let mut first_error = None;
     let start = Instant::now();
+    let pacer = Pacer::new(start, s.rate);
     'records: for i in 1..s.records {
+        if let Some(wait) = pacer.ahead(i, Instant::now()) {
+            // Waiting serves delivery callbacks.
+            producer.poll(wait);
+        }
         let mut rec = BaseRecord::with_opaque_to(topic, since_base())
             .key(decimal(i, &mut key))
             .payload(&value[..]);

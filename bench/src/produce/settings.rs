@@ -29,6 +29,8 @@ pub struct Settings {
     pub broker_rtt_ms: u64,
     /// Requests in flight per connection for both peers (`None`: each one's default).
     pub max_in_flight: Option<usize>,
+    /// Offered load in records/s (`None`: unpaced).
+    pub rate: Option<u64>,
 }
 
 impl Settings {
@@ -44,6 +46,7 @@ impl Settings {
             buffer_memory: DEFAULT_BUFFER_MEMORY,
             broker_rtt_ms: 0,
             max_in_flight: None,
+            rate: None,
         }
     }
 
@@ -74,6 +77,9 @@ impl Settings {
         {
             return Err("--max-in-flight must be in 1..=1000000".into());
         }
+        if a.rate.is_some_and(|r| !(1..=100_000_000).contains(&r)) {
+            return Err("--rate must be in 1..=100000000 records/s".into());
+        }
         if a.broker_rtt_ms > 10_000 {
             return Err("--broker-rtt-ms must be at most 10000".into());
         }
@@ -90,6 +96,7 @@ impl Settings {
             buffer_memory: a.buffer_memory,
             broker_rtt_ms: a.broker_rtt_ms,
             max_in_flight: a.max_in_flight,
+            rate: a.rate,
         })
     }
 
@@ -102,6 +109,9 @@ impl Settings {
         };
         if let Some(n) = self.max_in_flight {
             rtt.push_str(&format!(" max.in.flight {n}"));
+        }
+        if let Some(r) = self.rate {
+            rtt.push_str(&format!(" at {} rec/s", report::thousands(r as f64)));
         }
         format!(
             "{} × {} acks={} linger.ms={} batch.size={} buffer {}{rtt}",
@@ -117,7 +127,12 @@ impl Settings {
     /// The longest a run may take, all told.
     pub(super) fn budget(&self) -> Duration {
         let per_record = 20_000 + self.size as u64 * 20;
-        Duration::from_secs(30) + Duration::from_nanos(self.records.saturating_mul(per_record))
+        let paced = self.rate.map_or(Duration::ZERO, |r| {
+            Duration::from_secs(self.records / r + 1)
+        });
+        Duration::from_secs(30)
+            + paced
+            + Duration::from_nanos(self.records.saturating_mul(per_record))
     }
 }
 
@@ -166,6 +181,9 @@ pub struct ProduceResult {
     /// The mock brokers' response delay (ms).
     #[serde(default)]
     pub broker_rtt_ms: u64,
+    /// The offered load in records/s, when paced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
     /// The first error seen, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,

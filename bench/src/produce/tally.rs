@@ -137,6 +137,7 @@ pub(super) fn summarize(
         cluster: cluster.to_string(),
         cores: sys::cores(),
         broker_rtt_ms: s.broker_rtt_ms,
+        rate: s.rate,
         first_error: m.first_error.or_else(|| t.first_error.clone()),
     }
 }

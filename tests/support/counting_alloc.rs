@@ -47,3 +47,19 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
+
+/// Allocations on this thread while `f` runs.
+pub fn count(f: impl FnOnce()) -> usize {
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCS.load(Ordering::SeqCst)
+}
+
+/// Panics unless the counter sees an allocation on this thread (a zero below proves nothing
+/// otherwise).
+pub fn assert_counter_counts() {
+    let n = count(|| drop(std::hint::black_box(Vec::<u8>::with_capacity(10))));
+    assert_eq!(n, 1, "the counting allocator counts");
+}

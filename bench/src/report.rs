@@ -479,6 +479,7 @@ mod tests {
             cluster: "mock".into(),
             cores: 2,
             broker_rtt_ms: 0,
+            rate: None,
             first_error: None,
         }
     }

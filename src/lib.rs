@@ -50,6 +50,8 @@
 //! - `bench/` (`mqnet-bench`): the loopback benchmark harness; tokio, clap and librdkafka live
 //!   there and never reach the library.
 //! - `broker-bin/` (`mqnet-broker`): the broker as a process, with its interop and crash tests.
+//! - `support/` (`mqnet-test-support`): fixtures shared by the test binaries and benches (fixed
+//!   jitter, bounded loops, echo rigs, the scripted fake Kafka broker); a dev-dependency only.
 //! - `fuzz/`: cargo-fuzz targets (frame decoding, failover URIs, Kafka responses and requests, the
 //!   server's streams); outside the workspace, built by `cargo fuzz`.
 //!

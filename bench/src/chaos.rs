@@ -672,7 +672,7 @@ fn big_frames(port: u16, pid: u32, mib: usize) -> Result<(f64, f64, f64), BenchE
 /// Runs `mqnet-bench chaos`.
 ///
 /// # Errors
-/// A description of what could not be set up (servers, proxies, the client).
+/// A [`BenchError`] saying what could not be set up (servers, proxies, the client).
 pub fn chaos(a: &ChaosArgs) -> Result<bool, BenchError> {
     if a.role == Some(ChaosRole::Server) {
         return server_main(a);

@@ -17,6 +17,7 @@
 //! | `failover`, `group`, `chaos` | the failover drill, connection groups, the fault-injection run |
 //! | `mqnet_impl`, `tokio_impl` | the echo peers: mqnet's server and clients, tokio's |
 //! | `proto`, `stats`, `report`, `child`, `sys` | the echo wire format, results, tables and plots, child processes, OS calls |
+//! | `error` | `BenchError`, the harness's error type, and `Context` to wrap an OS or library error |
 
 mod chaos;
 mod child;

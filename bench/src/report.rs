@@ -443,7 +443,13 @@ mod tests {
             results: vec![
                 ("tokio-mt".into(), Ok(result("tokio-mt", 100_000.0, 50.0))),
                 ("mqnet".into(), Ok(result("mqnet", 250_000.0, 25.0))),
-                ("tokio-ct".into(), Err(BenchError::run("boom"))),
+                (
+                    "tokio-ct".into(),
+                    Err(BenchError::wrap(
+                        "tokio-ct client".into(),
+                        std::io::Error::other("boom"),
+                    )),
+                ),
             ],
         }];
         let t = table(&rows);
@@ -451,7 +457,8 @@ mod tests {
         assert!(t.contains("250,000"), "{t}");
         assert!(t.contains("2.50×"), "{t}");
         assert!(t.contains("0.50×"), "{t}");
-        assert!(t.contains("FAILED: boom"), "{t}");
+        // A failed run shows its error with the source chain.
+        assert!(t.contains("FAILED: tokio-ct client: boom"), "{t}");
         let svg = svg(&rows, "t");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);

@@ -45,6 +45,7 @@ use mqnet::server::{Server, ServerConfig};
 use serde::Serialize;
 
 use crate::child::ChildProc;
+use crate::error::{BenchError, Context};
 use crate::sys;
 
 /// How long a server child may take to print its port.
@@ -183,14 +184,14 @@ pub fn plateau(series: &[f64], abs: f64, rel: f64) -> Plateau {
 
 // ----- the server child --------------------------------------------------------------------------
 
-fn server_main(a: &ChaosArgs) -> Result<bool, String> {
+fn server_main(a: &ChaosArgs) -> Result<bool, BenchError> {
     sys::die_with_parent();
     let addr: SocketAddr = a
         .listen
         .as_deref()
-        .ok_or("--role server needs --listen")?
+        .ok_or_else(|| BenchError::usage("--role server needs --listen"))?
         .parse()
-        .map_err(|e| format!("--listen: {e}"))?;
+        .context("--listen")?;
     let config = ServerConfig {
         selector: SelectorConfig {
             max_frame_size: SERVER_MAX_FRAME,
@@ -208,14 +209,14 @@ fn server_main(a: &ChaosArgs) -> Result<bool, String> {
         v.extend_from_slice(&req[HEADER..]);
         Some(Bytes::from(v))
     };
-    let mut server = Server::inline_with_config(handler, config).map_err(|e| e.to_string())?;
-    let bound = server.bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    let mut server = Server::inline_with_config(handler, config).context("chaos server")?;
+    let bound = server.bind(addr).with_context(|| format!("bind {addr}"))?;
     println!("PORT {}", bound.port());
     let _ = std::io::stdout().flush();
     let stop = AtomicBool::new(false);
     server
         .run_until(&stop, Some(Instant::now() + Duration::from_secs(4 * 3600)))
-        .map_err(|e| e.to_string())?;
+        .context("chaos server")?;
     Ok(true)
 }
 
@@ -233,7 +234,7 @@ struct Servers {
 }
 
 impl Servers {
-    fn spawn(exe: &Path, k: usize, port: u16) -> Result<(ChildProc, u16), String> {
+    fn spawn(exe: &Path, k: usize, port: u16) -> Result<(ChildProc, u16), BenchError> {
         let args = vec![
             "chaos".to_string(),
             "--role".into(),
@@ -242,17 +243,17 @@ impl Servers {
             format!("127.0.0.1:{port}"),
         ];
         let mut child = ChildProc::spawn(&format!("chaos-server-{k}"), exe, &args)
-            .map_err(|e| format!("spawning server {k}: {e}"))?;
+            .with_context(|| format!("spawning server {k}"))?;
         let line = child.line(SERVER_START)?;
         let port = line
             .strip_prefix("PORT ")
             .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| format!("server {k} printed {line:?}"))?;
+            .ok_or_else(|| BenchError::Child(format!("server {k} printed {line:?}")))?;
         Ok((child, port))
     }
 
-    fn start(n: usize) -> Result<Servers, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    fn start(n: usize) -> Result<Servers, BenchError> {
+        let exe = std::env::current_exe().context("current_exe")?;
         let mut slots = Vec::new();
         for k in 0..n {
             let (child, port) = Servers::spawn(&exe, k, 0)?;
@@ -275,9 +276,9 @@ impl Servers {
     }
 
     /// Restarts server `k` on its port (a few tries: the port may still be settling).
-    fn restart(&mut self, k: usize) -> Result<(), String> {
+    fn restart(&mut self, k: usize) -> Result<(), BenchError> {
         let port = self.slots[k].port;
-        let mut last = String::new();
+        let mut last = BenchError::child("no attempt");
         for _ in 0..20 {
             match Servers::spawn(&self.exe, k, port) {
                 Ok((child, _)) => {
@@ -290,11 +291,14 @@ impl Servers {
                 }
             }
         }
-        Err(format!("server {k} did not restart on port {port}: {last}"))
+        Err(BenchError::wrap(
+            format!("server {k} did not restart on port {port}"),
+            last,
+        ))
     }
 
     /// Counts servers that exited without being killed, and restarts them.
-    fn check_crashes(&mut self) -> Result<(), String> {
+    fn check_crashes(&mut self) -> Result<(), BenchError> {
         for k in 0..self.slots.len() {
             let exited = self.slots[k].child.as_mut().and_then(ChildProc::exited);
             if let Some(status) = exited {
@@ -347,10 +351,12 @@ fn start_proxy(
     server: usize,
     clock: Clock,
     stop: Arc<AtomicBool>,
-) -> Result<Proxy, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+) -> Result<Proxy, BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("proxy: bind 127.0.0.1:0")?;
+    listener
+        .set_nonblocking(true)
+        .context("proxy: set_nonblocking")?;
+    let port = listener.local_addr().context("proxy: local_addr")?.port();
     let faults = Arc::new(ConnFaults::default());
     let f = faults.clone();
     thread::Builder::new()
@@ -391,7 +397,7 @@ fn start_proxy(
                     .spawn(move || pump(u2, c2, &f2, false, &k2, &s2));
             }
         })
-        .map_err(|e| e.to_string())?;
+        .context("spawning a proxy thread")?;
     Ok(Proxy { port, faults })
 }
 
@@ -473,7 +479,7 @@ fn drive_faults(
     clock: &Clock,
     stop: &AtomicBool,
     counts: &Mutex<HashMap<String, u64>>,
-) -> Result<(), String> {
+) -> Result<(), BenchError> {
     let mut rng = SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15);
     let timeout_ms = timeout.as_millis() as u64;
     while !stop.load(Ordering::Relaxed) {
@@ -495,7 +501,9 @@ fn drive_faults(
         let now = clock.ms();
         match kind {
             0 => {
-                let mut s = servers.lock().map_err(|_| "servers lock poisoned")?;
+                let mut s = servers
+                    .lock()
+                    .map_err(|_| BenchError::child("servers lock poisoned"))?;
                 let victim = if soak {
                     0
                 } else {
@@ -504,7 +512,9 @@ fn drive_faults(
                 s.kill(victim);
                 drop(s);
                 thread::sleep(Duration::from_millis(50 + rng.next_u64() % 400));
-                let mut s = servers.lock().map_err(|_| "servers lock poisoned")?;
+                let mut s = servers
+                    .lock()
+                    .map_err(|_| BenchError::child("servers lock poisoned"))?;
                 s.restart(victim)?;
                 let port = s.slots[victim].port;
                 if let Ok(mut u) = upstream.lock() {
@@ -530,14 +540,14 @@ fn drive_faults(
         }
         servers
             .lock()
-            .map_err(|_| "servers lock poisoned")?
+            .map_err(|_| BenchError::child("servers lock poisoned"))?
             .check_crashes()?;
     }
     // The last look, from this thread: servers it restarted get SIGKILL when it exits (their
     // parent-death signal follows the thread that spawned them), which is no crash.
     servers
         .lock()
-        .map_err(|_| "servers lock poisoned")?
+        .map_err(|_| BenchError::child("servers lock poisoned"))?
         .check_crashes()
 }
 
@@ -632,19 +642,19 @@ fn rss_and_fds(pid: Option<u32>) -> (f64, f64) {
 
 /// Sends three `mib` MiB frames straight to the server on `port` and reads each answer; returns
 /// the server's RSS (MiB) before, at its peak, and once it has fallen back (or after 10 s).
-fn big_frames(port: u16, pid: u32, mib: usize) -> Result<(f64, f64, f64), String> {
+fn big_frames(port: u16, pid: u32, mib: usize) -> Result<(f64, f64, f64), BenchError> {
     let before = rss_and_fds(Some(pid)).0;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).context("big frames: connect")?;
     s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
+        .context("big frames: set_read_timeout")?;
     let size = mib * 1024 * 1024;
     let mut frame = (size as u32).to_be_bytes().to_vec();
     frame.extend(request_payload(1, 1, size));
     let mut peak = before;
     let mut answer = vec![0u8; 4 + size - HEADER + 4];
     for _ in 0..3 {
-        s.write_all(&frame).map_err(|e| e.to_string())?;
-        s.read_exact(&mut answer).map_err(|e| e.to_string())?;
+        s.write_all(&frame).context("big frames: write")?;
+        s.read_exact(&mut answer).context("big frames: read")?;
         peak = peak.max(rss_and_fds(Some(pid)).0);
     }
     drop(answer);
@@ -662,26 +672,30 @@ fn big_frames(port: u16, pid: u32, mib: usize) -> Result<(f64, f64, f64), String
 /// Runs `mqnet-bench chaos`.
 ///
 /// # Errors
-/// A description of what could not be set up (servers, proxies, the client).
-pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
+/// A [`BenchError`] saying what could not be set up (servers, proxies, the client).
+pub fn chaos(a: &ChaosArgs) -> Result<bool, BenchError> {
     if a.role == Some(ChaosRole::Server) {
         return server_main(a);
     }
     if a.size < 16 || a.size > 1024 * 1024 {
-        return Err("--size must be in 16..=1048576".into());
+        return Err(BenchError::usage("--size must be in 16..=1048576"));
     }
     if a.conns == 0 || a.servers == 0 || a.inflight == 0 {
-        return Err("--conns, --servers and --inflight must be at least 1".into());
+        return Err(BenchError::usage(
+            "--conns, --servers and --inflight must be at least 1",
+        ));
     }
     if a.soak_secs.is_some() && a.servers < 2 {
-        return Err("--soak-secs needs at least 2 servers (server 1 is never killed)".into());
+        return Err(BenchError::usage(
+            "--soak-secs needs at least 2 servers (server 1 is never killed)",
+        ));
     }
     if a.big_frame_mib
         .is_some_and(|m| m == 0 || m > MAX_BIG_FRAME_MIB)
     {
-        return Err(format!(
+        return Err(BenchError::Usage(format!(
             "--big-frame-mib must be in 1..={MAX_BIG_FRAME_MIB}"
-        ));
+        )));
     }
     let _ = sys::raise_nofile();
     let seed = a.seed.unwrap_or_else(|| {
@@ -701,7 +715,9 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
     ));
     let mut soak_report = SoakReport::default();
     if let (Some(mib), true) = (a.big_frame_mib, soak.is_some()) {
-        let pid = servers.pid(1).ok_or("server 1 is not running")?;
+        let pid = servers
+            .pid(1)
+            .ok_or_else(|| BenchError::child("server 1 is not running"))?;
         let r = big_frames(servers.slots[1].port, pid, mib)?;
         soak_report.big_frame_released = r.2 <= r.0 + mib as f64 / 2.0;
         soak_report.big_frame = Some(r);
@@ -742,7 +758,7 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
                     &counts,
                 )
             })
-            .map_err(|e| e.to_string())?
+            .context("spawning the fault driver")?
     };
 
     let config = ClientConfig::default()
@@ -753,13 +769,13 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
         .connection_setup_timeout_max(Duration::from_secs(4))
         .max_in_flight(a.inflight);
     let mut client = NetworkClient::new(config)
-        .map_err(|e| e.to_string())?
+        .context("NetworkClient")?
         .with_rng(SplitMix64::new(seed));
     let nodes: Vec<NodeId> = (0..a.conns as i32).map(NodeId).collect();
     for (k, p) in proxies.iter().enumerate() {
         client
             .add_node(nodes[k], &format!("127.0.0.1:{}", p.port))
-            .map_err(|e| e.to_string())?;
+            .with_context(|| format!("add_node {k}"))?;
     }
 
     let mut r = ChaosReport {
@@ -835,7 +851,7 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
         done.clear();
         client
             .poll_into(Some(Duration::from_millis(5)), Instant::now(), &mut done)
-            .map_err(|e| e.to_string())?;
+            .context("poll")?;
         for resp in &done {
             classify(resp, &mut r, &mut pending, &mut completed);
         }
@@ -856,7 +872,7 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
         done.clear();
         client
             .poll_into(Some(Duration::from_millis(10)), Instant::now(), &mut done)
-            .map_err(|e| e.to_string())?;
+            .context("poll")?;
         for resp in &done {
             classify(resp, &mut r, &mut pending, &mut completed);
         }
@@ -864,13 +880,15 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
     stop.store(true, Ordering::Relaxed);
     let driver_result = driver
         .join()
-        .map_err(|_| "the fault driver panicked".to_string())?;
+        .map_err(|_| BenchError::child("the fault driver panicked"))?;
     driver_result?;
     r.lost = pending.len() as u64;
     r.seconds = started.elapsed().as_secs_f64();
     r.faults = fault_counts.lock().map(|c| c.clone()).unwrap_or_default();
     {
-        let mut s = servers.lock().map_err(|_| "servers lock poisoned")?;
+        let mut s = servers
+            .lock()
+            .map_err(|_| BenchError::child("servers lock poisoned"))?;
         r.server_crashes = s.crashes;
         for k in 0..s.slots.len() {
             s.kill(k);
@@ -899,11 +917,14 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
         r.soak = Some(soak_report);
     }
     if a.json {
-        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string(&r).context("serialising the report")?
+        );
     } else {
         println!(
             "{}",
-            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(&r).context("serialising the report")?
         );
     }
     Ok(r.passed)

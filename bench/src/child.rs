@@ -10,6 +10,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
 
+use crate::error::BenchError;
 use crate::sys::PARENT_ENV;
 
 /// Most lines read from one child (a server prints one, a client one or two).
@@ -70,18 +71,21 @@ impl ChildProc {
     /// The next line the child prints, waiting at most `timeout`.
     ///
     /// # Errors
-    /// A description when the child closed its stdout (exited) or printed nothing in time.
-    pub fn line(&mut self, timeout: Duration) -> Result<String, String> {
+    /// [`BenchError::Child`] when the child closed its stdout (exited) or printed nothing in time.
+    pub fn line(&mut self, timeout: Duration) -> Result<String, BenchError> {
         match self.lines.recv_timeout(timeout) {
             Ok(l) => Ok(l),
-            Err(RecvTimeoutError::Timeout) => Err(format!(
+            Err(RecvTimeoutError::Timeout) => Err(BenchError::Child(format!(
                 "{} (pid {}) printed nothing within {timeout:?}",
                 self.name,
                 self.pid()
-            )),
+            ))),
             Err(RecvTimeoutError::Disconnected) => {
                 let status = self.stop().map(|s| s.to_string()).unwrap_or_default();
-                Err(format!("{} exited early ({status})", self.name))
+                Err(BenchError::Child(format!(
+                    "{} exited early ({status})",
+                    self.name
+                )))
             }
         }
     }

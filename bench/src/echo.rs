@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 
 use crate::child::ChildProc;
+use crate::error::{BenchError, Context};
 use crate::mqnet_impl::{self, ClientLayer};
 use crate::proto::{MAX_PAYLOAD, MIN_REQUEST, MIN_RESPONSE};
 use crate::report::{self, Row};
@@ -208,21 +209,25 @@ impl Spec {
     }
 }
 
-fn workload(a: &EchoArgs) -> Result<Workload, String> {
+fn workload(a: &EchoArgs) -> Result<Workload, BenchError> {
     if a.size < MIN_REQUEST || a.size > MAX_PAYLOAD {
-        return Err(format!("--size must be in {MIN_REQUEST}..={MAX_PAYLOAD}"));
+        return Err(BenchError::Usage(format!(
+            "--size must be in {MIN_REQUEST}..={MAX_PAYLOAD}"
+        )));
     }
     if a.resp_size < MIN_RESPONSE || a.resp_size > MAX_PAYLOAD {
-        return Err(format!(
+        return Err(BenchError::Usage(format!(
             "--resp-size must be in {MIN_RESPONSE}..={MAX_PAYLOAD}"
-        ));
+        )));
     }
     if a.conns == 0 || a.inflight == 0 {
-        return Err("--conns and --inflight must be at least 1".into());
+        return Err(BenchError::usage(
+            "--conns and --inflight must be at least 1",
+        ));
     }
     let duration = secs("duration", a.duration.unwrap_or(5.0))?;
     if duration.is_zero() {
-        return Err("--duration must be positive".into());
+        return Err(BenchError::usage("--duration must be positive"));
     }
     Ok(Workload {
         conns: a.conns,
@@ -236,11 +241,11 @@ fn workload(a: &EchoArgs) -> Result<Workload, String> {
     })
 }
 
-fn resolve(addr: &str) -> Result<SocketAddr, String> {
+fn resolve(addr: &str) -> Result<SocketAddr, BenchError> {
     addr.to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
+        .with_context(|| addr)?
         .next()
-        .ok_or_else(|| format!("{addr}: no address"))
+        .ok_or_else(|| BenchError::Usage(format!("{addr}: no address")))
 }
 
 // ----- roles (in this process) -------------------------------------------------------------------
@@ -308,7 +313,7 @@ fn measure(
     addr: SocketAddr,
     w: &Workload,
     layer: ClientLayer,
-) -> Result<RunResult, String> {
+) -> Result<RunResult, BenchError> {
     if w.idle > 0 {
         if let Err(e) = sys::raise_nofile() {
             log::warn!("raising RLIMIT_NOFILE: {e}");
@@ -320,25 +325,31 @@ fn measure(
         None => mqnet_impl::run_client(addr, w, layer),
     };
     drop(idle);
-    let mut r = res.map_err(|e| format!("{} client: {e}", imp.name()))?;
+    let mut r = res.with_context(|| format!("{} client", imp.name()))?;
     r.errors += idle_errors;
     r.cores = sys::cores();
     Ok(r)
 }
 
 /// The entry point of a child process spawned by the harness.
-fn child_main(a: &EchoArgs, role: Role) -> Result<(), String> {
+fn child_main(a: &EchoArgs, role: Role) -> Result<(), BenchError> {
     sys::die_with_parent();
     if let Some(cpu) = a.pin {
-        sys::pin_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+        sys::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
     }
     if let Err(e) = sys::raise_nofile() {
         log::warn!("raising RLIMIT_NOFILE: {e}");
     }
-    let imp = a.implementation.ok_or("--role needs --impl")?;
+    let imp = a
+        .implementation
+        .ok_or_else(|| BenchError::usage("--role needs --impl"))?;
     match role {
         Role::Server => {
-            let addr = resolve(a.listen.as_deref().ok_or("server role needs --listen")?)?;
+            let addr = resolve(
+                a.listen
+                    .as_deref()
+                    .ok_or_else(|| BenchError::usage("server role needs --listen"))?,
+            )?;
             let lifetime = secs("lifetime", a.lifetime.unwrap_or(3600.0))?;
             let stop = AtomicBool::new(false);
             serve(
@@ -353,17 +364,21 @@ fn child_main(a: &EchoArgs, role: Role) -> Result<(), String> {
                     let _ = out.flush();
                 },
             )
-            .map_err(|e| format!("{} server: {e}", imp.name()))
+            .with_context(|| format!("{} server", imp.name()))
         }
         Role::Client => {
-            let addr = resolve(a.connect.as_deref().ok_or("client role needs --connect")?)?;
+            let addr = resolve(
+                a.connect
+                    .as_deref()
+                    .ok_or_else(|| BenchError::usage("client role needs --connect"))?,
+            )?;
             let w = workload(a)?;
             let mut r = measure(imp, addr, &w, a.mqnet_client.layer())?;
             r.pinned_cpu = a.pin;
-            let line = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+            let line = serde_json::to_string(&r).context("serialising the result")?;
             let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}").map_err(|e| e.to_string())?;
-            out.flush().map_err(|e| e.to_string())
+            writeln!(out, "{line}").context("writing the result")?;
+            out.flush().context("writing the result")
         }
     }
 }
@@ -372,7 +387,7 @@ fn child_main(a: &EchoArgs, role: Role) -> Result<(), String> {
 
 /// Runs `imp` on `spec`: server and client as separate child processes (or threads with
 /// `same_process`), both stopped and reaped before this returns.
-fn run_one(imp: Impl, spec: &Spec) -> Result<RunResult, String> {
+fn run_one(imp: Impl, spec: &Spec) -> Result<RunResult, BenchError> {
     let mut r = if spec.same_process {
         run_threads(imp, spec)?
     } else {
@@ -402,8 +417,8 @@ fn common_args(imp: Impl, spec: &Spec, role: &str) -> Vec<String> {
     args
 }
 
-fn run_processes(imp: Impl, spec: &Spec) -> Result<RunResult, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+fn run_processes(imp: Impl, spec: &Spec) -> Result<RunResult, BenchError> {
+    let exe = std::env::current_exe().context("current_exe")?;
     let budget = spec.client_budget();
 
     let mut server_args = common_args(imp, spec, "server");
@@ -414,13 +429,12 @@ fn run_processes(imp: Impl, spec: &Spec) -> Result<RunResult, String> {
         (budget + SERVER_START).as_secs().to_string(),
     ]);
     let name = format!("{} server", imp.name());
-    let mut server =
-        ChildProc::spawn(&name, &exe, &server_args).map_err(|e| format!("{name}: {e}"))?;
+    let mut server = ChildProc::spawn(&name, &exe, &server_args).with_context(|| name.as_str())?;
     let line = server.line(SERVER_START)?;
     let port: u16 = line
         .strip_prefix("PORT ")
         .and_then(|p| p.trim().parse().ok())
-        .ok_or_else(|| format!("{name}: unexpected first line {line:?}"))?;
+        .ok_or_else(|| BenchError::Child(format!("{name}: unexpected first line {line:?}")))?;
 
     let w = &spec.w;
     let mut client_args = common_args(imp, spec, "client");
@@ -445,7 +459,7 @@ fn run_processes(imp: Impl, spec: &Spec) -> Result<RunResult, String> {
     }
     let cname = format!("{} client", imp.name());
     let mut client =
-        ChildProc::spawn(&cname, &exe, &client_args).map_err(|e| format!("{cname}: {e}"))?;
+        ChildProc::spawn(&cname, &exe, &client_args).with_context(|| cname.as_str())?;
     let line = client.line(budget);
     // Stop both before looking at the result: the client has printed (or failed), the server is
     // no longer needed.
@@ -458,10 +472,11 @@ fn run_processes(imp: Impl, spec: &Spec) -> Result<RunResult, String> {
         server.pid()
     );
     let line = line?;
-    serde_json::from_str::<RunResult>(&line).map_err(|e| format!("{cname}: bad result line: {e}"))
+    serde_json::from_str::<RunResult>(&line)
+        .map_err(|e| BenchError::Child(format!("{cname}: bad result line: {e}")))
 }
 
-fn run_threads(imp: Impl, spec: &Spec) -> Result<RunResult, String> {
+fn run_threads(imp: Impl, spec: &Spec) -> Result<RunResult, BenchError> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let flag = Arc::clone(&stop);
@@ -471,7 +486,7 @@ fn run_threads(imp: Impl, spec: &Spec) -> Result<RunResult, String> {
     let lifetime = spec.client_budget() + SERVER_START;
     let server = thread::spawn(move || {
         if let Some(cpu) = pin {
-            sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+            sys::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
         }
         serve(
             imp,
@@ -483,28 +498,28 @@ fn run_threads(imp: Impl, spec: &Spec) -> Result<RunResult, String> {
                 let _ = tx.send(a);
             },
         )
-        .map_err(|e| e.to_string())
+        .context("serving")
     });
     let result = (|| {
         let addr = rx
             .recv_timeout(SERVER_START)
-            .map_err(|_| format!("{} server did not start", imp.name()))?;
+            .map_err(|_| BenchError::Child(format!("{} server did not start", imp.name())))?;
         let w = spec.w.clone();
         let client = thread::spawn(move || {
             if let Some(cpu) = pin {
-                sys::pin_to_cpu(cpu).map_err(|e| e.to_string())?;
+                sys::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
             }
             measure(imp, addr, &w, layer)
         });
         // The client's run is bounded by its own window and grace periods.
         client
             .join()
-            .map_err(|_| format!("{} client panicked", imp.name()))?
+            .map_err(|_| BenchError::Child(format!("{} client panicked", imp.name())))?
     })();
     stop.store(true, Ordering::Release);
     match server.join() {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => log::warn!("{} server: {e}", imp.name()),
+        Ok(Err(e)) => log::warn!("{} server: {e:#}", imp.name()),
         Err(_) => log::warn!("{} server panicked", imp.name()),
     }
     result
@@ -568,7 +583,7 @@ pub(crate) fn run_matrix(
                 }
                 Err(e) => {
                     ok = false;
-                    pb.suspend(|| eprintln!("{label} {}: FAILED: {e}", imp.name()));
+                    pb.suspend(|| eprintln!("{label} {}: FAILED: {e:#}", imp.name()));
                 }
             }
             row.results.push((imp.name().to_string(), r));
@@ -597,7 +612,7 @@ pub(crate) fn run_matrix(
 }
 
 /// `mqnet-bench echo`: one of its modes, chosen by the flags.
-pub(crate) fn echo(a: &EchoArgs) -> Result<bool, String> {
+pub(crate) fn echo(a: &EchoArgs) -> Result<bool, BenchError> {
     if let Some(role) = a.role {
         child_main(a, role)?;
         return Ok(true);
@@ -616,14 +631,14 @@ pub(crate) fn echo(a: &EchoArgs) -> Result<bool, String> {
 }
 
 /// `echo --listen ADDR`: only a server (of `--impl`), until killed or `--duration`.
-fn serve_only(a: &EchoArgs, listen: &str) -> Result<(), String> {
+fn serve_only(a: &EchoArgs, listen: &str) -> Result<(), BenchError> {
     let addr = resolve(listen)?;
     let imp = a.implementation.unwrap_or(match a.peer {
         Peer::Tokio => Impl::TokioMt,
         Peer::Mqnet | Peer::All => Impl::Mqnet,
     });
     if let Some(cpu) = a.pin {
-        sys::pin_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+        sys::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
     }
     if let Err(e) = sys::raise_nofile() {
         log::warn!("raising RLIMIT_NOFILE: {e}");
@@ -639,13 +654,13 @@ fn serve_only(a: &EchoArgs, listen: &str) -> Result<(), String> {
             imp.name()
         );
     })
-    .map_err(|e| format!("{} server: {e}", imp.name()))?;
+    .with_context(|| format!("{} server", imp.name()))?;
     Ok(())
 }
 
 /// `echo --connect failover:(...)`: one logical connection over a failover transport (C × W
 /// requests in flight on it).
-fn failover_client(a: &EchoArgs, connect: &str, w: &Workload) -> Result<bool, String> {
+fn failover_client(a: &EchoArgs, connect: &str, w: &Workload) -> Result<bool, BenchError> {
     let label = report::workload_label(w.size, w.conns, w.inflight, w.idle, a.pin);
     let r = failover::echo_client(connect, w);
     let ok = r.as_ref().is_ok_and(|r| r.errors == 0);
@@ -653,7 +668,7 @@ fn failover_client(a: &EchoArgs, connect: &str, w: &Workload) -> Result<bool, St
         println!("{}", report::json_line(res));
     }
     if let Err(e) = &r {
-        eprintln!("mqnet-failover: FAILED: {e}");
+        eprintln!("mqnet-failover: FAILED: {e:#}");
     }
     let rows = [Row {
         label: format!("{label} → {}", failover::label(connect)),
@@ -666,10 +681,10 @@ fn failover_client(a: &EchoArgs, connect: &str, w: &Workload) -> Result<bool, St
 }
 
 /// `echo --connect ADDR`: only clients (of `--peer`) against a server elsewhere.
-fn clients_only(a: &EchoArgs, connect: &str, w: Workload) -> Result<bool, String> {
+fn clients_only(a: &EchoArgs, connect: &str, w: Workload) -> Result<bool, BenchError> {
     let addr = resolve(connect)?;
     if let Some(cpu) = a.pin {
-        sys::pin_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+        sys::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
     }
     let impls = a.peer.impls();
     let label = report::workload_label(w.size, w.conns, w.inflight, w.idle, a.pin);
@@ -690,7 +705,7 @@ fn clients_only(a: &EchoArgs, connect: &str, w: Workload) -> Result<bool, String
             Ok(_) => {}
             Err(e) => {
                 ok = false;
-                pb.suspend(|| eprintln!("{}: FAILED: {e}", imp.name()));
+                pb.suspend(|| eprintln!("{}: FAILED: {e:#}", imp.name()));
             }
         }
         ok &= r.as_ref().is_ok_and(|r| r.errors == 0);
@@ -708,14 +723,14 @@ fn clients_only(a: &EchoArgs, connect: &str, w: Workload) -> Result<bool, String
     }
     if let Some(path) = &a.plot {
         std::fs::write(path, report::svg(&rows, "mqnet-bench echo latency CDF"))
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ok)
 }
 
 /// `echo` without `--listen`/`--connect`: server and client of each implementation as child
 /// processes (or threads with `--same-process`), one workload.
-fn local_pairs(a: &EchoArgs, w: Workload) -> Result<bool, String> {
+fn local_pairs(a: &EchoArgs, w: Workload) -> Result<bool, BenchError> {
     let spec = Spec {
         w,
         pin: a.pin,
@@ -731,7 +746,7 @@ fn local_pairs(a: &EchoArgs, w: Workload) -> Result<bool, String> {
 }
 
 /// `echo --group-size N [--drill]`: see `group.rs`.
-fn group_echo(a: &EchoArgs, w: &Workload, n: usize) -> Result<bool, String> {
+fn group_echo(a: &EchoArgs, w: &Workload, n: usize) -> Result<bool, BenchError> {
     if a.drill {
         let d = group::run_drill(w, n)?;
         println!("{}", d.report());

@@ -20,6 +20,7 @@ use mqnet::failover::{
 };
 
 use crate::child::ChildProc;
+use crate::error::{BenchError, Context};
 use crate::proto::{check_response, Encoder, MIN_REQUEST, MIN_RESPONSE};
 use crate::stats::{Recorder, RunResult, Window, Workload};
 
@@ -80,7 +81,7 @@ struct EchoChild {
     proc: Option<ChildProc>,
 }
 
-fn spawn_server(exe: &Path, port: u16, lifetime: f64) -> Result<ChildProc, String> {
+fn spawn_server(exe: &Path, port: u16, lifetime: f64) -> Result<ChildProc, BenchError> {
     let args: Vec<String> = [
         "echo",
         "--role",
@@ -97,17 +98,17 @@ fn spawn_server(exe: &Path, port: u16, lifetime: f64) -> Result<ChildProc, Strin
     .iter()
     .map(ToString::to_string)
     .collect();
-    ChildProc::spawn("echo server", exe, &args).map_err(|e| format!("spawning an echo server: {e}"))
+    ChildProc::spawn("echo server", exe, &args).context("spawning an echo server")
 }
 
 /// Starts an echo server child and waits for its port.
-fn start_server(exe: &Path, port: u16, lifetime: f64) -> Result<EchoChild, String> {
+fn start_server(exe: &Path, port: u16, lifetime: f64) -> Result<EchoChild, BenchError> {
     let mut proc = spawn_server(exe, port, lifetime)?;
     let line = proc.line(SERVER_START)?;
     let port = line
         .strip_prefix("PORT ")
         .and_then(|p| p.trim().parse::<u16>().ok())
-        .ok_or_else(|| format!("echo server printed `{line}`, not its port"))?;
+        .ok_or_else(|| BenchError::Child(format!("echo server printed `{line}`, not its port")))?;
     Ok(EchoChild {
         port,
         proc: Some(proc),
@@ -184,14 +185,14 @@ impl Ledger {
     }
 }
 
-fn uri(ports: &[u16], query: &str) -> Result<FailoverUri, String> {
+fn uri(ports: &[u16], query: &str) -> Result<FailoverUri, BenchError> {
     let list: Vec<String> = ports
         .iter()
         .map(|p| format!("tcp://127.0.0.1:{p}"))
         .collect();
     format!("failover:({})?{query}", list.join(","))
         .parse()
-        .map_err(|e| format!("{e}"))
+        .context("failover URI")
 }
 
 fn client_config(inflight: usize) -> ClientConfig {
@@ -201,8 +202,8 @@ fn client_config(inflight: usize) -> ClientConfig {
         .connections_max_idle(None)
 }
 
-fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, BenchError> {
+    let exe = std::env::current_exe().context("current_exe")?;
     let lifetime = a.duration + DRAIN.as_secs_f64() + 60.0;
     let mut servers = Vec::new();
     for _ in 0..a.servers {
@@ -218,7 +219,7 @@ fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, String> {
     );
     let uri = uri(&ports, &query)?;
     let mut t = FailoverTransport::connect(&uri, client_config(a.inflight))
-        .map_err(|e| format!("failover transport: {e}"))?;
+        .context("failover transport")?;
     let mut ledger = Ledger {
         size: a.size.max(MIN_REQUEST),
         resp_size: 16,
@@ -232,10 +233,9 @@ fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, String> {
     let connect_by = start + SERVER_START;
     while !t.is_connected() {
         if Instant::now() > connect_by {
-            return Err("the failover transport never connected".into());
+            return Err(BenchError::run("the failover transport never connected"));
         }
-        t.poll(Some(TICK), Instant::now())
-            .map_err(|e| e.to_string())?;
+        t.poll(Some(TICK), Instant::now()).context("poll")?;
     }
     let every = Duration::from_secs_f64(a.kill_every.max(0.05));
     let restart_after = Duration::from_secs_f64(a.restart_after.clamp(0.0, a.kill_every));
@@ -276,8 +276,7 @@ fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, String> {
                 k += 1;
             }
         }
-        t.poll_into(Some(TICK), now, &mut out)
-            .map_err(|e| e.to_string())?;
+        t.poll_into(Some(TICK), now, &mut out).context("poll")?;
         for r in out.drain(..) {
             ledger.complete(r, None);
         }
@@ -322,7 +321,7 @@ fn pct(v: &[u64], q: f64) -> f64 {
 ///
 /// # Errors
 /// A server or the transport could not be started.
-pub fn drill(a: &FailoverArgs) -> Result<bool, String> {
+pub fn drill(a: &FailoverArgs) -> Result<bool, BenchError> {
     let modes: &[bool] = match a.modes {
         Modes::Both => &[true, false],
         Modes::Standby => &[true],
@@ -409,11 +408,11 @@ pub fn drill(a: &FailoverArgs) -> Result<bool, String> {
 ///
 /// # Errors
 /// A bad URI, or the transport could not be created or never connected.
-pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, String> {
-    let uri: FailoverUri = with_schemes(connect).parse().map_err(|e| format!("{e}"))?;
+pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, BenchError> {
+    let uri: FailoverUri = with_schemes(connect).parse().context("--connect")?;
     let inflight = (w.conns * w.inflight).max(1);
-    let mut t = FailoverTransport::connect(&uri, client_config(inflight))
-        .map_err(|e| format!("failover transport: {e}"))?;
+    let mut t =
+        FailoverTransport::connect(&uri, client_config(inflight)).context("failover transport")?;
     let mut ledger = Ledger {
         size: w.size.max(MIN_REQUEST),
         resp_size: w.resp_size.max(MIN_RESPONSE),
@@ -425,10 +424,11 @@ pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, String> {
     let connect_by = Instant::now() + SERVER_START;
     while !t.is_connected() {
         if Instant::now() > connect_by || t.is_exhausted() {
-            return Err(format!("never connected to any of {connect}"));
+            return Err(BenchError::Run(format!(
+                "never connected to any of {connect}"
+            )));
         }
-        t.poll(Some(TICK), Instant::now())
-            .map_err(|e| e.to_string())?;
+        t.poll(Some(TICK), Instant::now()).context("poll")?;
     }
     let window = Window::starting_now(w);
     let mut rec = Recorder::new();
@@ -445,8 +445,7 @@ pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, String> {
                 ledger.send(&mut t, now);
             }
         }
-        t.poll_into(Some(TICK), now, &mut out)
-            .map_err(|e| e.to_string())?;
+        t.poll_into(Some(TICK), now, &mut out).context("poll")?;
         let now = Instant::now();
         for r in out.drain(..) {
             let measured = now >= window.warm_end && now < window.end;

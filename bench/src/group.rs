@@ -17,6 +17,7 @@ use mqnet::client::{ClientConfig, ClientRequest, ClientResponse, NetworkClient, 
 use mqnet::group::{EchoHeartbeat, GroupClient, GroupConfig, GroupError, GroupEventKind};
 use mqnet::net::Selector;
 
+use crate::error::{BenchError, Context};
 use crate::mqnet_impl::run_server;
 use crate::proto::{check_response, Encoder};
 use crate::stats::{Recorder, RunResult, Window, Workload};
@@ -40,7 +41,7 @@ struct InProcessServer {
 }
 
 impl InProcessServer {
-    fn start(addr: SocketAddr, resp_size: usize) -> Result<(Self, SocketAddr), String> {
+    fn start(addr: SocketAddr, resp_size: usize) -> Result<(Self, SocketAddr), BenchError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let (tx, rx) = mpsc::channel();
@@ -51,7 +52,7 @@ impl InProcessServer {
         });
         let bound = rx
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| format!("server on {addr} did not start"))?;
+            .map_err(|_| BenchError::Child(format!("server on {addr} did not start")))?;
         Ok((
             InProcessServer {
                 stop,
@@ -62,11 +63,11 @@ impl InProcessServer {
     }
 
     /// Stops the server; its listener and connections close when it returns.
-    fn kill(&mut self) -> Result<(), String> {
+    fn kill(&mut self) -> Result<(), BenchError> {
         self.stop.store(true, Ordering::Release);
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => Err(format!("server: {e}")),
-            Some(Err(_)) => Err("server thread panicked".into()),
+            Some(Ok(Err(e))) => Err(BenchError::wrap("server".into(), e)),
+            Some(Err(_)) => Err(BenchError::child("server thread panicked")),
             _ => Ok(()),
         }
     }
@@ -107,7 +108,7 @@ struct Loop {
 }
 
 impl Loop {
-    fn new(addr: SocketAddr, w: &Workload, n: usize) -> Result<Self, String> {
+    fn new(addr: SocketAddr, w: &Workload, n: usize) -> Result<Self, BenchError> {
         let window = (w.conns * w.inflight).max(1);
         let config = ClientConfig::default()
             .max_in_flight(window)
@@ -116,11 +117,11 @@ impl Loop {
             .receive_buffer_bytes(None)
             .request_timeout(Duration::from_secs(5))
             .pipeline_unsent(true);
-        let client = NetworkClient::new(config).map_err(|e| format!("client: {e}"))?;
+        let client = NetworkClient::new(config).context("client")?;
         let mut groups = GroupClient::new(client, GroupConfig::default(), EchoHeartbeat);
         groups
             .connect(GROUP, &addr.to_string(), n, "mqnet-bench", Instant::now())
-            .map_err(|e| e.to_string())?;
+            .context("group connect")?;
         Ok(Loop {
             groups,
             enc: Encoder::new(w.size),
@@ -132,14 +133,14 @@ impl Loop {
         })
     }
 
-    fn wait_live(&mut self, n: usize, limit: Duration) -> Result<Duration, String> {
+    fn wait_live(&mut self, n: usize, limit: Duration) -> Result<Duration, BenchError> {
         let start = Instant::now();
         while self.groups.live_members(GROUP) < n {
             if start.elapsed() > limit {
-                return Err(format!(
+                return Err(BenchError::Run(format!(
                     "group not whole after {limit:?}: {:?}",
                     self.groups.member_states(GROUP)
-                ));
+                )));
             }
             self.poll(None)?;
         }
@@ -172,11 +173,11 @@ impl Loop {
     }
 
     /// Polls once; returns how many requests completed (each is replaced by the caller).
-    fn poll(&mut self, rec: Option<(&mut Recorder, &Window)>) -> Result<usize, String> {
+    fn poll(&mut self, rec: Option<(&mut Recorder, &Window)>) -> Result<usize, BenchError> {
         let now = Instant::now();
         self.groups
             .poll_into(Some(POLL_TICK), now, &mut self.done)
-            .map_err(|e| format!("poll: {e}"))?;
+            .context("poll")?;
         let now = Instant::now();
         let n = self.done.len();
         let mut rec = rec;
@@ -211,7 +212,7 @@ impl Loop {
         until: Instant,
         mut rec: Option<(&mut Recorder, &Window)>,
         mut stop: impl FnMut(&mut Self) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), BenchError> {
         while Instant::now() < until && !stop(self) {
             let now = Instant::now();
             while self.pending.len() < window {
@@ -226,7 +227,7 @@ impl Loop {
 
     /// Stops sending and waits for every accepted request to complete (bounded by the client's
     /// request timeout).
-    fn drain(&mut self) -> Result<(), String> {
+    fn drain(&mut self) -> Result<(), BenchError> {
         let limit = Instant::now() + Duration::from_secs(15);
         while !self.pending.is_empty() && Instant::now() < limit {
             self.poll(None)?;
@@ -244,7 +245,7 @@ pub fn run_throughput(
     addr: Option<SocketAddr>,
     w: &Workload,
     n: usize,
-) -> Result<RunResult, String> {
+) -> Result<RunResult, BenchError> {
     let (server, addr) = match addr {
         Some(a) => (None, a),
         None => {
@@ -299,7 +300,7 @@ pub struct DrillResult {
 ///
 /// # Errors
 /// Set-up failures, or the group not healing within the drill's bound.
-pub fn run_drill(w: &Workload, n: usize) -> Result<DrillResult, String> {
+pub fn run_drill(w: &Workload, n: usize) -> Result<DrillResult, BenchError> {
     let (mut server, addr) = InProcessServer::start("127.0.0.1:0".parse().unwrap(), w.resp_size)?;
     let mut l = Loop::new(addr, w, n)?;
     l.wait_live(n, CONNECT_TIMEOUT)?;
@@ -326,10 +327,10 @@ pub fn run_drill(w: &Workload, n: usize) -> Result<DrillResult, String> {
         healed.is_some()
     })?;
     let healed = healed.ok_or_else(|| {
-        format!(
+        BenchError::Run(format!(
             "group not whole {DRILL_LIMIT:?} after the kill: {:?}",
             l.groups.member_states(GROUP)
-        )
+        ))
     })?;
     l.run_until(inflight, Instant::now() + DRILL_STEADY, None, |_| false)?;
     l.drain()?;

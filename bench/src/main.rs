@@ -17,10 +17,12 @@
 //! | `failover`, `group`, `chaos` | the failover drill, connection groups, the fault-injection run |
 //! | `mqnet_impl`, `tokio_impl` | the echo peers: mqnet's server and clients, tokio's |
 //! | `proto`, `stats`, `report`, `child`, `sys` | the echo wire format, results, tables and plots, child processes, OS calls |
+//! | `error` | `BenchError`, the harness's error type, and `Context` to wrap an OS or library error |
 
 mod chaos;
 mod child;
 mod echo;
+mod error;
 mod failover;
 mod group;
 mod matrix;
@@ -40,6 +42,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::echo::EchoArgs;
+use crate::error::BenchError;
 use crate::matrix::MatrixArgs;
 
 #[derive(Debug, Parser)]
@@ -99,11 +102,11 @@ enum Command {
     Chaos(chaos::ChaosArgs),
 }
 
-pub(crate) fn secs(name: &str, v: f64) -> Result<Duration, String> {
+pub(crate) fn secs(name: &str, v: f64) -> Result<Duration, BenchError> {
     if !(0.0..=86_400.0).contains(&v) {
-        return Err(format!(
+        return Err(BenchError::Usage(format!(
             "--{name} must be between 0 and 86400 seconds, got {v}"
-        ));
+        )));
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -140,7 +143,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("mqnet-bench: {e}");
+            eprintln!("mqnet-bench: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::echo::{run_matrix, MqnetClient, Peer, Spec};
+use crate::error::BenchError;
 use crate::mqnet_impl::ClientLayer;
 use crate::stats::Workload;
 use crate::{produce, progress, secs, sys};
@@ -55,7 +56,7 @@ impl Default for MatrixArgs {
     }
 }
 
-pub(crate) fn matrix(a: &MatrixArgs) -> Result<bool, String> {
+pub(crate) fn matrix(a: &MatrixArgs) -> Result<bool, BenchError> {
     let warmup = secs("warmup", a.warmup)?;
     let duration = secs("duration", a.duration)?;
     let pin = if a.no_pin {
@@ -108,7 +109,7 @@ pub(crate) fn matrix(a: &MatrixArgs) -> Result<bool, String> {
             match r {
                 Ok(row_ok) => ok &= row_ok,
                 Err(e) => {
-                    eprintln!("produce: FAILED: {e}");
+                    eprintln!("produce: FAILED: {e:#}");
                     ok = false;
                 }
             }

@@ -25,6 +25,7 @@ use mqnet::net::ChannelMap;
 use mqnet::net::{ChannelId, CloseMode, Received, Selector, SelectorConfig, SocketOptions};
 use mqnet::server::{Handler, Server, ServerConfig};
 
+use crate::error::{BenchError, Context};
 use crate::proto::{check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD};
 use crate::stats::{Recorder, RunResult, Window, Workload};
 
@@ -171,7 +172,7 @@ pub trait RequestLayer {
         correlation_id: i32,
         frame: Bytes,
         now: Instant,
-    ) -> Result<(), String>;
+    ) -> Result<(), BenchError>;
 
     /// Does the IO, waiting at most `timeout`; appends what happened to `events`.
     ///
@@ -251,12 +252,15 @@ impl RequestLayer for SelectorLayer {
         correlation_id: i32,
         frame: Bytes,
         _now: Instant,
-    ) -> Result<(), String> {
-        let c = self.conns.get_mut(conn).ok_or("unknown connection")?;
-        let channel = c.channel.ok_or("connection is down")?;
-        self.sel
-            .send_prefixed(channel, frame)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), BenchError> {
+        let c = self
+            .conns
+            .get_mut(conn)
+            .ok_or_else(|| BenchError::run("unknown connection"))?;
+        let channel = c
+            .channel
+            .ok_or_else(|| BenchError::run("connection is down"))?;
+        self.sel.send_prefixed(channel, frame).context("send")?;
         c.in_flight.push_back(correlation_id);
         Ok(())
     }
@@ -394,8 +398,11 @@ impl RequestLayer for NetworkClientLayer {
         correlation_id: i32,
         frame: Bytes,
         now: Instant,
-    ) -> Result<(), String> {
-        let node = *self.nodes.get(conn).ok_or("unknown connection")?;
+    ) -> Result<(), BenchError> {
+        let node = *self
+            .nodes
+            .get(conn)
+            .ok_or_else(|| BenchError::run("unknown connection"))?;
         // Failures (not ready, refused) come back as completions of a later poll.
         self.client
             .send(ClientRequest::new(node, correlation_id, frame), now);

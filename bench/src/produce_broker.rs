@@ -14,6 +14,8 @@ use clap::ValueEnum;
 
 use mqnet::broker::{Broker, BrokerConfig};
 
+use crate::error::{BenchError, Context};
+
 /// `--broker` of `produce`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum BrokerKind {
@@ -68,16 +70,16 @@ impl Embedded {
     ///
     /// # Errors
     /// When the broker cannot start or the topic cannot be created.
-    pub fn start(topic: &str, partitions: i32) -> Result<Embedded, String> {
+    pub fn start(topic: &str, partitions: i32) -> Result<Embedded, BenchError> {
         let broker = Broker::start(BrokerConfig {
             nodes: NODES,
             default_partitions: partitions,
             ..BrokerConfig::default()
         })
-        .map_err(|e| format!("embedded broker: {e}"))?;
+        .context("embedded broker")?;
         broker
             .create_topic(topic, partitions)
-            .map_err(|e| format!("embedded broker topic {topic}: {e}"))?;
+            .with_context(|| format!("embedded broker topic {topic}"))?;
         Ok(Embedded { broker })
     }
 

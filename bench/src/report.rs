@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::error::BenchError;
 use crate::produce::ProduceResult;
 use crate::stats::RunResult;
 
@@ -9,12 +10,12 @@ use crate::stats::RunResult;
 pub const BASELINE: &str = "tokio-mt";
 
 /// One row of the matrix: a workload and the results of every implementation on it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Row {
     /// Human label of the workload.
     pub label: String,
     /// Results, one per implementation, in run order; `Err` holds why a run failed.
-    pub results: Vec<(String, Result<RunResult, String>)>,
+    pub results: Vec<(String, Result<RunResult, BenchError>)>,
 }
 
 /// "100 B", "16 KiB", "1 MiB".
@@ -113,7 +114,7 @@ pub fn table(rows: &[Row]) -> String {
                     ]);
                 }
                 Err(e) => {
-                    let mut l = vec![label, name.clone(), format!("FAILED: {e}")];
+                    let mut l = vec![label, name.clone(), format!("FAILED: {e:#}")];
                     l.resize(header.len(), String::new());
                     lines.push(l);
                 }
@@ -162,12 +163,12 @@ fn render(lines: &[Vec<String>]) -> String {
 pub const PRODUCE_BASELINE: &str = "rdkafka";
 
 /// One row of the produce table: a workload and the result of every producer on it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProduceRow {
     /// Human label of the workload.
     pub label: String,
     /// Results, one per implementation, in run order; `Err` holds why a run failed.
-    pub results: Vec<(String, Result<ProduceResult, String>)>,
+    pub results: Vec<(String, Result<ProduceResult, BenchError>)>,
 }
 
 fn ratio(num: f64, den: Option<f64>) -> String {
@@ -216,7 +217,7 @@ pub fn produce_table(rows: &[ProduceRow]) -> String {
                     ratio(r.p50_us, base.as_ref().map(|b| b.p50_us)),
                 ]),
                 Err(e) => {
-                    let mut l = vec![label, name.clone(), format!("FAILED: {e}")];
+                    let mut l = vec![label, name.clone(), format!("FAILED: {e:#}")];
                     l.resize(header.len(), String::new());
                     lines.push(l);
                 }
@@ -442,7 +443,13 @@ mod tests {
             results: vec![
                 ("tokio-mt".into(), Ok(result("tokio-mt", 100_000.0, 50.0))),
                 ("mqnet".into(), Ok(result("mqnet", 250_000.0, 25.0))),
-                ("tokio-ct".into(), Err("boom".into())),
+                (
+                    "tokio-ct".into(),
+                    Err(BenchError::wrap(
+                        "tokio-ct client".into(),
+                        std::io::Error::other("boom"),
+                    )),
+                ),
             ],
         }];
         let t = table(&rows);
@@ -450,7 +457,8 @@ mod tests {
         assert!(t.contains("250,000"), "{t}");
         assert!(t.contains("2.50×"), "{t}");
         assert!(t.contains("0.50×"), "{t}");
-        assert!(t.contains("FAILED: boom"), "{t}");
+        // A failed run shows its error with the source chain.
+        assert!(t.contains("FAILED: tokio-ct client: boom"), "{t}");
         let svg = svg(&rows, "t");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);

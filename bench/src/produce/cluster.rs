@@ -14,6 +14,9 @@ use super::ProduceImpl;
 use super::NO_PEER;
 #[cfg(feature = "rdkafka-peer")]
 use super::{MOCK_BROKERS, MOCK_REPLICATION};
+use crate::error::BenchError;
+#[cfg(feature = "rdkafka-peer")]
+use crate::error::Context;
 
 // ----- orchestration -----------------------------------------------------------------------------
 
@@ -26,7 +29,7 @@ pub(super) enum Cluster {
 
 impl Cluster {
     #[cfg_attr(not(feature = "rdkafka-peer"), allow(unused_variables))]
-    pub(super) fn open(bootstrap: Option<&str>, rtt_ms: u64) -> Result<Self, String> {
+    pub(super) fn open(bootstrap: Option<&str>, rtt_ms: u64) -> Result<Self, BenchError> {
         match bootstrap {
             Some(b) => Ok(Cluster::External(b.to_string())),
             #[cfg(feature = "rdkafka-peer")]
@@ -35,13 +38,13 @@ impl Cluster {
                 if rtt_ms > 0 {
                     for b in 1..=MOCK_BROKERS {
                         m.broker_round_trip_time(b, Duration::from_millis(rtt_ms))
-                            .map_err(|e| format!("mock broker {b} RTT: {e}"))?;
+                            .with_context(|| format!("mock broker {b} RTT"))?;
                     }
                 }
                 Ok(Cluster::Mock(m))
             }
             #[cfg(not(feature = "rdkafka-peer"))]
-            None => Err(NO_PEER.into()),
+            None => Err(BenchError::usage(NO_PEER)),
         }
     }
 
@@ -86,14 +89,14 @@ impl Cluster {
         base: &str,
         imp: ProduceImpl,
         s: &Settings,
-    ) -> Result<String, String> {
+    ) -> Result<String, BenchError> {
         match self {
             Cluster::External(_) => Ok(base.to_string()),
             #[cfg(feature = "rdkafka-peer")]
             Cluster::Mock(m) => {
                 let topic = format!("{base}-{}", imp.name());
                 m.create_topic(&topic, s.partitions, MOCK_REPLICATION)
-                    .map_err(|e| format!("mock topic {topic}: {e}"))?;
+                    .with_context(|| format!("mock topic {topic}"))?;
                 Ok(topic)
             }
         }
@@ -105,7 +108,7 @@ pub(super) fn run_impl(
     s: &Settings,
     cluster: &Cluster,
     base_topic: &str,
-) -> Result<ProduceResult, String> {
+) -> Result<ProduceResult, BenchError> {
     let topic = cluster.topic_for(base_topic, imp, s)?;
     let bootstrap = cluster.bootstrap();
     let m = match imp {
@@ -113,7 +116,7 @@ pub(super) fn run_impl(
         #[cfg(feature = "rdkafka-peer")]
         ProduceImpl::Rdkafka => rd::run(s, &bootstrap, &topic)?,
         #[cfg(not(feature = "rdkafka-peer"))]
-        ProduceImpl::Rdkafka => return Err(NO_PEER.into()),
+        ProduceImpl::Rdkafka => return Err(BenchError::usage(NO_PEER)),
     };
     if m.rejected > 0 {
         log::warn!("{}: {} records rejected at send", imp.name(), m.rejected);

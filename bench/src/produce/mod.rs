@@ -41,6 +41,7 @@ use tally::decimal;
 
 pub use settings::{ProduceResult, Settings};
 
+use crate::error::{BenchError, Context};
 use crate::report;
 use crate::sys;
 use cluster::{run_impl, Cluster};
@@ -94,12 +95,14 @@ impl AcksArg {
     }
 }
 
-fn parse_acks(s: &str) -> Result<AcksArg, String> {
+fn parse_acks(s: &str) -> Result<AcksArg, BenchError> {
     match s.trim() {
         "0" => Ok(AcksArg::Zero),
         "1" => Ok(AcksArg::One),
         "all" | "-1" => Ok(AcksArg::All),
-        other => Err(format!("{other:?}: expected 0, 1 or all")),
+        other => Err(BenchError::Usage(format!(
+            "{other:?}: expected 0, 1 or all"
+        ))),
     }
 }
 
@@ -138,11 +141,11 @@ impl ProducePeer {
     ///
     /// # Errors
     /// When the librdkafka peer is asked for by name and this build lacks it.
-    pub fn impls(self) -> Result<Vec<ProduceImpl>, String> {
+    pub fn impls(self) -> Result<Vec<ProduceImpl>, BenchError> {
         match self {
             ProducePeer::Mqnet => Ok(vec![ProduceImpl::Mqnet]),
             ProducePeer::Rdkafka if RDKAFKA_PEER => Ok(vec![ProduceImpl::Rdkafka]),
-            ProducePeer::Rdkafka => Err(NO_PEER.into()),
+            ProducePeer::Rdkafka => Err(BenchError::usage(NO_PEER)),
             ProducePeer::All if RDKAFKA_PEER => Ok(vec![ProduceImpl::Rdkafka, ProduceImpl::Mqnet]),
             ProducePeer::All => Ok(vec![ProduceImpl::Mqnet]),
         }
@@ -229,7 +232,7 @@ pub fn run_row(
     bootstrap: Option<&str>,
     json: bool,
     pb: &ProgressBar,
-) -> Result<bool, String> {
+) -> Result<bool, BenchError> {
     let cluster = Cluster::open(bootstrap, s.broker_rtt_ms)?;
     let header = format!(
         "mqnet-bench produce: {} cores; {}; producers one after another in this process; \
@@ -276,13 +279,13 @@ pub fn run_row(
                     });
                 }
                 if json {
-                    let line = serde_json::to_string(res).map_err(|e| e.to_string())?;
+                    let line = serde_json::to_string(res).context("serialising the result")?;
                     pb.suspend(|| println!("{line}"));
                 }
             }
             Err(e) => {
                 ok = false;
-                pb.suspend(|| eprintln!("produce {}: FAILED: {e}", imp.name()));
+                pb.suspend(|| eprintln!("produce {}: FAILED: {e:#}", imp.name()));
             }
         }
         row.results.push((imp.name().to_string(), r));
@@ -298,7 +301,7 @@ pub fn run_row(
 ///
 /// # Errors
 /// Invalid arguments, or no cluster.
-pub fn produce(a: &ProduceArgs) -> Result<bool, String> {
+pub fn produce(a: &ProduceArgs) -> Result<bool, BenchError> {
     let s = Settings::from_args(a)?;
     let impls = a.peer.impls()?;
     if a.bootstrap_servers.is_none() && a.broker == crate::produce_broker::BrokerKind::Embedded {
@@ -317,10 +320,10 @@ pub fn produce(a: &ProduceArgs) -> Result<bool, String> {
         return r;
     }
     if a.bootstrap_servers.is_none() && !RDKAFKA_PEER {
-        return Err(NO_PEER.into());
+        return Err(BenchError::usage(NO_PEER));
     }
     if a.topic.is_empty() || a.topic.len() > 200 {
-        return Err("--topic must be 1 to 200 characters".into());
+        return Err(BenchError::usage("--topic must be 1 to 200 characters"));
     }
     let pb = crate::progress(impls.len(), a.json);
     let r = run_row(
@@ -349,10 +352,10 @@ mod tests {
 
     #[test]
     fn acks_parse_and_idempotence_follows_kafkas_rule() {
-        assert_eq!(parse_acks("0"), Ok(AcksArg::Zero));
-        assert_eq!(parse_acks("1"), Ok(AcksArg::One));
-        assert_eq!(parse_acks("all"), Ok(AcksArg::All));
-        assert_eq!(parse_acks("-1"), Ok(AcksArg::All));
+        assert_eq!(parse_acks("0").ok(), Some(AcksArg::Zero));
+        assert_eq!(parse_acks("1").ok(), Some(AcksArg::One));
+        assert_eq!(parse_acks("all").ok(), Some(AcksArg::All));
+        assert_eq!(parse_acks("-1").ok(), Some(AcksArg::All));
         assert!(parse_acks("2").is_err());
         assert!(!AcksArg::One.idempotence());
         assert!(AcksArg::All.idempotence());

@@ -10,10 +10,15 @@ use super::pace::Pacer;
 use super::settings::Settings;
 use super::tally::{decimal, value_bytes, Measured, Tally};
 use super::WARMUP_LIMIT;
+use crate::error::{BenchError, Context};
 
 // ----- mqnet -------------------------------------------------------------------------------------
 
-pub(super) fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, String> {
+pub(super) fn run_mqnet(
+    s: &Settings,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<Measured, BenchError> {
     let deadline = Instant::now() + s.budget();
     let cfg = ProducerConfig::new(bootstrap)
         .acks(s.acks.mqnet())
@@ -28,7 +33,7 @@ pub(super) fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Me
         }
         None => cfg,
     };
-    let producer = Producer::new(cfg).map_err(|e| format!("mqnet producer: {e}"))?;
+    let producer = Producer::new(cfg).context("mqnet producer")?;
     let value = value_bytes(s.size);
     let mut key = [0u8; 20];
     let record = |i: u64, key: &mut [u8; 20]| {
@@ -41,13 +46,13 @@ pub(super) fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Me
         Some(Ok(_)) => {}
         Some(Err(e)) => {
             producer.close(Duration::ZERO);
-            return Err(format!("mqnet: record 0 failed: {e}"));
+            return Err(BenchError::wrap("mqnet: record 0 failed".into(), e));
         }
         None => {
             producer.close(Duration::ZERO);
-            return Err(format!(
+            return Err(BenchError::Run(format!(
                 "mqnet: record 0 not delivered within {WARMUP_LIMIT:?}"
-            ));
+            )));
         }
     }
 

@@ -17,13 +17,14 @@ use super::pace::Pacer;
 use super::settings::Settings;
 use super::tally::{decimal, Measured, Tally};
 use super::{RDKAFKA_POLL_EVERY, WARMUP_LIMIT};
+use crate::error::{BenchError, Context};
 
 /// The in-process mock cluster.
 pub type Mock = MockCluster<'static, DefaultProducerContext>;
 
 /// Starts a mock cluster of `brokers` brokers on 127.0.0.1.
-pub fn mock(brokers: i32) -> Result<Mock, String> {
-    MockCluster::new(brokers).map_err(|e| format!("librdkafka mock cluster: {e}"))
+pub fn mock(brokers: i32) -> Result<Mock, BenchError> {
+    MockCluster::new(brokers).context("librdkafka mock cluster")
 }
 
 /// The producer's context: delivery callbacks (served in `poll`, on this thread) record
@@ -55,7 +56,7 @@ impl ProducerContext for Ctx {
     }
 }
 
-pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, String> {
+pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, BenchError> {
     let deadline = Instant::now() + s.budget();
     let base = Instant::now();
     let ctx = Ctx {
@@ -78,7 +79,7 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Strin
         .set("queue.buffering.max.kbytes", max_kbytes.to_string())
         .set("partitioner", "murmur2_random")
         .create_with_context(ctx)
-        .map_err(|e| format!("rdkafka producer: {e}"))?;
+        .context("rdkafka producer")?;
     let value = super::tally::value_bytes(s.size);
     let mut key = [0u8; 20];
     let since_base = || Instant::now().saturating_duration_since(base).as_nanos() as usize;
@@ -89,7 +90,7 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Strin
         .payload(&value[..]);
     producer
         .send(rec)
-        .map_err(|(e, _)| format!("rdkafka: record 0: {e}"))?;
+        .map_err(|(e, _)| BenchError::wrap("rdkafka: record 0".into(), e))?;
     let warm_deadline = Instant::now() + WARMUP_LIMIT;
     while producer.context().tally().completed() == 0 && Instant::now() < warm_deadline {
         producer.poll(Duration::from_millis(1));
@@ -98,8 +99,10 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Strin
         let mut t = producer.context().tally();
         if t.ok != 1 {
             return Err(match &t.first_error {
-                Some(e) => format!("rdkafka: record 0 failed: {e}"),
-                None => format!("rdkafka: record 0 not delivered within {WARMUP_LIMIT:?}"),
+                Some(e) => BenchError::Run(format!("rdkafka: record 0 failed: {e}")),
+                None => BenchError::Run(format!(
+                    "rdkafka: record 0 not delivered within {WARMUP_LIMIT:?}"
+                )),
             });
         }
         *t = Tally::new();

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{AcksArg, ProduceArgs, DEFAULT_BUFFER_MEMORY};
+use crate::error::BenchError;
 use crate::report;
 
 /// What one produce run does.
@@ -50,41 +51,49 @@ impl Settings {
         }
     }
 
-    pub(super) fn from_args(a: &ProduceArgs) -> Result<Self, String> {
+    pub(super) fn from_args(a: &ProduceArgs) -> Result<Self, BenchError> {
         if a.records < 2 {
-            return Err("--records must be at least 2 (record 0 is the warm-up)".into());
+            return Err(BenchError::usage(
+                "--records must be at least 2 (record 0 is the warm-up)",
+            ));
         }
         if a.records > 1_000_000_000 {
-            return Err("--records must be at most 1,000,000,000".into());
+            return Err(BenchError::usage("--records must be at most 1,000,000,000"));
         }
         if a.size > 16 * 1024 * 1024 {
-            return Err("--size must be at most 16 MiB".into());
+            return Err(BenchError::usage("--size must be at most 16 MiB"));
         }
         if a.batch_size == 0 {
-            return Err("--batch-size must be at least 1".into());
+            return Err(BenchError::usage("--batch-size must be at least 1"));
         }
         if a.linger_ms > 900_000 {
-            return Err("--linger-ms must be at most 900000".into());
+            return Err(BenchError::usage("--linger-ms must be at most 900000"));
         }
         if !(1..=10_000).contains(&a.partitions) {
-            return Err("--partitions must be in 1..=10000".into());
+            return Err(BenchError::usage("--partitions must be in 1..=10000"));
         }
         if !(1024..=(1usize << 40)).contains(&a.buffer_memory) {
-            return Err("--buffer-memory must be between 1 KiB and 1 TiB".into());
+            return Err(BenchError::usage(
+                "--buffer-memory must be between 1 KiB and 1 TiB",
+            ));
         }
         if a.max_in_flight
             .is_some_and(|n| !(1..=1_000_000).contains(&n))
         {
-            return Err("--max-in-flight must be in 1..=1000000".into());
+            return Err(BenchError::usage("--max-in-flight must be in 1..=1000000"));
         }
         if a.rate.is_some_and(|r| !(1..=100_000_000).contains(&r)) {
-            return Err("--rate must be in 1..=100000000 records/s".into());
+            return Err(BenchError::usage(
+                "--rate must be in 1..=100000000 records/s",
+            ));
         }
         if a.broker_rtt_ms > 10_000 {
-            return Err("--broker-rtt-ms must be at most 10000".into());
+            return Err(BenchError::usage("--broker-rtt-ms must be at most 10000"));
         }
         if a.broker_rtt_ms > 0 && a.bootstrap_servers.is_some() {
-            return Err("--broker-rtt-ms applies to the mock cluster only".into());
+            return Err(BenchError::usage(
+                "--broker-rtt-ms applies to the mock cluster only",
+            ));
         }
         Ok(Settings {
             records: a.records,

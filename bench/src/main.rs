@@ -13,6 +13,7 @@ mod chaos;
 mod child;
 mod failover;
 mod group;
+mod ha;
 mod mqnet_impl;
 mod produce;
 mod produce_broker;
@@ -103,6 +104,9 @@ enum Command {
     /// the seed; fails unless none is lost, duplicated or wrong. --soak-secs runs a soak instead:
     /// fixed time, RSS and descriptors sampled every second and checked for a plateau.
     Chaos(chaos::ChaosArgs),
+    /// Produce throughput, p99 latency and replication lag through the broker's master/slave
+    /// replication: acks=1 without a slave, ASYNC_MASTER and SYNC_MASTER (acks=all) with one.
+    Ha(ha::HaArgs),
 }
 
 /// An implementation of the echo workload.
@@ -946,6 +950,7 @@ fn main() -> ExitCode {
         Some(Command::Produce(a)) => produce::produce(a),
         Some(Command::Failover(a)) => failover::drill(a),
         Some(Command::Chaos(a)) => chaos::chaos(a),
+        Some(Command::Ha(a)) => ha::ha(a),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

@@ -39,6 +39,11 @@ pub struct HaArgs {
     /// linger.ms of the producer.
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// batch.size of the producer (Kafka's default 16 KiB). A SYNC_MASTER holds each request of
+    /// a connection for a replication round trip (one request in process per connection, as in
+    /// Kafka), so its throughput grows with the bytes per request.
+    #[arg(long, default_value_t = 16_384)]
+    batch_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +134,8 @@ fn run(mode: Mode, a: &HaArgs) -> Result<Row, String> {
         ProducerConfig::new(&master.bootstrap_servers())
             .acks(acks)
             .idempotence(idem)
-            .linger_ms(a.linger_ms),
+            .linger_ms(a.linger_ms)
+            .batch_size(a.batch_size),
     )
     .map_err(|e| format!("producer: {e}"))?;
     let value = Bytes::from(vec![b'v'; a.size]);
@@ -235,8 +241,8 @@ fn run(mode: Mode, a: &HaArgs) -> Result<Row, String> {
 /// A row that could not run.
 pub fn ha(a: &HaArgs) -> Result<bool, String> {
     println!(
-        "ha: {} records × {} B, {} partitions, linger.ms={}, brokers and producer in one process",
-        a.records, a.size, a.partitions, a.linger_ms
+        "ha: {} records × {} B, {} partitions, linger.ms={}, batch.size={}, brokers and producer in one process",
+        a.records, a.size, a.partitions, a.linger_ms, a.batch_size
     );
     println!(
         "{:<32} {:>11} {:>8} {:>9} {:>9} {:>7} {:>12} {:>11} {:>10} {:>8}",

@@ -25,6 +25,7 @@ mod echo;
 mod error;
 mod failover;
 mod group;
+mod ha;
 mod matrix;
 mod mqnet_impl;
 mod produce;
@@ -100,6 +101,9 @@ enum Command {
     /// the seed; fails unless none is lost, duplicated or wrong. --soak-secs runs a soak instead:
     /// fixed time, RSS and descriptors sampled every second and checked for a plateau.
     Chaos(chaos::ChaosArgs),
+    /// Produce throughput, p99 latency and replication lag through the broker's master/slave
+    /// replication: acks=1 without a slave, ASYNC_MASTER and SYNC_MASTER (acks=all) with one.
+    Ha(ha::HaArgs),
 }
 
 pub(crate) fn secs(name: &str, v: f64) -> Result<Duration, BenchError> {
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
         Some(Command::Produce(a)) => produce::produce(a),
         Some(Command::Failover(a)) => failover::drill(a),
         Some(Command::Chaos(a)) => chaos::chaos(a),
+        Some(Command::Ha(a)) => ha::ha(a),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

@@ -13,9 +13,19 @@
 //! - `delay MS` — hold every response back MS milliseconds (0: none)
 //! - `leader TOPIC PARTITION NODE` — move a partition's leadership
 //! - `stats` — print the counters
+//! - `ha` — print the replication state (`ha role=... log_end=... lag_bytes=...`)
 //! - `quit` — stop (end of stdin does not stop the broker)
 //!
 //! Each command answers `ok` or `error: ...` on stdout.
+//!
+//! Master/slave replication (RocketMQ's HA roles; see `mqnet::broker::ha`):
+//!
+//! ```text
+//! mqnet-broker --listen 127.0.0.1:9092 --data-dir M --role SYNC_MASTER --ha-listen 127.0.0.1:10912
+//! mqnet-broker --listen 127.0.0.1:9093 --data-dir S --role SLAVE --ha-master 127.0.0.1:10912
+//! ```
+//!
+//! A master prints `ha.listen=<addr>` as its second line.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -24,6 +34,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use mqnet::broker::ha::{HaConfig, Role};
 use mqnet::broker::{Broker, BrokerConfig, LogConfig};
 
 /// mqnet's strict Kafka-subset broker.
@@ -64,6 +75,24 @@ struct Args {
     /// message.max.bytes.
     #[arg(long, default_value_t = mqnet::broker::DEFAULT_MESSAGE_MAX_BYTES)]
     message_max_bytes: usize,
+    /// HA role: ASYNC_MASTER, SYNC_MASTER or SLAVE (default: no replication).
+    #[arg(long)]
+    role: Option<Role>,
+    /// A master's HA listen address, where slaves connect (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:10912")]
+    ha_listen: SocketAddr,
+    /// A slave's master HA address.
+    #[arg(long)]
+    ha_master: Option<SocketAddr>,
+    /// The cluster id presented and required in the HA handshake.
+    #[arg(long, default_value = "mqnet")]
+    cluster_id: String,
+    /// A slave's broker id in the HA handshake (unique per master).
+    #[arg(long, default_value_t = 2)]
+    broker_id: i32,
+    /// ha.sync.timeout.ms: how long a SYNC_MASTER waits for a slave's ack.
+    #[arg(long, default_value_t = 3000)]
+    ha_sync_timeout_ms: u64,
 }
 
 fn command(broker: &Broker, line: &str) -> Result<bool, String> {
@@ -105,6 +134,10 @@ fn command(broker: &Broker, line: &str) -> Result<bool, String> {
                 .map_err(|e| e.to_string())?;
         }
         Some("stats") => println!("{:?}", broker.stats()),
+        Some("ha") => match broker.ha_stats() {
+            Some(s) => println!("{s}"),
+            None => return Err("no replication configured".into()),
+        },
         Some("quit") => return Ok(true),
         Some(other) => return Err(format!("unknown command {other:?}")),
     }
@@ -117,7 +150,25 @@ fn main() -> ExitCode {
     let data_dir = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("mqnet-broker-data-{}", args.listen.port()))
     });
+    let ha = match (args.role, args.ha_master) {
+        (None, _) => None,
+        (Some(Role::Slave), None) => {
+            eprintln!("mqnet-broker: --role SLAVE needs --ha-master");
+            return ExitCode::FAILURE;
+        }
+        (Some(Role::Slave), Some(m)) => Some(HaConfig::slave(m)),
+        (Some(role), _) => Some(HaConfig::master(role, args.ha_listen)),
+    };
+    let ha = ha.map(|mut h| {
+        h.master_config.cluster_id = args.cluster_id.clone();
+        h.master_config.sync_timeout = Duration::from_millis(args.ha_sync_timeout_ms);
+        h.slave_config.cluster_id = args.cluster_id.clone();
+        h.slave_config.broker_id = args.broker_id;
+        h
+    });
+    let slave = args.role == Some(Role::Slave);
     let config = BrokerConfig {
+        ha,
         listen: args.listen,
         nodes: args.nodes.max(1),
         data_dir: Some(data_dir.clone()),
@@ -140,7 +191,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for t in &args.topic {
+    // A slave's topics come from its master.
+    for t in args.topic.iter().filter(|_| !slave) {
         if let Err(e) = broker.create_topic(t, args.partitions.max(1)) {
             eprintln!("mqnet-broker: topic {t}: {e}");
             return ExitCode::FAILURE;
@@ -148,6 +200,9 @@ fn main() -> ExitCode {
     }
     log::info!("data dir {}", data_dir.display());
     println!("bootstrap.servers={}", broker.bootstrap_servers());
+    if let Some(a) = broker.ha_listen_addr() {
+        println!("ha.listen={a}");
+    }
     let _ = std::io::stdout().flush();
     let stdin = std::io::stdin();
     let mut quit = false;

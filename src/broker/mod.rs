@@ -42,6 +42,7 @@
 //! ```
 
 pub mod batch;
+pub mod ha;
 mod node;
 pub mod state;
 pub mod storage;
@@ -75,6 +76,10 @@ pub mod codes {
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     /// An illegal topic name.
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    /// A SYNC_MASTER has no healthy slave: the acks=all produce was refused before appending.
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    /// A SYNC_MASTER appended but no slave acknowledged within `ha.sync.timeout.ms`.
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     /// `acks` other than 0, 1, -1.
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     /// The API version is not served.
@@ -139,6 +144,8 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// The server role's configuration (frame cap, staged-bytes bound, idle expiry) of each node.
     pub server: ServerConfig,
+    /// Master/slave replication ([`ha`]); `None`: none.
+    pub ha: Option<ha::HaConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -154,6 +161,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             retention_check_interval: Duration::from_secs(30),
             server: ServerConfig::default(),
+            ha: None,
         }
     }
 }
@@ -235,8 +243,31 @@ impl Broker {
                 true,
             ),
         };
-        let (cluster, truncated) =
+        let mut config = config;
+        if config
+            .ha
+            .as_ref()
+            .is_some_and(|h| h.role == ha::Role::Slave)
+        {
+            // A slave's topics come from its master only.
+            config.auto_create_topics = Some(false);
+        }
+        let (mut cluster, truncated) =
             Cluster::open(&config, &data_dir).map_err(BrokerError::Recovery)?;
+        let mut ha_parts = None;
+        if let Some(hc) = &config.ha {
+            let journal =
+                ha::recover(&mut cluster, &data_dir, hc.role).map_err(BrokerError::Recovery)?;
+            let timeout = hc.master_config.sync_timeout;
+            let status = Arc::new(ha::HaShared::new(hc.role, timeout, journal.end_handle()));
+            if hc.role == ha::Role::Slave {
+                ha_parts = Some((status, Some(journal), None));
+            } else {
+                let reader = journal.reader().map_err(BrokerError::Recovery)?;
+                cluster.journal = Some(journal);
+                ha_parts = Some((status, None, Some(reader)));
+            }
+        }
         let n = config.nodes.max(1);
         let shared = Arc::new(Shared {
             cluster: Mutex::new(cluster),
@@ -244,6 +275,7 @@ impl Broker {
             wakers: OnceLock::new(),
             parked: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             down: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            ha: ha_parts.as_ref().map(|p| Arc::clone(&p.0)),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let host = config
@@ -303,6 +335,21 @@ impl Broker {
         }
         let _ = shared.nodes.set(nodes.clone());
         let _ = shared.wakers.set(wakers);
+        if let (None, Some(hc), Some((status, journal, reader))) =
+            (&failure, config.ha.clone(), ha_parts)
+        {
+            match ha::start(
+                hc,
+                Arc::clone(&shared),
+                status,
+                journal,
+                reader,
+                Arc::clone(&stop),
+            ) {
+                Ok(t) => threads.push(t),
+                Err(e) => failure = Some(e),
+            }
+        }
         let broker = Broker {
             shared,
             nodes,
@@ -354,6 +401,16 @@ impl Broker {
             duplicates: c.duplicates,
             recovered_truncated_bytes: self.truncated,
         }
+    }
+
+    /// The replication state, when the broker replicates.
+    pub fn ha_stats(&self) -> Option<ha::HaStats> {
+        self.shared.ha.as_ref().map(|h| h.stats())
+    }
+
+    /// A master's bound HA listen address.
+    pub fn ha_listen_addr(&self) -> Option<SocketAddr> {
+        self.shared.ha.as_ref()?.listen_addr.get().copied()
     }
 
     /// The log end offset (= high watermark) of a partition, if it exists.
@@ -421,6 +478,9 @@ impl Broker {
                 let _ = w.wake();
             }
         }
+        if let Some(h) = &self.shared.ha {
+            h.wake();
+        }
         let mut first = None;
         for t in self.threads.drain(..) {
             let r = match t.join() {
@@ -430,7 +490,13 @@ impl Broker {
             };
             first.get_or_insert(r);
         }
-        self.shared.lock().flush_all();
+        {
+            let mut c = self.shared.lock();
+            c.flush_all();
+            if let Some(j) = c.journal.as_mut() {
+                let _ = j.flush();
+            }
+        }
         if self.owned_dir {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }

@@ -24,6 +24,8 @@ use crate::protocol::requests::{
 use crate::server::{DeferredHandler, Responder};
 
 use super::codes;
+use super::ha::master::{SyncOutcome, SyncWaiters};
+use super::ha::Role;
 use super::state::{valid_topic_name, Cluster};
 use super::API_VERSIONS;
 
@@ -55,6 +57,8 @@ pub(crate) struct Shared {
     pub parked: Vec<AtomicUsize>,
     /// Whether each node is down (index = node id - 1), for its loop's cheap check.
     pub down: Vec<AtomicBool>,
+    /// The HA state, when the broker replicates.
+    pub ha: Option<Arc<super::ha::HaShared>>,
 }
 
 impl Shared {
@@ -76,6 +80,14 @@ impl Shared {
     }
 }
 
+/// A SYNC_MASTER produce answer held until a slave's ack covers the append.
+struct HeldProduce {
+    correlation_id: i32,
+    version: i16,
+    response: km::ProduceResponse,
+    responder: Responder,
+}
+
 struct Parked {
     deadline: Instant,
     correlation_id: i32,
@@ -93,6 +105,8 @@ pub(crate) struct NodeHandler {
     parked: Vec<Parked>,
     delayed: Vec<(Instant, Responder, Bytes)>,
     seen_generation: u64,
+    held: SyncWaiters<HeldProduce>,
+    released: Vec<(HeldProduce, SyncOutcome)>,
 }
 
 impl std::fmt::Debug for NodeHandler {
@@ -139,6 +153,8 @@ impl NodeHandler {
             parked: Vec::new(),
             delayed: Vec::new(),
             seen_generation: 0,
+            held: SyncWaiters::default(),
+            released: Vec::new(),
         }
     }
 
@@ -152,15 +168,13 @@ impl NodeHandler {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let a = self.parked.iter().map(|p| p.deadline).min();
         let b = self.delayed.iter().map(|d| d.0).min();
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [a, b, self.held.poll_timeout()].into_iter().flatten().min()
     }
 
     /// Answers the delayed responses that are due and the parked fetches that are satisfied or
     /// due.
     pub(crate) fn tick(&mut self, now: Instant) {
+        self.release_held(now);
         let mut i = 0;
         while i < self.delayed.len() {
             if self.delayed[i].0 <= now {
@@ -190,6 +204,56 @@ impl NodeHandler {
             }
         }
         self.shared.parked[(self.id - 1) as usize].store(self.parked.len(), Ordering::Release);
+    }
+
+    /// Answers the held SYNC_MASTER produces a slave's ack covers, and those whose
+    /// `ha.sync.timeout.ms` passed with NOT_ENOUGH_REPLICAS_AFTER_APPEND.
+    fn release_held(&mut self, now: Instant) {
+        if self.held.is_empty() {
+            return;
+        }
+        let acked = self
+            .shared
+            .ha
+            .as_ref()
+            .map_or(-1, |ha| ha.acked.load(Ordering::Acquire));
+        let mut released = std::mem::take(&mut self.released);
+        self.held.release(acked, now, &mut released);
+        for (mut h, outcome) in released.drain(..) {
+            if outcome == SyncOutcome::TimedOut {
+                for t in &mut h.response.responses {
+                    for p in &mut t.partition_responses {
+                        if p.error_code == 0 {
+                            p.error_code = codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND;
+                            p.base_offset = -1;
+                        }
+                    }
+                }
+            }
+            let bytes = encode(h.correlation_id, h.version, &h.response);
+            self.answer(h.responder, bytes);
+        }
+        self.released = released;
+    }
+
+    /// What HA decides for a produce before it is applied: a forced error code (a slave is
+    /// read-only; a SYNC_MASTER without a healthy slave refuses acks=all), and whether the answer
+    /// waits for a slave's ack.
+    fn ha_gate(&self, acks: i16) -> (Option<i16>, bool) {
+        let Some(ha) = &self.shared.ha else {
+            return (None, false);
+        };
+        match ha.role {
+            Role::Slave => (Some(codes::NOT_LEADER_OR_FOLLOWER), false),
+            Role::SyncMaster if acks == -1 => {
+                if ha.healthy.load(Ordering::Acquire) {
+                    (None, true)
+                } else {
+                    (Some(codes::NOT_ENOUGH_REPLICAS), false)
+                }
+            }
+            _ => (None, false),
+        }
     }
 
     fn answer(&mut self, responder: Responder, response: Option<Bytes>) {
@@ -266,10 +330,32 @@ impl NodeHandler {
             0 => match decode_produce_request(&frame, body, version) {
                 Ok(req) => {
                     let acks = req.acks;
-                    let resp = self.produce(&req, injected);
+                    let (gate, hold) = self.ha_gate(acks);
+                    let resp = self.produce(&req, injected.or(gate));
                     if acks == 0 {
                         let _ = responder.no_response();
                         return;
+                    }
+                    if hold && injected.is_none() {
+                        if let Some(ha) = &self.shared.ha {
+                            // Every answer waits for the journal end after this produce: a
+                            // duplicate's original may not be on a slave yet either.
+                            let target = ha.end.load(Ordering::Acquire);
+                            if ha.acked.load(Ordering::Acquire) < target {
+                                let deadline = Instant::now() + ha.sync_timeout;
+                                self.held.wait(
+                                    target,
+                                    deadline,
+                                    HeldProduce {
+                                        correlation_id,
+                                        version,
+                                        response: resp,
+                                        responder,
+                                    },
+                                );
+                                return;
+                            }
+                        }
                     }
                     encode(correlation_id, version, &resp)
                 }
@@ -485,6 +571,9 @@ impl NodeHandler {
         }
         if appended {
             self.shared.wake_parked(self.id);
+            if let Some(ha) = &self.shared.ha {
+                ha.wake();
+            }
         }
         km::ProduceResponse::default().with_responses(responses)
     }

@@ -232,6 +232,8 @@ pub struct Cluster {
     pub appended_bytes: u64,
     /// Batches answered as duplicates since start-up.
     pub duplicates: u64,
+    /// The HA journal of a master: every change is recorded in it before it is applied.
+    pub(crate) journal: Option<super::ha::journal::Journal>,
 }
 
 const PID_FILE: &str = "producer_ids";
@@ -277,6 +279,7 @@ impl Cluster {
             faults: Faults::default(),
             appended_bytes: 0,
             duplicates: 0,
+            journal: None,
         };
         let mut truncated = 0;
         let mut max_pid = -1;
@@ -342,7 +345,19 @@ impl Cluster {
         if self.topics.contains_key(topic) {
             return Ok(());
         }
-        let (parts, _, _) = self.open_topic(topic, partitions)?;
+        let mark = match self.journal.as_mut() {
+            Some(j) => Some(j.record_topic(topic, partitions)?),
+            None => None,
+        };
+        let (parts, _, _) = match self.open_topic(topic, partitions) {
+            Ok(r) => r,
+            Err(e) => {
+                if let (Some(j), Some(m)) = (self.journal.as_mut(), mark) {
+                    let _ = j.truncate(m);
+                }
+                return Err(e);
+            }
+        };
         log::info!("created topic {topic} with {partitions} partitions");
         self.topics.insert(topic.to_owned(), parts);
         Ok(())
@@ -457,7 +472,36 @@ impl Cluster {
             }
         }
         let epoch = part.leader_epoch;
-        match part.log.append(records, epoch) {
+        let base = part.log.log_end_offset();
+        let mark = match self.journal.as_mut() {
+            Some(j) => match j.record_batch(topic, p, epoch, base, records) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    log::error!("{topic}-{p}: HA journal write failed: {e}");
+                    return fail(codes::KAFKA_STORAGE_ERROR);
+                }
+            },
+            None => None,
+        };
+        let Some(part) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|v| v.get_mut(usize::try_from(p).ok()?))
+        else {
+            return fail(codes::UNKNOWN_TOPIC_OR_PARTITION);
+        };
+        let appended = part.log.append(records, epoch);
+        if let (Err(_), Some(j), Some(m)) = (&appended, self.journal.as_mut(), mark) {
+            let _ = j.truncate(m);
+        }
+        let Some(part) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|v| v.get_mut(usize::try_from(p).ok()?))
+        else {
+            return fail(codes::UNKNOWN_TOPIC_OR_PARTITION);
+        };
+        match appended {
             Ok(stored) => {
                 part.apply(&stored);
                 let start = part.log.log_start_offset();
@@ -514,11 +558,103 @@ impl Cluster {
         (0, pid, 0)
     }
 
-    fn persist_pid(&self) -> io::Result<()> {
+    fn persist_pid(&mut self) -> io::Result<()> {
+        if let Some(j) = self.journal.as_mut() {
+            j.record_next_pid(self.next_pid)?;
+        }
         let tmp = self.data_dir.join(format!("{PID_FILE}.tmp"));
         fs::write(&tmp, format!("{}\n", self.next_pid))?;
         fs::File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, self.data_dir.join(PID_FILE))
+    }
+
+    /// Creates a topic without recording it in the HA journal (applying a journal entry).
+    ///
+    /// # Errors
+    /// As [`create_topic`](Self::create_topic).
+    pub(crate) fn create_topic_unjournaled(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+    ) -> io::Result<()> {
+        let j = self.journal.take();
+        let r = self.create_topic(topic, partitions);
+        self.journal = j;
+        r
+    }
+
+    /// Appends a replicated batch that the master stored at `base_offset` with `leader_epoch`; a
+    /// batch the partition already holds (`base_offset` below its end) is skipped.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown partition; `InvalidData` when `base_offset` is past the end or
+    /// the batch does not land at `base_offset`; I/O errors of the append.
+    pub(crate) fn replicate_batch(
+        &mut self,
+        topic: &str,
+        p: i32,
+        leader_epoch: i32,
+        base_offset: i64,
+        records: &[u8],
+    ) -> io::Result<()> {
+        let part = self
+            .partition_mut(topic, p)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no {topic}-{p}")))?;
+        let end = part.log.log_end_offset();
+        if base_offset < end {
+            return Ok(());
+        }
+        if base_offset > end {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{topic}-{p}: batch at {base_offset}, log ends at {end}"),
+            ));
+        }
+        let stored = part.log.append(records, leader_epoch)?;
+        part.leader_epoch = part.leader_epoch.max(leader_epoch);
+        part.apply(&stored);
+        self.generation += 1;
+        self.appended_bytes += records.len() as u64;
+        Ok(())
+    }
+
+    /// Raises the producer-id allocator to at least `next` (a replicated allocation).
+    pub(crate) fn raise_next_pid(&mut self, next: i64) {
+        if next > self.next_pid {
+            self.next_pid = next;
+            if let Err(e) = self.persist_pid() {
+                log::warn!("cannot persist the producer id allocator: {e}");
+            }
+        }
+    }
+
+    /// Deletes every topic and its logs (a slave following a reset).
+    ///
+    /// # Errors
+    /// Removing a partition directory.
+    pub(crate) fn wipe(&mut self) -> io::Result<()> {
+        let topics = std::mem::take(&mut self.topics);
+        for (topic, parts) in topics {
+            for (p, part) in parts.into_iter().enumerate() {
+                drop(part);
+                let dir = self.data_dir.join(format!("{topic}-{p}"));
+                match fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Whether any partition holds data.
+    pub(crate) fn has_data(&self) -> bool {
+        self.topics
+            .values()
+            .flatten()
+            .any(|p| p.log.log_end_offset() > 0)
     }
 
     /// Applies retention to every partition.

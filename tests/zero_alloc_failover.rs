@@ -62,7 +62,11 @@ impl Rig {
     /// One turn of both event loops, without blocking.
     fn pump(&mut self) {
         self.t
-            .poll_into(Some(Duration::ZERO), Instant::now(), &mut self.done)
+            .poll_io(Some(Duration::ZERO), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                self.t.handle_into(now, &mut self.done)
+            })
             .unwrap();
         self.server.poll(Some(Duration::ZERO)).unwrap();
         self.server.swap_completed_receives(&mut self.echo);

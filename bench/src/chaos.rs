@@ -834,7 +834,11 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
         }
         done.clear();
         client
-            .poll_into(Some(Duration::from_millis(5)), Instant::now(), &mut done)
+            .poll_io(Some(Duration::from_millis(5)), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                client.handle_into(now, &mut done)
+            })
             .map_err(|e| e.to_string())?;
         for resp in &done {
             classify(resp, &mut r, &mut pending, &mut completed);
@@ -855,7 +859,11 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, String> {
     while !pending.is_empty() && Instant::now() < drain_until {
         done.clear();
         client
-            .poll_into(Some(Duration::from_millis(10)), Instant::now(), &mut done)
+            .poll_io(Some(Duration::from_millis(10)), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                client.handle_into(now, &mut done)
+            })
             .map_err(|e| e.to_string())?;
         for resp in &done {
             classify(resp, &mut r, &mut pending, &mut completed);

@@ -234,7 +234,11 @@ fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, String> {
         if Instant::now() > connect_by {
             return Err("the failover transport never connected".into());
         }
-        t.poll(Some(TICK), Instant::now())
+        t.poll_io(Some(TICK), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                t.handle(now)
+            })
             .map_err(|e| e.to_string())?;
     }
     let every = Duration::from_secs_f64(a.kill_every.max(0.05));
@@ -276,7 +280,11 @@ fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, String> {
                 k += 1;
             }
         }
-        t.poll_into(Some(TICK), now, &mut out)
+        t.poll_io(Some(TICK), now)
+            .map(|()| {
+                let now = std::time::Instant::now();
+                t.handle_into(now, &mut out)
+            })
             .map_err(|e| e.to_string())?;
         for r in out.drain(..) {
             ledger.complete(r, None);
@@ -427,7 +435,11 @@ pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, String> {
         if Instant::now() > connect_by || t.is_exhausted() {
             return Err(format!("never connected to any of {connect}"));
         }
-        t.poll(Some(TICK), Instant::now())
+        t.poll_io(Some(TICK), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                t.handle(now)
+            })
             .map_err(|e| e.to_string())?;
     }
     let window = Window::starting_now(w);
@@ -445,7 +457,11 @@ pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, String> {
                 ledger.send(&mut t, now);
             }
         }
-        t.poll_into(Some(TICK), now, &mut out)
+        t.poll_io(Some(TICK), now)
+            .map(|()| {
+                let now = std::time::Instant::now();
+                t.handle_into(now, &mut out)
+            })
             .map_err(|e| e.to_string())?;
         let now = Instant::now();
         for r in out.drain(..) {

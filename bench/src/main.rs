@@ -17,6 +17,7 @@ mod mqnet_impl;
 mod produce;
 mod produce_broker;
 mod proto;
+mod raw_impl;
 mod report;
 mod stats;
 mod sys;
@@ -112,8 +113,11 @@ enum Impl {
     TokioMt,
     /// tokio current-thread runtime + tokio-util Framed/LengthDelimitedCodec.
     TokioCt,
-    /// mqnet: mqnet::server::Server (inline handler) and a client on mqnet (see --mqnet-client).
+    /// mqnet: mqnet::server::Server (direct handler) and a client on mqnet (see --mqnet-client).
     Mqnet,
+    /// raw: a hand-rolled single-threaded mio client and server (no Selector, no NetworkClient):
+    /// the ceiling.
+    Raw,
 }
 
 impl Impl {
@@ -122,6 +126,7 @@ impl Impl {
             Impl::TokioMt => "tokio-mt",
             Impl::TokioCt => "tokio-ct",
             Impl::Mqnet => "mqnet",
+            Impl::Raw => "raw",
         }
     }
 
@@ -129,7 +134,7 @@ impl Impl {
         match self {
             Impl::TokioMt => Some(Flavor::MultiThread),
             Impl::TokioCt => Some(Flavor::CurrentThread),
-            Impl::Mqnet => None,
+            Impl::Mqnet | Impl::Raw => None,
         }
     }
 }
@@ -141,8 +146,10 @@ enum Peer {
     Tokio,
     /// mqnet only.
     Mqnet,
-    /// tokio-mt, tokio-ct and mqnet.
+    /// tokio-mt, tokio-ct, mqnet and raw.
     All,
+    /// raw only (the hand-rolled mio peer).
+    Raw,
 }
 
 impl Peer {
@@ -150,7 +157,8 @@ impl Peer {
         match self {
             Peer::Tokio => vec![Impl::TokioMt, Impl::TokioCt],
             Peer::Mqnet => vec![Impl::Mqnet],
-            Peer::All => vec![Impl::TokioMt, Impl::TokioCt, Impl::Mqnet],
+            Peer::All => vec![Impl::TokioMt, Impl::TokioCt, Impl::Mqnet, Impl::Raw],
+            Peer::Raw => vec![Impl::Raw],
         }
     }
 }
@@ -389,6 +397,7 @@ fn serve(
 ) -> std::io::Result<()> {
     match imp.flavor() {
         Some(f) => tokio_impl::run_server(f, addr, resp_size, stop, deadline, bound),
+        None if imp == Impl::Raw => raw_impl::run_server(addr, resp_size, stop, deadline, bound),
         None => mqnet_impl::run_server(addr, resp_size, stop, deadline, bound),
     }
 }
@@ -450,6 +459,7 @@ fn measure(
     let (idle, idle_errors) = open_idle(addr, w.idle);
     let res = match imp.flavor() {
         Some(f) => tokio_impl::run_client(f, addr, w),
+        None if imp == Impl::Raw => raw_impl::run_client(addr, w),
         None => mqnet_impl::run_client(addr, w, layer),
     };
     drop(idle);
@@ -771,7 +781,7 @@ fn matrix(a: &MatrixArgs) -> Result<bool, String> {
     if produce::RDKAFKA_PEER && a.produce_records >= 2 {
         let impls = match a.peer {
             Peer::Tokio => vec![produce::ProduceImpl::Rdkafka],
-            Peer::Mqnet => vec![produce::ProduceImpl::Mqnet],
+            Peer::Mqnet | Peer::Raw => vec![produce::ProduceImpl::Mqnet],
             Peer::All => vec![produce::ProduceImpl::Rdkafka, produce::ProduceImpl::Mqnet],
         };
         // At loopback speed, and at a 5 ms broker round trip (a real cluster's latency).
@@ -809,6 +819,7 @@ fn echo(a: &EchoArgs) -> Result<bool, String> {
         let imp = a.implementation.unwrap_or(match a.peer {
             Peer::Tokio => Impl::TokioMt,
             Peer::Mqnet | Peer::All => Impl::Mqnet,
+            Peer::Raw => Impl::Raw,
         });
         if let Some(cpu) = a.pin {
             sys::pin_to_cpu(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;

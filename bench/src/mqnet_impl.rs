@@ -1,6 +1,7 @@
 //! The mqnet implementation of the echo workload.
 //!
-//! - Server: [`mqnet::server::Server`] in inline mode with [`EchoHandler`].
+//! - Server: [`mqnet::server::Server`] in direct mode with [`EchoHandler`]: requests read in place,
+//!   responses written straight into the connection's send buffer.
 //! - Client: the closed loop [`run_closed_loop`] over a [`RequestLayer`], of which there are two:
 //!   - [`SelectorLayer`] (the default, `--mqnet-client selector`): the request layer's duties done
 //!     directly on the [`Selector`] — one channel per connection, a FIFO of in-flight correlation
@@ -22,10 +23,14 @@ use bytes::Bytes;
 use mqnet::client::{ClientConfig, ClientRequest, ClientResponse, ConnectionState, NetworkClient};
 use mqnet::client::{NodeId, Outcome};
 use mqnet::net::ChannelMap;
-use mqnet::net::{ChannelId, CloseMode, Received, Selector, SelectorConfig, SocketOptions};
-use mqnet::server::{Handler, Server, ServerConfig};
+use mqnet::net::{
+    ChannelId, CloseMode, FrameWriter, Received, Selector, SelectorConfig, SocketOptions,
+};
+use mqnet::server::{DirectHandler, Server, ServerConfig};
 
-use crate::proto::{check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD};
+use crate::proto::{
+    check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD, MIN_RESPONSE,
+};
 use crate::stats::{Recorder, RunResult, Window, Workload};
 
 /// How long connecting all connections may take.
@@ -36,11 +41,10 @@ const POLL_TICK: Duration = Duration::from_millis(100);
 // ----- server ------------------------------------------------------------------------------------
 
 /// Answers every well-formed echo request with a response of `resp_size` bytes carrying its
-/// correlation id, encoded with its length prefix (the server runs with `prefixed_responses`);
-/// malformed requests are counted and get no response.
+/// correlation id, written into the connection's send buffer; malformed requests are counted and
+/// get no response.
 #[derive(Debug)]
 pub struct EchoHandler {
-    enc: Encoder,
     resp_size: usize,
     /// Requests that were not echo requests.
     pub malformed: u64,
@@ -50,21 +54,24 @@ impl EchoHandler {
     /// A handler answering with `resp_size`-byte responses.
     pub fn new(resp_size: usize) -> Self {
         EchoHandler {
-            enc: Encoder::new(resp_size),
-            resp_size,
+            resp_size: resp_size.max(MIN_RESPONSE),
             malformed: 0,
         }
     }
 }
 
-impl Handler for EchoHandler {
+impl DirectHandler for EchoHandler {
     #[inline]
-    fn handle(&mut self, _conn: ChannelId, request: Bytes) -> Option<Bytes> {
-        match request_correlation(&request) {
-            Some(corr) => Some(self.enc.response_prefixed(self.resp_size, corr)),
+    fn handle(&mut self, _conn: ChannelId, request: &[u8], out: &mut FrameWriter<'_>) -> bool {
+        match request_correlation(request) {
+            Some(corr) => {
+                out.put_i32(corr);
+                out.put_bytes(0, self.resp_size - MIN_RESPONSE);
+                true
+            }
             None => {
                 self.malformed += 1;
-                None
+                false
             }
         }
     }
@@ -88,11 +95,9 @@ pub fn run_server(
             // Idle expiry stays at Kafka's 540 s: it also ends connections that stall mid-frame.
             ..SelectorConfig::default()
         },
-        // One buffer per response instead of prefix + payload: half the iovecs per writev.
-        prefixed_responses: true,
         ..ServerConfig::default()
     };
-    let mut server = Server::inline_with_config(EchoHandler::new(resp_size), config)?;
+    let mut server = Server::direct_with_config(EchoHandler::new(resp_size), config)?;
     let local = server.bind(addr)?;
     bound(local);
     server.run_until(stop, deadline)?;
@@ -403,8 +408,10 @@ impl RequestLayer for NetworkClientLayer {
     }
 
     fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()> {
-        self.client
-            .poll_into(timeout, Instant::now(), &mut self.done)?;
+        self.client.poll_io(timeout, Instant::now()).map(|()| {
+            let now = std::time::Instant::now();
+            self.client.handle_into(now, &mut self.done)
+        })?;
         for r in self.done.drain(..) {
             let Ok(conn) = usize::try_from(r.node.0) else {
                 continue;

@@ -29,7 +29,8 @@ use mqnet::net::{
 use mqnet::server::{DirectHandler, Server, ServerConfig};
 
 use crate::proto::{
-    check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD, MIN_RESPONSE,
+    check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD, MIN_REQUEST,
+    MIN_RESPONSE,
 };
 use crate::stats::{Recorder, RunResult, Window, Workload};
 
@@ -114,6 +115,16 @@ pub fn run_server(
 
 // ----- request layer -----------------------------------------------------------------------------
 
+/// Writes an echo request payload of `size` bytes (api_key 0, api_version 0, correlation id,
+/// zero padding) into a send buffer.
+#[inline]
+fn put_request(w: &mut FrameWriter<'_>, size: usize, correlation_id: i32) {
+    let size = size.max(MIN_REQUEST);
+    w.put_i32(0);
+    w.put_i32(correlation_id);
+    w.put_bytes(0, size - MIN_REQUEST);
+}
+
 /// Something the request layer reports from a poll.
 #[derive(Debug)]
 pub enum LayerEvent {
@@ -177,6 +188,23 @@ pub trait RequestLayer {
         frame: Bytes,
         now: Instant,
     ) -> Result<(), String>;
+
+    /// Stages the echo request of `size` bytes with `correlation_id` on `conn` at `now`, written
+    /// straight into the connection's send buffer when the layer can; `Ok(false)` when it cannot
+    /// now (then [`send`](RequestLayer::send) it as a built frame).
+    ///
+    /// # Errors
+    /// As [`send`](RequestLayer::send).
+    fn send_written(
+        &mut self,
+        conn: usize,
+        correlation_id: i32,
+        size: usize,
+        now: Instant,
+    ) -> Result<bool, String> {
+        let _ = (conn, correlation_id, size, now);
+        Ok(false)
+    }
 
     /// Does the IO, waiting at most `timeout`; appends what happened to `events`.
     ///
@@ -407,6 +435,20 @@ impl RequestLayer for NetworkClientLayer {
         Ok(())
     }
 
+    #[inline]
+    fn send_written(
+        &mut self,
+        conn: usize,
+        correlation_id: i32,
+        size: usize,
+        now: Instant,
+    ) -> Result<bool, String> {
+        let node = *self.nodes.get(conn).ok_or("unknown connection")?;
+        Ok(self.client.send_with(node, correlation_id, now, |w| {
+            put_request(w, size, correlation_id)
+        }))
+    }
+
     fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()> {
         self.client.poll_io(timeout, Instant::now()).map(|()| {
             let now = std::time::Instant::now();
@@ -541,7 +583,12 @@ pub fn run_closed_loop<L: RequestLayer>(
     for (i, c) in conns.iter_mut().enumerate().filter(|(_, c)| c.up) {
         for _ in 0..w.inflight {
             let corr = c.seq.next_id();
-            if layer.send(i, corr, request(&mut enc, corr), now).is_err() {
+            let sent = match layer.send_written(i, corr, w.size, now) {
+                Ok(true) => Ok(()),
+                Ok(false) => layer.send(i, corr, request(&mut enc, corr), now),
+                Err(e) => Err(e),
+            };
+            if sent.is_err() {
                 rec.errors += 1;
                 break;
             }
@@ -581,7 +628,12 @@ pub fn run_closed_loop<L: RequestLayer>(
                     }
                     if sending {
                         let corr = c.seq.next_id();
-                        match layer.send(conn, corr, request(&mut enc, corr), now) {
+                        let sent = match layer.send_written(conn, corr, w.size, now) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => layer.send(conn, corr, request(&mut enc, corr), now),
+                            Err(e) => Err(e),
+                        };
+                        match sent {
                             Ok(()) => c.pending.push_back((corr, now)),
                             Err(_) => rec.errors += 1,
                         }

@@ -17,7 +17,7 @@ use super::request::{
 };
 use crate::net::ChannelMap;
 use crate::net::{
-    ChannelId, Received, Selector, SelectorConfig, SendError, SocketOptions, Transport,
+    ChannelId, FrameWriter, Received, Selector, SelectorConfig, SendError, SocketOptions, Transport,
 };
 
 /// A hasher for the node-id map: ids are small integers, so the identity (spread by a multiply)
@@ -666,6 +666,80 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.requests[i].waiting.push_back((entry, request.frame));
         }
         corr
+    }
+
+    /// Sends a request whose frame `write` appends straight into the node's send buffer (no frame
+    /// buffer of the caller's, no copy), expecting a response within the configured request
+    /// timeout. Only when it can be staged at once: the node is Ready, no request of it waits,
+    /// the in-flight limit allows it, and the transport takes it. Returns whether it was sent;
+    /// when `false`, nothing was written or recorded: send it with [`send`](Self::send) instead.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use std::time::Instant;
+    /// # use mqnet::client::{NetworkClient, NodeId};
+    /// # let mut client = NetworkClient::new(Default::default()).unwrap();
+    /// let corr = client.next_correlation_id();
+    /// let sent = client.send_with(NodeId(1), corr, Instant::now(), |w| {
+    ///     w.put_i32(corr);
+    ///     w.put_slice(b"payload");
+    /// });
+    /// # let _ = sent;
+    /// ```
+    pub fn send_with(
+        &mut self,
+        node: NodeId,
+        correlation_id: i32,
+        now: Instant,
+        write: impl FnOnce(&mut FrameWriter<'_>),
+    ) -> bool {
+        let Some(i) = self.node_index(node) else {
+            return false;
+        };
+        if self.states.get(i).state != ConnectionState::Ready
+            || !self.requests[i].waiting.is_empty()
+            || !self.can_stage(i)
+        {
+            return false;
+        }
+        if self.config.response_order == ResponseOrder::Unordered
+            && self.requests[i]
+                .in_flight
+                .iter()
+                .any(|r| r.correlation_id == correlation_id)
+        {
+            return false;
+        }
+        let Some(ch) = self.states.get(i).channel else {
+            return false;
+        };
+        let staged = self.transport.send_with(ch, |w| {
+            write(w);
+            true
+        });
+        if !matches!(staged, Ok(Some(_))) {
+            return false;
+        }
+        let timeout = self.config.request_timeout;
+        let deadline = match self.deadline_memo {
+            (at, t, d) if at == now && t == timeout => d,
+            _ => {
+                let d = now + timeout;
+                self.deadline_memo = (now, timeout, d);
+                d
+            }
+        };
+        self.metrics[i].requests_sent += 1;
+        self.requests[i].in_flight.push_back(InFlight {
+            correlation_id,
+            expect_response: true,
+            internal: false,
+            created: now,
+            deadline,
+            tag: 0,
+            callback: None,
+        });
+        true
     }
 
     fn complete_local(&mut self, request: ClientRequest, error: LocalError) {

@@ -1418,47 +1418,50 @@ impl Selector {
         let borrowed = self.borrowed;
         loop {
             // Deliver every whole frame already buffered.
-            while borrowed {
-                let pending = &ch.read_buf[ch.consumed..];
-                match decoder.peek_len(pending) {
-                    Ok(Some(len)) if pending.len() - HEADER_LEN >= len => {
-                        if ch.consumed == 0 {
-                            self.consumed_list.push(id);
-                        }
-                        self.metrics.frames_in += 1;
-                        let start = ch.consumed;
-                        ch.consumed += HEADER_LEN + len;
-                        // Frames of one read extend one run.
-                        match self.out.frames.last_mut() {
-                            Some(last) if last.channel == id && last.end == start => {
-                                last.end = ch.consumed;
+            if borrowed {
+                loop {
+                    let pending = &ch.read_buf[ch.consumed..];
+                    match decoder.peek_len(pending) {
+                        Ok(Some(len)) if pending.len() - HEADER_LEN >= len => {
+                            if ch.consumed == 0 {
+                                self.consumed_list.push(id);
                             }
-                            _ => self.out.frames.push(FrameRef {
-                                channel: id,
-                                start,
-                                end: ch.consumed,
-                            }),
+                            self.metrics.frames_in += 1;
+                            let start = ch.consumed;
+                            ch.consumed += HEADER_LEN + len;
+                            // Frames of one read extend one run.
+                            match self.out.frames.last_mut() {
+                                Some(last) if last.channel == id && last.end == start => {
+                                    last.end = ch.consumed;
+                                }
+                                _ => self.out.frames.push(FrameRef {
+                                    channel: id,
+                                    start,
+                                    end: ch.consumed,
+                                }),
+                            }
                         }
-                    }
-                    Ok(_) => break,
-                    Err(e) => {
-                        outcome = Some(DisconnectReason::InvalidFrame(e));
-                        break;
+                        Ok(_) => break,
+                        Err(e) => {
+                            outcome = Some(DisconnectReason::InvalidFrame(e));
+                            break;
+                        }
                     }
                 }
-            }
-            while !borrowed {
-                match decoder.decode(&mut ch.read_buf) {
-                    Ok(Some(frame)) => {
-                        self.metrics.frames_in += 1;
-                        self.out
-                            .completed_receives
-                            .push(Received { channel: id, frame });
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        outcome = Some(DisconnectReason::InvalidFrame(e));
-                        break;
+            } else {
+                loop {
+                    match decoder.decode(&mut ch.read_buf) {
+                        Ok(Some(frame)) => {
+                            self.metrics.frames_in += 1;
+                            self.out
+                                .completed_receives
+                                .push(Received { channel: id, frame });
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            outcome = Some(DisconnectReason::InvalidFrame(e));
+                            break;
+                        }
                     }
                 }
             }

@@ -132,7 +132,9 @@ impl Write for FrameWriter<'_> {
 }
 
 /// One staged frame: an optional length prefix held inline and the payload, or (`coalesced`) a
-/// run of `len` bytes of the queue's contiguous buffer.
+/// run of `len` bytes of the queue's contiguous buffer holding `frames` whole frames staged one
+/// after the other (their lengths are in [`SendQueue::clens`]), the first with sequence number
+/// `seq`.
 #[derive(Debug)]
 struct Staged {
     header: [u8; HEADER_LEN],
@@ -144,6 +146,8 @@ struct Staged {
     /// Bytes on the wire.
     len: usize,
     seq: u64,
+    /// Frames in a coalesced run (1 otherwise).
+    frames: u32,
 }
 
 /// The outcome of one [`SendQueue::write_to`] call.
@@ -165,6 +169,12 @@ pub(crate) struct SendQueue {
     /// Bytes staged and not yet written.
     staged_bytes: usize,
     next_seq: u64,
+    /// Lengths of the coalesced frames not yet fully written, in staging order, and how many bytes
+    /// of the first have been written.
+    clens: VecDeque<u32>,
+    cfront_written: usize,
+    /// Frames staged and not yet fully written.
+    nframes: usize,
     /// The bytes of coalesced frames, in staging order; `cbuf[cstart..]` is not yet written.
     cbuf: Vec<u8>,
     cstart: usize,
@@ -180,7 +190,31 @@ impl SendQueue {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.frames.len()
+        self.nframes
+    }
+
+    /// Records a coalesced frame of `len` bytes with `seq`: it extends the run at the back of the
+    /// queue, or starts one.
+    #[inline]
+    fn push_coalesced(&mut self, len: usize, seq: u64) {
+        self.clens.push_back(len as u32);
+        self.nframes += 1;
+        if let Some(back) = self.frames.back_mut() {
+            if back.coalesced {
+                back.len += len;
+                back.frames += 1;
+                return;
+            }
+        }
+        self.frames.push_back(Staged {
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            coalesced: true,
+            body: Bytes::new(),
+            len,
+            seq,
+            frames: 1,
+        });
     }
 
     /// Stages a frame and returns its sequence number.
@@ -196,15 +230,9 @@ impl SendQueue {
                 self.cbuf.extend_from_slice(&header);
             }
             self.cbuf.extend_from_slice(&body);
-            self.frames.push_back(Staged {
-                header,
-                header_len: header_len as u8,
-                coalesced: true,
-                body: Bytes::new(),
-                len,
-                seq,
-            });
+            self.push_coalesced(len, seq);
         } else {
+            self.nframes += 1;
             self.frames.push_back(Staged {
                 header,
                 header_len: header_len as u8,
@@ -212,6 +240,7 @@ impl SendQueue {
                 body,
                 len,
                 seq,
+                frames: 1,
             });
         }
         seq
@@ -258,14 +287,7 @@ impl SendQueue {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.staged_bytes += len;
-        self.frames.push_back(Staged {
-            header: [0; HEADER_LEN],
-            header_len: 0,
-            coalesced: true,
-            body: Bytes::new(),
-            len,
-            seq,
-        });
+        self.push_coalesced(len, seq);
         Ok(Some(seq))
     }
 
@@ -394,22 +416,41 @@ impl SendQueue {
     fn consume(&mut self, mut n: usize, done: &mut impl FnMut(u64)) {
         self.staged_bytes -= n;
         while n > 0 {
-            let Some(front) = self.frames.front() else {
+            let Some(front) = self.frames.front_mut() else {
                 break;
             };
             let remaining = front.len - self.front_written;
+            let take = n.min(remaining);
+            n -= take;
             if front.coalesced {
-                self.cstart += n.min(remaining);
+                self.cstart += take;
+                // Report every frame of the run whose last byte is now written.
+                let mut t = self.cfront_written + take;
+                while let Some(&fl) = self.clens.front() {
+                    let fl = fl as usize;
+                    if t < fl || front.frames == 0 {
+                        break;
+                    }
+                    t -= fl;
+                    self.clens.pop_front();
+                    self.nframes -= 1;
+                    front.frames -= 1;
+                    done(front.seq);
+                    front.seq += 1;
+                }
+                self.cfront_written = t;
             }
-            if n >= remaining {
-                n -= remaining;
+            if take == remaining {
                 self.front_written = 0;
+                let single = !front.coalesced;
                 let seq = front.seq;
                 self.frames.pop_front();
-                done(seq);
+                if single {
+                    self.nframes -= 1;
+                    done(seq);
+                }
             } else {
-                self.front_written += n;
-                n = 0;
+                self.front_written += take;
             }
         }
         if self.cstart == self.cbuf.len() {
@@ -423,8 +464,11 @@ impl SendQueue {
 
     /// Drops every staged frame; returns how many there were.
     pub(crate) fn clear(&mut self) -> usize {
-        let n = self.frames.len();
+        let n = self.nframes;
         self.frames.clear();
+        self.clens.clear();
+        self.cfront_written = 0;
+        self.nframes = 0;
         self.front_written = 0;
         self.staged_bytes = 0;
         self.cbuf.clear();

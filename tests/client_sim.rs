@@ -47,7 +47,14 @@ fn connect(c: &mut Client, node: NodeId) -> Vec<ClientResponse> {
         if c.ready(node, now) {
             return out;
         }
-        out.extend(c.poll(Some(ms(1)), now).unwrap());
+        out.extend(
+            c.poll_io(Some(ms(1)), now)
+                .map(|()| {
+                    let now = c.transport().now();
+                    c.handle(now)
+                })
+                .unwrap(),
+        );
     }
     panic!("{node} never became ready: {:?}", c.connection_state(node));
 }
@@ -72,7 +79,12 @@ fn reconnect_backoff_attempt_times_are_exact() {
         if attempts.len() == 8 {
             break;
         }
-        c.poll(Some(ms(1)), now).unwrap();
+        c.poll_io(Some(ms(1)), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
     }
     // Each refusal takes 2 ms (one simulated RTT); then backoff(n) = 50 ms × 2^n, capped at 1 s.
     assert_eq!(attempts, vec![0, 52, 154, 356, 758, 1560, 2562, 3564]);
@@ -85,7 +97,12 @@ fn reconnect_backoff_attempt_times_are_exact() {
     assert_eq!(c.connection_state(node), Some(ConnectionState::Ready));
     c.transport_mut().close_peer(addr(9000));
     let now = c.transport().now();
-    c.poll(Some(ms(1)), now).unwrap();
+    c.poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     assert_eq!(
         c.connection_state(node),
         Some(ConnectionState::Disconnected)
@@ -123,7 +140,12 @@ fn setup_timeout_aborts_the_socket_and_grows_to_the_max() {
         }
         let state = c.connection_state(node);
         let delay = c.connection_delay(node, now).min(Duration::from_secs(60));
-        c.poll(Some(delay), now).unwrap();
+        c.poll_io(Some(delay), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
         if state == Some(ConnectionState::Connecting)
             && c.connection_state(node) == Some(ConnectionState::Disconnected)
         {
@@ -154,7 +176,14 @@ fn request_timeout_closes_the_connection_and_fails_the_others_as_disconnected() 
         if now - t_first >= ms(1000) {
             break;
         }
-        done.extend(c.poll(Some(ms(1000)), now).unwrap());
+        done.extend(
+            c.poll_io(Some(ms(1000)), now)
+                .map(|()| {
+                    let now = c.transport().now();
+                    c.handle(now)
+                })
+                .unwrap(),
+        );
     }
     let now = c.transport().now();
     assert_eq!(now - t_first, ms(1000));
@@ -165,7 +194,14 @@ fn request_timeout_closes_the_connection_and_fails_the_others_as_disconnected() 
             break;
         }
         let now = c.transport().now();
-        done.extend(c.poll(None, now).unwrap());
+        done.extend(
+            c.poll_io(None, now)
+                .map(|()| {
+                    let now = c.transport().now();
+                    c.handle(now)
+                })
+                .unwrap(),
+        );
     }
     assert_eq!(done.len(), 2, "{done:?}");
     let first = done.iter().find(|r| r.correlation_id == c1).unwrap();
@@ -207,7 +243,14 @@ fn in_flight_cap_makes_the_sixth_request_wait() {
     let mut max_in_flight = 0;
     for _ in 0..5_000 {
         let now = c.transport().now();
-        done.extend(c.poll(Some(ms(1)), now).unwrap());
+        done.extend(
+            c.poll_io(Some(ms(1)), now)
+                .map(|()| {
+                    let now = c.transport().now();
+                    c.handle(now)
+                })
+                .unwrap(),
+        );
         max_in_flight = max_in_flight.max(c.in_flight_count(node));
         if c.in_flight_count(node) == 5 {
             assert_eq!(c.waiting_count(node), 1, "the sixth waits");
@@ -244,7 +287,14 @@ fn correlation_mismatch_closes_and_fails_every_in_flight_request() {
     let mut done = Vec::new();
     for _ in 0..20 {
         let now = c.transport().now();
-        done.extend(c.poll(Some(ms(1)), now).unwrap());
+        done.extend(
+            c.poll_io(Some(ms(1)), now)
+                .map(|()| {
+                    let now = c.transport().now();
+                    c.handle(now)
+                })
+                .unwrap(),
+        );
         if done.len() == 3 {
             break;
         }
@@ -288,7 +338,14 @@ fn unordered_mode_matches_by_correlation_id() {
     let mut done = Vec::new();
     for _ in 0..50 {
         let now = c.transport().now();
-        done.extend(c.poll(None, now).unwrap());
+        done.extend(
+            c.poll_io(None, now)
+                .map(|()| {
+                    let now = c.transport().now();
+                    c.handle(now)
+                })
+                .unwrap(),
+        );
         if done.len() == 2 {
             break;
         }
@@ -312,7 +369,13 @@ fn request_without_response_completes_when_sent() {
     let now = c.transport().now();
     let r = request(&mut c, node).expect_response(false);
     let corr = c.send(r, now);
-    let done = c.poll(Some(ms(1)), now).unwrap();
+    let done = c
+        .poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].correlation_id, corr);
     assert_eq!(done[0].outcome, Outcome::Sent);
@@ -332,10 +395,21 @@ fn peer_close_fails_in_flight_once_and_grows_backoff() {
         let r = request(&mut c, node);
         c.send(r, now);
     }
-    c.poll(Some(ms(1)), now).unwrap();
+    c.poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     c.transport_mut().reset_peer(addr(9007));
     let now = c.transport().now();
-    let done = c.poll(Some(ms(1)), now).unwrap();
+    let done = c
+        .poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     assert_eq!(done.len(), 3);
     assert!(done.iter().all(|r| matches!(
         r.outcome,
@@ -349,7 +423,14 @@ fn peer_close_fails_in_flight_once_and_grows_backoff() {
     // Nothing more ever completes for them.
     for _ in 0..5 {
         let now = c.transport().now();
-        assert!(c.poll(Some(ms(100)), now).unwrap().is_empty());
+        assert!(c
+            .poll_io(Some(ms(100)), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap()
+            .is_empty());
     }
 }
 
@@ -363,7 +444,13 @@ fn local_errors_never_touch_the_network() {
     c.send(r, now);
     let r = request(&mut c, node);
     c.send(r, now);
-    let done = c.poll(Some(ms(1)), now).unwrap();
+    let done = c
+        .poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     assert_eq!(done.len(), 2);
     assert_eq!(
         done[0].outcome,
@@ -396,7 +483,12 @@ fn callbacks_run_once_with_the_response() {
     c.send(r, now);
     for _ in 0..20 {
         let now = c.transport().now();
-        c.poll(Some(ms(1)), now).unwrap();
+        c.poll_io(Some(ms(1)), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
@@ -455,7 +547,12 @@ fn least_loaded_prefers_ready_then_connecting_then_oldest_attempt() {
     );
     for _ in 0..100 {
         let t = c.transport().now();
-        c.poll(Some(ms(1)), t).unwrap();
+        c.poll_io(Some(ms(1)), t)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
         if c.connection_state(y) == Some(ConnectionState::Disconnected) {
             break;
         }
@@ -489,7 +586,12 @@ fn bootstrap_failover_moves_round_robin_and_stays_on_a_healthy_server() {
             ready = Some(n);
             break;
         }
-        c.poll(Some(ms(1)), now).unwrap();
+        c.poll_io(Some(ms(1)), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
     }
     // 9202 fails, 9203 (next round robin) is healthy.
     assert_eq!(chosen_trace, vec!["127.0.0.1:9202", "127.0.0.1:9203"]);
@@ -498,7 +600,12 @@ fn bootstrap_failover_moves_round_robin_and_stays_on_a_healthy_server() {
     for _ in 0..50 {
         let now = c.transport().now();
         assert_eq!(f.poll(&mut c, now).unwrap(), Some(node));
-        c.poll(Some(ms(10)), now).unwrap();
+        c.poll_io(Some(ms(10)), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
     }
     // It leaves the list: reselect among the new list.
     f.update(["127.0.0.1:9201"]);
@@ -854,7 +961,7 @@ proptest! {
                     script.log.push((step, n, Fault::Disconnect));
                 }
                 Op::Advance(d) => {
-                    let done = c.poll(Some(ms(d)), now).unwrap();
+                    let done = c.poll_io(Some(ms(d)), now).map(|()| { let now = c.transport().now(); c.handle(now) }).unwrap();
                     last_poll = step;
                     completions.extend(done.into_iter().map(|r| (r, step)));
                 }
@@ -863,7 +970,7 @@ proptest! {
         // Settle: no new requests; every deadline passes within a bounded number of polls.
         for _ in 0..1_000 {
             let now = c.transport().now();
-            let done = c.poll(Some(Duration::from_secs(1)), now).unwrap();
+            let done = c.poll_io(Some(Duration::from_secs(1)), now).map(|()| { let now = c.transport().now(); c.handle(now) }).unwrap();
             step += 1;
             completions.extend(done.into_iter().map(|r| (r, step)));
             if completions.len() >= sent.len() && nodes.iter().all(|n| c.in_flight_count(*n) + c.waiting_count(*n) == 0) {
@@ -961,7 +1068,12 @@ fn all_addresses_are_tried_round_robin_and_re_resolved_on_wrap_and_after_a_drop(
         if tried.len() == 7 {
             break;
         }
-        c.poll(Some(ms(1)), now).unwrap();
+        c.poll_io(Some(ms(1)), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
     }
     // One address per attempt, round robin; resolved once per pass over the list.
     assert_eq!(
@@ -979,7 +1091,12 @@ fn all_addresses_are_tried_round_robin_and_re_resolved_on_wrap_and_after_a_drop(
     c.transport_mut().close_peer(ips[1]);
     c.transport_mut().close_peer(ips[0]);
     let now = c.transport().now();
-    c.poll(Some(ms(1)), now).unwrap();
+    c.poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     assert_eq!(
         c.connection_state(node),
         Some(ConnectionState::Disconnected)
@@ -1006,7 +1123,14 @@ fn node_metrics_count_requests_latency_and_connections() {
         let mut done = Vec::new();
         for _ in 0..100 {
             let now = c.transport().now();
-            done.extend(c.poll(Some(ms(1)), now).unwrap());
+            done.extend(
+                c.poll_io(Some(ms(1)), now)
+                    .map(|()| {
+                        let now = c.transport().now();
+                        c.handle(now)
+                    })
+                    .unwrap(),
+            );
             if !done.is_empty() {
                 break;
             }
@@ -1015,7 +1139,12 @@ fn node_metrics_count_requests_latency_and_connections() {
     }
     c.transport_mut().close_peer(addr(9500));
     let now = c.transport().now();
-    c.poll(Some(ms(1)), now).unwrap();
+    c.poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     let m = c.node_metrics(node).unwrap();
     assert_eq!(m.requests_sent, 10);
     assert_eq!(m.responses, 10);
@@ -1050,7 +1179,14 @@ fn answers_to_no_response_requests_are_dropped_not_taken_for_desync() {
     let mut done = Vec::new();
     for _ in 0..50 {
         let now = c.transport().now();
-        done.extend(c.poll(Some(ms(1)), now).unwrap());
+        done.extend(
+            c.poll_io(Some(ms(1)), now)
+                .map(|()| {
+                    let now = c.transport().now();
+                    c.handle(now)
+                })
+                .unwrap(),
+        );
         if done.len() == 2 {
             break;
         }
@@ -1071,7 +1207,12 @@ fn answers_to_no_response_requests_are_dropped_not_taken_for_desync() {
     c.send(r, now);
     for _ in 0..50 {
         let now = c.transport().now();
-        c.poll(Some(ms(1)), now).unwrap();
+        c.poll_io(Some(ms(1)), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
     }
     assert_eq!(
         c.connection_state(node),

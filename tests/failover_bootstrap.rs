@@ -35,7 +35,12 @@ fn client(net: SimNetwork) -> Client {
 fn round(f: &mut BootstrapFailover, c: &mut Client, gap: Duration) -> Option<NodeId> {
     let now = c.transport().now();
     let ready = f.poll(c, now).unwrap();
-    c.poll(Some(ms(1)), now).unwrap();
+    c.poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     c.transport_mut().advance(gap);
     ready
 }
@@ -148,7 +153,12 @@ fn removed_addresses_leave_the_client() {
         sent.push(corr);
     }
     let now = c.transport().now();
-    c.poll(Some(ms(1)), now).unwrap();
+    c.poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     assert_eq!(c.in_flight_count(node) + c.waiting_count(node), 3);
     f.update(["127.0.0.1:9323"]);
     let now = c.transport().now();
@@ -159,7 +169,13 @@ fn removed_addresses_leave_the_client() {
         0,
         "its channel closed"
     );
-    let out = c.poll(Some(ms(1)), now).unwrap();
+    let out = c
+        .poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     let got: Vec<i32> = out.iter().map(|r| r.correlation_id).collect();
     assert_eq!(got, sent, "each completed once, in order");
     assert!(out
@@ -171,7 +187,13 @@ fn removed_addresses_leave_the_client() {
         ClientRequest::new(node, corr, Bytes::from_static(b"xxxx")),
         now,
     );
-    let out = c.poll(Some(ms(10)), now).unwrap();
+    let out = c
+        .poll_io(Some(ms(10)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].outcome, Outcome::LocalError(LocalError::UnknownNode));
     assert_eq!(c.nodes().len(), 1);
@@ -195,12 +217,22 @@ fn remove_node_keeps_the_other_nodes_working() {
         if all {
             break;
         }
-        c.poll(Some(ms(1)), now).unwrap();
+        c.poll_io(Some(ms(1)), now)
+            .map(|()| {
+                let now = c.transport().now();
+                c.handle(now)
+            })
+            .unwrap();
     }
     let now = c.transport().now();
     assert!(c.remove_node(NodeId(1), now));
     assert!(!c.remove_node(NodeId(1), now));
-    c.poll(Some(ms(1)), now).unwrap();
+    c.poll_io(Some(ms(1)), now)
+        .map(|()| {
+            let now = c.transport().now();
+            c.handle(now)
+        })
+        .unwrap();
     // The others (indices after the removed one included) still answer, by their own ids.
     for k in [0, 2, 3] {
         let corr = c.next_correlation_id();
@@ -210,7 +242,14 @@ fn remove_node_keeps_the_other_nodes_working() {
         let mut answered = false;
         for _ in 0..10 {
             let now = c.transport().now();
-            for r in c.poll(Some(ms(5)), now).unwrap() {
+            for r in c
+                .poll_io(Some(ms(5)), now)
+                .map(|()| {
+                    let now = c.transport().now();
+                    c.handle(now)
+                })
+                .unwrap()
+            {
                 assert_eq!(r.node, NodeId(k));
                 assert!(matches!(r.outcome, Outcome::Response(_)));
                 answered = true;

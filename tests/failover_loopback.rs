@@ -89,7 +89,14 @@ fn until(
             return;
         }
         assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        out.extend(t.poll(Some(TICK), Instant::now()).unwrap());
+        out.extend(
+            t.poll_io(Some(TICK), Instant::now())
+                .map(|()| {
+                    let now = std::time::Instant::now();
+                    t.handle(now)
+                })
+                .unwrap(),
+        );
         events.extend(t.drain_events());
     }
 }

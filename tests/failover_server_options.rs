@@ -75,7 +75,12 @@ fn server_options_reach_that_servers_connections_only() {
             break;
         }
         let now = t.client().transport().now();
-        t.poll(Some(Duration::from_millis(10)), now).unwrap();
+        t.poll_io(Some(Duration::from_millis(10)), now)
+            .map(|()| {
+                let now = t.client().transport().now();
+                t.handle(now)
+            })
+            .unwrap();
     }
     assert!(t.is_connected());
     let seen = &t.client().transport().seen;

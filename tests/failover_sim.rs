@@ -50,7 +50,12 @@ fn now(t: &Ft) -> Instant {
 /// One poll that sleeps (simulated) until the next event or deadline, at most `max`.
 fn step(t: &mut Ft, max: Duration) -> Vec<FailoverResponse> {
     let n = now(t);
-    t.poll(Some(max), n).unwrap()
+    t.poll_io(Some(max), n)
+        .map(|()| {
+            let now = t.client().transport().now();
+            t.handle(now)
+        })
+        .unwrap()
 }
 
 /// Polls until `cond` holds (bounded), collecting completions.
@@ -354,7 +359,14 @@ fn each_waiting_request_has_its_own_deadline() {
         let until_t = now(&t) + ms(3);
         while now(&t) < until_t {
             let n = now(&t);
-            out.extend(t.poll(Some(until_t - n), n).unwrap());
+            out.extend(
+                t.poll_io(Some(until_t - n), n)
+                    .map(|()| {
+                        let now = t.client().transport().now();
+                        t.handle(now)
+                    })
+                    .unwrap(),
+            );
         }
     }
     until(&mut t, &mut out, |_, o| o.len() >= 100);

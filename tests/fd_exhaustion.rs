@@ -355,7 +355,11 @@ fn client_backs_off_on_emfile_and_recovers() {
     while !client.ready(node, Instant::now()) {
         assert!(Instant::now() < deadline, "client did not reconnect");
         client
-            .poll(Some(Duration::from_millis(20)), Instant::now())
+            .poll_io(Some(Duration::from_millis(20)), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                client.handle(now)
+            })
             .unwrap();
     }
     let corr = client.next_correlation_id();
@@ -369,7 +373,11 @@ fn client_backs_off_on_emfile_and_recovers() {
     while answered.is_none() {
         assert!(Instant::now() < deadline, "no response after recovery");
         for r in client
-            .poll(Some(Duration::from_millis(20)), Instant::now())
+            .poll_io(Some(Duration::from_millis(20)), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                client.handle(now)
+            })
             .unwrap()
         {
             assert_eq!(r.correlation_id, corr);

@@ -157,7 +157,11 @@ fn wait(
 ) {
     let start = Instant::now();
     for _ in 0..10_000_000u64 {
-        g.poll(Some(Duration::from_millis(10)), Instant::now())
+        g.poll_io(Some(Duration::from_millis(10)), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                g.handle(now)
+            })
             .unwrap();
         events.extend(g.drain_events());
         if cond(g, events) {

@@ -68,7 +68,14 @@ fn run_to(g: &mut G, until: Instant) -> Vec<ClientResponse> {
         if now >= until {
             return out;
         }
-        out.extend(g.poll(Some(until - now), now).unwrap());
+        out.extend(
+            g.poll_io(Some(until - now), now)
+                .map(|()| {
+                    let now = g.now();
+                    g.handle(now)
+                })
+                .unwrap(),
+        );
     }
     panic!("run_to did not reach its instant");
 }
@@ -80,7 +87,14 @@ fn run_until(g: &mut G, limit: Duration, mut cond: impl FnMut(&G) -> bool) -> Ve
     while !cond(g) {
         let now = g.now();
         assert!(now < end, "condition not met within {limit:?}");
-        out.extend(g.poll(Some(ms(1)), now).unwrap());
+        out.extend(
+            g.poll_io(Some(ms(1)), now)
+                .map(|()| {
+                    let now = g.now();
+                    g.handle(now)
+                })
+                .unwrap(),
+        );
     }
     out
 }
@@ -482,7 +496,12 @@ fn a_dead_address_does_not_delay_another_groups_healing() {
     let end = g.now() + secs(60);
     while g.now() < end {
         let now = g.now();
-        g.poll(Some(ms(100)), now).unwrap();
+        g.poll_io(Some(ms(100)), now)
+            .map(|()| {
+                let now = g.now();
+                g.handle(now)
+            })
+            .unwrap();
         assert!(pending(&g) <= 2);
         assert!(g.client().transport().open_channels_to(addr(9001)) <= 2);
     }
@@ -539,7 +558,12 @@ fn a_timed_out_attempt_is_aborted_before_the_next_no_duplicate_sockets() {
     let end = now + secs(70);
     while g.now() < end {
         let now = g.now();
-        g.poll(Some(ms(500)), now).unwrap();
+        g.poll_io(Some(ms(500)), now)
+            .map(|()| {
+                let now = g.now();
+                g.handle(now)
+            })
+            .unwrap();
         max_open = max_open.max(g.client().transport().open_channels_to(addr(9000)));
     }
     assert_eq!(max_open, 2);
@@ -705,7 +729,7 @@ proptest! {
                 }
             }
             let now = g.now();
-            let done = g.poll(Some(ms(1)), now).unwrap();
+            let done = g.poll_io(Some(ms(1)), now).map(|()| { let now = g.now(); g.handle(now) }).unwrap();
             record(done, &mut completed);
         }
         // Faults stop.

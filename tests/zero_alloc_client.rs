@@ -33,8 +33,10 @@ impl LoopClient for Client {
 
     fn poll_completed(&mut self, now: Instant, len: usize) -> usize {
         self.client
-            .poll_into(Some(Duration::ZERO), now, &mut self.done)
+            .poll_io(Some(Duration::ZERO), now)
             .expect("client poll");
+        // Completions are handled at the time read after the I/O (one clock: the caller's).
+        self.client.handle_into(Instant::now(), &mut self.done);
         let n = self.done.len();
         for r in self.done.drain(..) {
             match &r.outcome {

@@ -850,7 +850,11 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, BenchError> {
         }
         done.clear();
         client
-            .poll_into(Some(Duration::from_millis(5)), Instant::now(), &mut done)
+            .poll_io(Some(Duration::from_millis(5)), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                client.handle_into(now, &mut done)
+            })
             .context("poll")?;
         for resp in &done {
             classify(resp, &mut r, &mut pending, &mut completed);
@@ -871,7 +875,11 @@ pub fn chaos(a: &ChaosArgs) -> Result<bool, BenchError> {
     while !pending.is_empty() && Instant::now() < drain_until {
         done.clear();
         client
-            .poll_into(Some(Duration::from_millis(10)), Instant::now(), &mut done)
+            .poll_io(Some(Duration::from_millis(10)), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                client.handle_into(now, &mut done)
+            })
             .context("poll")?;
         for resp in &done {
             classify(resp, &mut r, &mut pending, &mut completed);

@@ -16,6 +16,7 @@ use crate::child::ChildProc;
 use crate::error::{BenchError, Context};
 use crate::mqnet_impl::{self, ClientLayer};
 use crate::proto::{MAX_PAYLOAD, MIN_REQUEST, MIN_RESPONSE};
+use crate::raw_impl;
 use crate::report::{self, Row};
 use crate::stats::{RunResult, Workload};
 use crate::tokio_impl::{self, Flavor};
@@ -35,8 +36,11 @@ pub(crate) enum Impl {
     TokioMt,
     /// tokio current-thread runtime + tokio-util Framed/LengthDelimitedCodec.
     TokioCt,
-    /// mqnet: mqnet::server::Server (inline handler) and a client on mqnet (see --mqnet-client).
+    /// mqnet: mqnet::server::Server (direct handler) and a client on mqnet (see --mqnet-client).
     Mqnet,
+    /// raw: a hand-rolled single-threaded mio client and server (no Selector, no NetworkClient):
+    /// the ceiling.
+    Raw,
 }
 
 impl Impl {
@@ -45,6 +49,7 @@ impl Impl {
             Impl::TokioMt => "tokio-mt",
             Impl::TokioCt => "tokio-ct",
             Impl::Mqnet => "mqnet",
+            Impl::Raw => "raw",
         }
     }
 
@@ -52,7 +57,7 @@ impl Impl {
         match self {
             Impl::TokioMt => Some(Flavor::MultiThread),
             Impl::TokioCt => Some(Flavor::CurrentThread),
-            Impl::Mqnet => None,
+            Impl::Mqnet | Impl::Raw => None,
         }
     }
 }
@@ -64,8 +69,10 @@ pub(crate) enum Peer {
     Tokio,
     /// mqnet only.
     Mqnet,
-    /// tokio-mt, tokio-ct and mqnet.
+    /// tokio-mt, tokio-ct, mqnet and raw.
     All,
+    /// raw only (the hand-rolled mio peer).
+    Raw,
 }
 
 impl Peer {
@@ -73,7 +80,8 @@ impl Peer {
         match self {
             Peer::Tokio => vec![Impl::TokioMt, Impl::TokioCt],
             Peer::Mqnet => vec![Impl::Mqnet],
-            Peer::All => vec![Impl::TokioMt, Impl::TokioCt, Impl::Mqnet],
+            Peer::All => vec![Impl::TokioMt, Impl::TokioCt, Impl::Mqnet, Impl::Raw],
+            Peer::Raw => vec![Impl::Raw],
         }
     }
 }
@@ -261,6 +269,7 @@ fn serve(
 ) -> std::io::Result<()> {
     match imp.flavor() {
         Some(f) => tokio_impl::run_server(f, addr, resp_size, stop, deadline, bound),
+        None if imp == Impl::Raw => raw_impl::run_server(addr, resp_size, stop, deadline, bound),
         None => mqnet_impl::run_server(addr, resp_size, stop, deadline, bound),
     }
 }
@@ -322,6 +331,7 @@ fn measure(
     let (idle, idle_errors) = open_idle(addr, w.idle);
     let res = match imp.flavor() {
         Some(f) => tokio_impl::run_client(f, addr, w),
+        None if imp == Impl::Raw => raw_impl::run_client(addr, w),
         None => mqnet_impl::run_client(addr, w, layer),
     };
     drop(idle);
@@ -636,6 +646,7 @@ fn serve_only(a: &EchoArgs, listen: &str) -> Result<(), BenchError> {
     let imp = a.implementation.unwrap_or(match a.peer {
         Peer::Tokio => Impl::TokioMt,
         Peer::Mqnet | Peer::All => Impl::Mqnet,
+        Peer::Raw => Impl::Raw,
     });
     if let Some(cpu) = a.pin {
         sys::pin_to_cpu(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;

@@ -235,7 +235,12 @@ fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, BenchError
         if Instant::now() > connect_by {
             return Err(BenchError::run("the failover transport never connected"));
         }
-        t.poll(Some(TICK), Instant::now()).context("poll")?;
+        t.poll_io(Some(TICK), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                t.handle(now)
+            })
+            .context("poll")?;
     }
     let every = Duration::from_secs_f64(a.kill_every.max(0.05));
     let restart_after = Duration::from_secs_f64(a.restart_after.clamp(0.0, a.kill_every));
@@ -276,7 +281,12 @@ fn drill_once(a: &FailoverArgs, standby: bool) -> Result<DrillResult, BenchError
                 k += 1;
             }
         }
-        t.poll_into(Some(TICK), now, &mut out).context("poll")?;
+        t.poll_io(Some(TICK), now)
+            .map(|()| {
+                let now = std::time::Instant::now();
+                t.handle_into(now, &mut out)
+            })
+            .context("poll")?;
         for r in out.drain(..) {
             ledger.complete(r, None);
         }
@@ -428,7 +438,12 @@ pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, BenchError>
                 "never connected to any of {connect}"
             )));
         }
-        t.poll(Some(TICK), Instant::now()).context("poll")?;
+        t.poll_io(Some(TICK), Instant::now())
+            .map(|()| {
+                let now = std::time::Instant::now();
+                t.handle(now)
+            })
+            .context("poll")?;
     }
     let window = Window::starting_now(w);
     let mut rec = Recorder::new();
@@ -445,7 +460,12 @@ pub fn echo_client(connect: &str, w: &Workload) -> Result<RunResult, BenchError>
                 ledger.send(&mut t, now);
             }
         }
-        t.poll_into(Some(TICK), now, &mut out).context("poll")?;
+        t.poll_io(Some(TICK), now)
+            .map(|()| {
+                let now = std::time::Instant::now();
+                t.handle_into(now, &mut out)
+            })
+            .context("poll")?;
         let now = Instant::now();
         for r in out.drain(..) {
             let measured = now >= window.warm_end && now < window.end;

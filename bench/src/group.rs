@@ -176,7 +176,11 @@ impl Loop {
     fn poll(&mut self, rec: Option<(&mut Recorder, &Window)>) -> Result<usize, BenchError> {
         let now = Instant::now();
         self.groups
-            .poll_into(Some(POLL_TICK), now, &mut self.done)
+            .poll_io(Some(POLL_TICK), now)
+            .map(|()| {
+                let now = std::time::Instant::now();
+                self.groups.handle_into(now, &mut self.done)
+            })
             .context("poll")?;
         let now = Instant::now();
         let n = self.done.len();

@@ -31,6 +31,7 @@ mod mqnet_impl;
 mod produce;
 mod produce_broker;
 mod proto;
+mod raw_impl;
 mod report;
 mod stats;
 mod sys;

@@ -90,7 +90,7 @@ pub(crate) fn matrix(a: &MatrixArgs) -> Result<bool, BenchError> {
     if produce::RDKAFKA_PEER && a.produce_records >= 2 {
         let impls = match a.peer {
             Peer::Tokio => vec![produce::ProduceImpl::Rdkafka],
-            Peer::Mqnet => vec![produce::ProduceImpl::Mqnet],
+            Peer::Mqnet | Peer::Raw => vec![produce::ProduceImpl::Mqnet],
             Peer::All => vec![produce::ProduceImpl::Rdkafka, produce::ProduceImpl::Mqnet],
         };
         // At loopback speed, and at a 5 ms broker round trip (a real cluster's latency).

@@ -1,6 +1,7 @@
 //! The mqnet implementation of the echo workload.
 //!
-//! - Server: [`mqnet::server::Server`] in inline mode with [`EchoHandler`].
+//! - Server: [`mqnet::server::Server`] in direct mode with [`EchoHandler`]: requests read in place,
+//!   responses written straight into the connection's send buffer.
 //! - Client: the closed loop [`run_closed_loop`] over a [`RequestLayer`], of which there are two:
 //!   - [`SelectorLayer`] (the default, `--mqnet-client selector`): the request layer's duties done
 //!     directly on the [`Selector`] — one channel per connection, a FIFO of in-flight correlation
@@ -22,11 +23,16 @@ use bytes::Bytes;
 use mqnet::client::{ClientConfig, ClientRequest, ClientResponse, ConnectionState, NetworkClient};
 use mqnet::client::{NodeId, Outcome};
 use mqnet::net::ChannelMap;
-use mqnet::net::{ChannelId, CloseMode, Received, Selector, SelectorConfig, SocketOptions};
-use mqnet::server::{Handler, Server, ServerConfig};
+use mqnet::net::{
+    ChannelId, CloseMode, FrameWriter, Received, Selector, SelectorConfig, SocketOptions,
+};
+use mqnet::server::{DirectHandler, Server, ServerConfig};
 
 use crate::error::{BenchError, Context};
-use crate::proto::{check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD};
+use crate::proto::{
+    check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD, MIN_REQUEST,
+    MIN_RESPONSE,
+};
 use crate::stats::{Recorder, RunResult, Window, Workload};
 
 /// How long connecting all connections may take.
@@ -37,11 +43,10 @@ const POLL_TICK: Duration = Duration::from_millis(100);
 // ----- server ------------------------------------------------------------------------------------
 
 /// Answers every well-formed echo request with a response of `resp_size` bytes carrying its
-/// correlation id, encoded with its length prefix (the server runs with `prefixed_responses`);
-/// malformed requests are counted and get no response.
+/// correlation id, written into the connection's send buffer; malformed requests are counted and
+/// get no response.
 #[derive(Debug)]
 pub struct EchoHandler {
-    enc: Encoder,
     resp_size: usize,
     /// Requests that were not echo requests.
     pub malformed: u64,
@@ -51,21 +56,24 @@ impl EchoHandler {
     /// A handler answering with `resp_size`-byte responses.
     pub fn new(resp_size: usize) -> Self {
         EchoHandler {
-            enc: Encoder::new(resp_size),
-            resp_size,
+            resp_size: resp_size.max(MIN_RESPONSE),
             malformed: 0,
         }
     }
 }
 
-impl Handler for EchoHandler {
+impl DirectHandler for EchoHandler {
     #[inline]
-    fn handle(&mut self, _conn: ChannelId, request: Bytes) -> Option<Bytes> {
-        match request_correlation(&request) {
-            Some(corr) => Some(self.enc.response_prefixed(self.resp_size, corr)),
+    fn handle(&mut self, _conn: ChannelId, request: &[u8], out: &mut FrameWriter<'_>) -> bool {
+        match request_correlation(request) {
+            Some(corr) => {
+                out.put_i32(corr);
+                out.put_bytes(0, self.resp_size - MIN_RESPONSE);
+                true
+            }
             None => {
                 self.malformed += 1;
-                None
+                false
             }
         }
     }
@@ -89,11 +97,9 @@ pub fn run_server(
             // Idle expiry stays at Kafka's 540 s: it also ends connections that stall mid-frame.
             ..SelectorConfig::default()
         },
-        // One buffer per response instead of prefix + payload: half the iovecs per writev.
-        prefixed_responses: true,
         ..ServerConfig::default()
     };
-    let mut server = Server::inline_with_config(EchoHandler::new(resp_size), config)?;
+    let mut server = Server::direct_with_config(EchoHandler::new(resp_size), config)?;
     let local = server.bind(addr)?;
     bound(local);
     server.run_until(stop, deadline)?;
@@ -109,6 +115,16 @@ pub fn run_server(
 }
 
 // ----- request layer -----------------------------------------------------------------------------
+
+/// Writes an echo request payload of `size` bytes (api_key 0, api_version 0, correlation id,
+/// zero padding) into a send buffer.
+#[inline]
+fn put_request(w: &mut FrameWriter<'_>, size: usize, correlation_id: i32) {
+    let size = size.max(MIN_REQUEST);
+    w.put_i32(0);
+    w.put_i32(correlation_id);
+    w.put_bytes(0, size - MIN_REQUEST);
+}
 
 /// Something the request layer reports from a poll.
 #[derive(Debug)]
@@ -173,6 +189,23 @@ pub trait RequestLayer {
         frame: Bytes,
         now: Instant,
     ) -> Result<(), BenchError>;
+
+    /// Stages the echo request of `size` bytes with `correlation_id` on `conn` at `now`, written
+    /// straight into the connection's send buffer when the layer can; `Ok(false)` when it cannot
+    /// now (then [`send`](RequestLayer::send) it as a built frame).
+    ///
+    /// # Errors
+    /// As [`send`](RequestLayer::send).
+    fn send_written(
+        &mut self,
+        conn: usize,
+        correlation_id: i32,
+        size: usize,
+        now: Instant,
+    ) -> Result<bool, BenchError> {
+        let _ = (conn, correlation_id, size, now);
+        Ok(false)
+    }
 
     /// Does the IO, waiting at most `timeout`; appends what happened to `events`.
     ///
@@ -409,9 +442,28 @@ impl RequestLayer for NetworkClientLayer {
         Ok(())
     }
 
+    #[inline]
+    fn send_written(
+        &mut self,
+        conn: usize,
+        correlation_id: i32,
+        size: usize,
+        now: Instant,
+    ) -> Result<bool, BenchError> {
+        let node = *self
+            .nodes
+            .get(conn)
+            .ok_or_else(|| BenchError::run("unknown connection"))?;
+        Ok(self.client.send_with(node, correlation_id, now, |w| {
+            put_request(w, size, correlation_id)
+        }))
+    }
+
     fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()> {
-        self.client
-            .poll_into(timeout, Instant::now(), &mut self.done)?;
+        self.client.poll_io(timeout, Instant::now()).map(|()| {
+            let now = std::time::Instant::now();
+            self.client.handle_into(now, &mut self.done)
+        })?;
         for r in self.done.drain(..) {
             let Ok(conn) = usize::try_from(r.node.0) else {
                 continue;
@@ -541,7 +593,12 @@ pub fn run_closed_loop<L: RequestLayer>(
     for (i, c) in conns.iter_mut().enumerate().filter(|(_, c)| c.up) {
         for _ in 0..w.inflight {
             let corr = c.seq.next_id();
-            if layer.send(i, corr, request(&mut enc, corr), now).is_err() {
+            let sent = match layer.send_written(i, corr, w.size, now) {
+                Ok(true) => Ok(()),
+                Ok(false) => layer.send(i, corr, request(&mut enc, corr), now),
+                Err(e) => Err(e),
+            };
+            if sent.is_err() {
                 rec.errors += 1;
                 break;
             }
@@ -581,7 +638,12 @@ pub fn run_closed_loop<L: RequestLayer>(
                     }
                     if sending {
                         let corr = c.seq.next_id();
-                        match layer.send(conn, corr, request(&mut enc, corr), now) {
+                        let sent = match layer.send_written(conn, corr, w.size, now) {
+                            Ok(true) => Ok(()),
+                            Ok(false) => layer.send(conn, corr, request(&mut enc, corr), now),
+                            Err(e) => Err(e),
+                        };
+                        match sent {
                             Ok(()) => c.pending.push_back((corr, now)),
                             Err(_) => rec.errors += 1,
                         }

@@ -58,11 +58,6 @@ impl Encoder {
         self.build(false, size.max(MIN_RESPONSE), None, correlation_id)
     }
 
-    /// As [`response`](Encoder::response), preceded by its 4-byte length prefix.
-    pub fn response_prefixed(&mut self, size: usize, correlation_id: i32) -> Bytes {
-        self.build(true, size.max(MIN_RESPONSE), None, correlation_id)
-    }
-
     /// `[len]` (if `prefixed`) `[api_key api_version]` (if `header` is given) `corr` padding, with
     /// a payload of `size` bytes: one copy of zeros, then the fixed fields written over its front.
     #[inline]
@@ -171,9 +166,6 @@ mod tests {
         assert_eq!(p.len(), 104);
         assert_eq!(&p[..4], &100u32.to_be_bytes());
         assert_eq!(&p[4..], &e.request(100, 7)[..]);
-        let p = e.response_prefixed(16, 9);
-        assert_eq!(&p[..4], &16u32.to_be_bytes());
-        assert_eq!(check_response(&p[4..], 16, 9), Ok(()));
         assert_eq!(request_correlation(&[0, 0, 0]), None);
     }
 

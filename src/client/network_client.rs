@@ -17,7 +17,7 @@ use super::request::{
 };
 use crate::net::ChannelMap;
 use crate::net::{
-    ChannelId, Received, Selector, SelectorConfig, SendError, SocketOptions, Transport,
+    ChannelId, FrameWriter, Received, Selector, SelectorConfig, SendError, SocketOptions, Transport,
 };
 
 /// A hasher for the node-id map: ids are small integers, so the identity (spread by a multiply)
@@ -183,13 +183,15 @@ impl NodeRequests {
 /// client.add_node(node, "127.0.0.1:9092").unwrap();
 /// let deadline = Instant::now() + Duration::from_secs(10);
 /// while !client.ready(node, Instant::now()) && Instant::now() < deadline {
-///     client.poll(Some(Duration::from_millis(50)), Instant::now()).unwrap();
+///     client.poll_io(Some(Duration::from_millis(50)), Instant::now()).unwrap();
+///     client.handle(Instant::now());
 /// }
 /// let corr = client.next_correlation_id();
 /// let mut frame = corr.to_be_bytes().to_vec();
 /// frame.extend_from_slice(b"payload");
 /// client.send(ClientRequest::new(node, corr, Bytes::from(frame)), Instant::now());
-/// for r in client.poll(Some(Duration::from_secs(1)), Instant::now()).unwrap() {
+/// client.poll_io(Some(Duration::from_secs(1)), Instant::now()).unwrap();
+/// for r in client.handle(Instant::now()) {
 ///     if let Outcome::Response(body) = r.outcome {
 ///         println!("{} bytes back in {:?}", body.len(), r.latency);
 ///     }
@@ -225,6 +227,8 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     /// The last deadline computed by `send`, with its (now, timeout): requests sent together share
     /// it.
     deadline_memo: (Instant, Duration, Instant),
+    /// `poll_io` polled the transport and `handle_into` has not yet taken its outputs.
+    io_pending: bool,
 }
 
 impl NetworkClient<Selector, NoHandshake> {
@@ -268,6 +272,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             next_correlation: 0,
             latency_memo: (t0, t0, Duration::ZERO),
             deadline_memo: (t0, Duration::ZERO, t0),
+            io_pending: false,
         }
     }
 
@@ -663,6 +668,80 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         corr
     }
 
+    /// Sends a request whose frame `write` appends straight into the node's send buffer (no frame
+    /// buffer of the caller's, no copy), expecting a response within the configured request
+    /// timeout. Only when it can be staged at once: the node is Ready, no request of it waits,
+    /// the in-flight limit allows it, and the transport takes it. Returns whether it was sent;
+    /// when `false`, nothing was written or recorded: send it with [`send`](Self::send) instead.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use std::time::Instant;
+    /// # use mqnet::client::{NetworkClient, NodeId};
+    /// # let mut client = NetworkClient::new(Default::default()).unwrap();
+    /// let corr = client.next_correlation_id();
+    /// let sent = client.send_with(NodeId(1), corr, Instant::now(), |w| {
+    ///     w.put_i32(corr);
+    ///     w.put_slice(b"payload");
+    /// });
+    /// # let _ = sent;
+    /// ```
+    pub fn send_with(
+        &mut self,
+        node: NodeId,
+        correlation_id: i32,
+        now: Instant,
+        write: impl FnOnce(&mut FrameWriter<'_>),
+    ) -> bool {
+        let Some(i) = self.node_index(node) else {
+            return false;
+        };
+        if self.states.get(i).state != ConnectionState::Ready
+            || !self.requests[i].waiting.is_empty()
+            || !self.can_stage(i)
+        {
+            return false;
+        }
+        if self.config.response_order == ResponseOrder::Unordered
+            && self.requests[i]
+                .in_flight
+                .iter()
+                .any(|r| r.correlation_id == correlation_id)
+        {
+            return false;
+        }
+        let Some(ch) = self.states.get(i).channel else {
+            return false;
+        };
+        let staged = self.transport.send_with(ch, |w| {
+            write(w);
+            true
+        });
+        if !matches!(staged, Ok(Some(_))) {
+            return false;
+        }
+        let timeout = self.config.request_timeout;
+        let deadline = match self.deadline_memo {
+            (at, t, d) if at == now && t == timeout => d,
+            _ => {
+                let d = now + timeout;
+                self.deadline_memo = (now, timeout, d);
+                d
+            }
+        };
+        self.metrics[i].requests_sent += 1;
+        self.requests[i].in_flight.push_back(InFlight {
+            correlation_id,
+            expect_response: true,
+            internal: false,
+            created: now,
+            deadline,
+            tag: 0,
+            callback: None,
+        });
+        true
+    }
+
     fn complete_local(&mut self, request: ClientRequest, error: LocalError) {
         let response = ClientResponse {
             node: request.node,
@@ -841,32 +920,24 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         d
     }
 
-    /// Does the I/O and settles requests: waits at most `timeout` (never past the client's own
-    /// next deadline), then returns every request completed by this poll, in completion order.
-    /// Callbacks run before it returns.
+    /// Does the I/O: waits at most `timeout` (never past the client's own next deadline, counted
+    /// from `now`) for the transport's poll. Nothing is settled yet: call
+    /// [`handle_into`](Self::handle_into) (or [`handle`](Self::handle)) next, with the time read
+    /// *after* this returns. The client never reads a clock of its own: every time it uses is a
+    /// `now` its caller passed.
     ///
     /// # Errors
     /// Only a failure of the OS poller; request failures are outcomes.
-    pub fn poll(
-        &mut self,
-        timeout: Option<Duration>,
-        now: Instant,
-    ) -> io::Result<Vec<ClientResponse>> {
-        let mut out = Vec::new();
-        self.poll_into(timeout, now, &mut out)?;
-        Ok(out)
-    }
-
-    /// As [`poll`](Self::poll), appending completions to `out` (no allocation in steady state).
     ///
-    /// # Errors
-    /// Only a failure of the OS poller.
-    pub fn poll_into(
-        &mut self,
-        timeout: Option<Duration>,
-        now: Instant,
-        out: &mut Vec<ClientResponse>,
-    ) -> io::Result<()> {
+    /// # Example
+    /// ```no_run
+    /// # use std::time::{Duration, Instant};
+    /// # let mut client = mqnet::client::NetworkClient::new(Default::default()).unwrap();
+    /// let mut done = Vec::new();
+    /// client.poll_io(Some(Duration::from_millis(10)), Instant::now()).unwrap();
+    /// client.handle_into(Instant::now(), &mut done);
+    /// ```
+    pub fn poll_io(&mut self, timeout: Option<Duration>, now: Instant) -> io::Result<()> {
         let mut timeout = timeout;
         if !self.completed.is_empty() {
             timeout = Some(Duration::ZERO);
@@ -874,13 +945,30 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             let until = d.saturating_duration_since(now);
             timeout = Some(timeout.map_or(until, |t| t.min(until)));
         }
-        self.transport.poll(timeout)?;
-        let now = self.transport.now();
+        let res = self.transport.poll(timeout);
+        self.io_pending = res.is_ok();
+        res
+    }
 
-        self.handle_connected(now);
-        self.handle_completed_sends(now);
-        self.handle_receives(now);
-        self.handle_disconnected(now);
+    /// Settles requests at `now` (the caller's time after [`poll_io`](Self::poll_io) returned):
+    /// takes what the last transport poll reported (once: a second call without a `poll_io` in
+    /// between only checks deadlines), times requests out, and returns every request completed,
+    /// in completion order. Callbacks run before it returns.
+    pub fn handle(&mut self, now: Instant) -> Vec<ClientResponse> {
+        let mut out = Vec::new();
+        self.handle_into(now, &mut out);
+        out
+    }
+
+    /// As [`handle`](Self::handle), appending completions to `out` (no allocation in steady
+    /// state).
+    pub fn handle_into(&mut self, now: Instant, out: &mut Vec<ClientResponse>) {
+        if std::mem::take(&mut self.io_pending) {
+            self.handle_connected(now);
+            self.handle_completed_sends(now);
+            self.handle_receives(now);
+            self.handle_disconnected(now);
+        }
         self.handle_timeouts(now);
         for i in 0..self.requests.len() {
             if !self.requests[i].waiting.is_empty() {
@@ -890,7 +978,6 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.metrics[i].flush_latencies();
         }
         self.deliver(out);
-        Ok(())
     }
 
     fn deliver(&mut self, out: &mut Vec<ClientResponse>) {

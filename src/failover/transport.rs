@@ -267,7 +267,8 @@ struct Entry {
 /// t.send(FailoverRequest::new(corr, Bytes::from(frame)), Instant::now());
 /// let deadline = Instant::now() + Duration::from_secs(5);
 /// while Instant::now() < deadline {
-///     for r in t.poll(Some(Duration::from_millis(50)), Instant::now()).unwrap() {
+///     t.poll_io(Some(Duration::from_millis(50)), Instant::now()).unwrap();
+///     for r in t.handle(Instant::now()) {
 ///         if let FailoverOutcome::Response(body) = r.outcome {
 ///             println!("{} bytes back", body.len());
 ///         }
@@ -702,31 +703,13 @@ impl<T: Transport, H: Handshake> FailoverTransport<T, H> {
         d
     }
 
-    /// Does the I/O and runs the reconnect policy: waits at most `timeout` (never past the
-    /// transport's or the client's next deadline), then returns every request completed.
+    /// Runs the reconnect policy at `now` and does the I/O: waits at most `timeout` (never past the
+    /// transport's or the client's next deadline). Then call [`handle_into`](Self::handle_into)
+    /// (or [`handle`](Self::handle)) with the time read after this returns.
     ///
     /// # Errors
     /// Only a failure of the OS poller.
-    pub fn poll(
-        &mut self,
-        timeout: Option<Duration>,
-        now: Instant,
-    ) -> io::Result<Vec<FailoverResponse>> {
-        let mut out = Vec::new();
-        self.poll_into(timeout, now, &mut out)?;
-        Ok(out)
-    }
-
-    /// As [`poll`](Self::poll), appending to `out`.
-    ///
-    /// # Errors
-    /// Only a failure of the OS poller.
-    pub fn poll_into(
-        &mut self,
-        timeout: Option<Duration>,
-        now: Instant,
-        out: &mut Vec<FailoverResponse>,
-    ) -> io::Result<()> {
+    pub fn poll_io(&mut self, timeout: Option<Duration>, now: Instant) -> io::Result<()> {
         self.drive(now);
         self.expire_pending(now);
         let mut timeout = timeout;
@@ -736,19 +719,29 @@ impl<T: Transport, H: Handshake> FailoverTransport<T, H> {
             let until = d.saturating_duration_since(now);
             timeout = Some(timeout.map_or(until, |t| t.min(until)));
         }
+        self.client.poll_io(timeout, now)
+    }
+
+    /// Settles at `now` (the caller's time after [`poll_io`](Self::poll_io)) what the last I/O
+    /// brought, runs the reconnect policy, and returns every request completed.
+    pub fn handle(&mut self, now: Instant) -> Vec<FailoverResponse> {
+        let mut out = Vec::new();
+        self.handle_into(now, &mut out);
+        out
+    }
+
+    /// As [`handle`](Self::handle), appending to `out`.
+    pub fn handle_into(&mut self, now: Instant, out: &mut Vec<FailoverResponse>) {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let polled = self.client.poll_into(timeout, now, &mut scratch);
-        let now = self.client.transport().now();
+        self.client.handle_into(now, &mut scratch);
         for r in scratch.drain(..) {
             self.on_completion(r, now);
         }
         self.scratch = scratch;
-        polled?;
         self.drive(now);
         self.expire_pending(now);
         out.append(&mut self.completed);
-        Ok(())
     }
 
     fn on_completion(&mut self, r: ClientResponse, now: Instant) {

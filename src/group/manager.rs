@@ -314,7 +314,9 @@ struct Group {
 /// groups.connect("orders", "127.0.0.1:9000", 2, "producer-1", now).unwrap();
 /// while groups.live_members("orders") < 2 {
 ///     let now = groups.now();
-///     groups.poll(Some(Duration::from_millis(1)), now).unwrap();
+///     groups.poll_io(Some(Duration::from_millis(1)), now).unwrap();
+///     let now = groups.now();
+///     groups.handle(now);
 /// }
 /// let corr = groups.client_mut().next_correlation_id();
 /// let mut frame = corr.to_be_bytes().to_vec();
@@ -326,7 +328,9 @@ struct Group {
 /// let mut done = Vec::new();
 /// while done.is_empty() {
 ///     let now = groups.now();
-///     done = groups.poll(Some(Duration::from_millis(1)), now).unwrap();
+///     groups.poll_io(Some(Duration::from_millis(1)), now).unwrap();
+///     let now = groups.now();
+///     done = groups.handle(now);
 /// }
 /// assert_eq!(done[0].node, node);
 /// assert!(matches!(done[0].outcome, Outcome::Response(_)));
@@ -741,42 +745,36 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
         d
     }
 
-    /// Runs heartbeats and the reconnect manager, does the client's I/O (waiting at most
-    /// `timeout`, never past the next deadline of either layer), and returns the completed
-    /// requests (heartbeats are consumed here, never returned).
+    /// Runs heartbeats and the reconnect manager at `now` and does the client's I/O (waiting at
+    /// most `timeout`, never past the next deadline of either layer). Then call
+    /// [`handle_into`](Self::handle_into) (or [`handle`](Self::handle)) with the time read after
+    /// this returns.
     ///
     /// # Errors
     /// Only a failure of the OS poller.
-    pub fn poll(
-        &mut self,
-        timeout: Option<Duration>,
-        now: Instant,
-    ) -> io::Result<Vec<ClientResponse>> {
-        let mut out = Vec::new();
-        self.poll_into(timeout, now, &mut out)?;
-        Ok(out)
-    }
-
-    /// As [`poll`](Self::poll), appending to `out` (no allocation in steady state).
-    ///
-    /// # Errors
-    /// Only a failure of the OS poller.
-    pub fn poll_into(
-        &mut self,
-        timeout: Option<Duration>,
-        now: Instant,
-        out: &mut Vec<ClientResponse>,
-    ) -> io::Result<()> {
+    pub fn poll_io(&mut self, timeout: Option<Duration>, now: Instant) -> io::Result<()> {
         self.tick(now);
         let mut timeout = timeout;
         if let Some(d) = self.poll_deadline(now) {
             let until = d.saturating_duration_since(now);
             timeout = Some(timeout.map_or(until, |t| t.min(until)));
         }
+        self.client.poll_io(timeout, now)
+    }
+
+    /// Settles at `now` (the caller's time after [`poll_io`](Self::poll_io)) what the last I/O
+    /// brought and returns the completed requests (heartbeats are consumed here, never returned).
+    pub fn handle(&mut self, now: Instant) -> Vec<ClientResponse> {
+        let mut out = Vec::new();
+        self.handle_into(now, &mut out);
+        out
+    }
+
+    /// As [`handle`](Self::handle), appending to `out` (no allocation in steady state).
+    pub fn handle_into(&mut self, now: Instant, out: &mut Vec<ClientResponse>) {
         let mut got = std::mem::take(&mut self.scratch);
         got.clear();
-        let result = self.client.poll_into(timeout, now, &mut got);
-        let now = self.client.transport().now();
+        self.client.handle_into(now, &mut got);
         for r in got.drain(..) {
             if self.on_completion(&r, now) {
                 out.push(r);
@@ -784,7 +782,6 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
         }
         self.scratch = got;
         self.tick(now);
-        result
     }
 
     /// Updates the member of a completion; returns whether the caller gets it (not a heartbeat).

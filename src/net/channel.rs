@@ -29,6 +29,10 @@ pub(crate) struct Channel {
     pub stream: TcpStream,
     pub state: ChannelState,
     pub read_buf: BytesMut,
+    /// Borrowed-receive mode: bytes at the front of `read_buf` already reported as frames this
+    /// poll. They stay in place (the reports are offsets into the buffer) until the channel is
+    /// next read, which drops them first.
+    pub consumed: usize,
     /// Size of the read buffer's allocation as last reserved (0 when none is held): what the
     /// channel pins, since frames split off the buffer share it.
     pub read_alloc: usize,
@@ -57,6 +61,7 @@ impl Channel {
             stream,
             state,
             read_buf: BytesMut::new(),
+            consumed: 0,
             read_alloc: 0,
             sends: SendQueue::default(),
             muted: false,
@@ -68,6 +73,21 @@ impl Channel {
             established: false,
             peer: None,
         }
+    }
+
+    /// Drops the bytes of frames reported by an earlier poll (borrowed-receive mode).
+    #[inline]
+    pub(crate) fn drop_consumed(&mut self) {
+        if self.consumed > 0 {
+            bytes::Buf::advance(&mut self.read_buf, self.consumed);
+            self.consumed = 0;
+        }
+    }
+
+    /// Bytes buffered and not yet reported as frames.
+    #[inline]
+    pub(crate) fn unreported(&self) -> usize {
+        self.read_buf.len() - self.consumed
     }
 
     pub(crate) fn is_connected(&self) -> bool {

@@ -20,8 +20,9 @@ pub use id::{ChannelId, ListenerId};
 pub use metrics::SelectorMetrics;
 pub use options::{SelectorConfig, SocketOptions};
 pub use selector::{
-    Accepted, CloseMode, CompletedSend, Disconnected, Received, Selector, SelectorWaker,
-    ACCEPT_RETRY_INTERVAL, DEFAULT_BACKLOG,
+    Accepted, ChannelSink, CloseMode, CompletedSend, Disconnected, Received, Selector,
+    SelectorWaker, ACCEPT_RETRY_INTERVAL, DEFAULT_BACKLOG,
 };
+pub use send_queue::FrameWriter;
 pub use slots::ChannelMap;
 pub use transport::Transport;

@@ -17,6 +17,7 @@ use super::id::{ChannelId, ListenerId};
 use super::lru::Lru;
 use super::metrics::SelectorMetrics;
 use super::options::{SelectorConfig, SocketOptions};
+use super::send_queue::{FrameWriter, SendQueue};
 use super::slots::Slots;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -109,6 +110,95 @@ pub struct Received {
     pub frame: Bytes,
 }
 
+/// Where a run of whole frames received in borrowed-receive mode lies in its channel's read
+/// buffer: `start..end`, prefixes included, checked against the maximum frame size when decoded.
+#[derive(Debug, Clone, Copy)]
+struct FrameRef {
+    channel: ChannelId,
+    start: usize,
+    end: usize,
+}
+
+/// The payload of the frame at the front of `buf` (already checked when it was decoded), and the
+/// rest of `buf`.
+#[inline]
+fn split_frame(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let h = buf.get(..HEADER_LEN)?;
+    let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let end = HEADER_LEN.checked_add(len)?;
+    let frame = buf.get(HEADER_LEN..end)?;
+    Some((frame, &buf[end..]))
+}
+
+/// What [`Selector::for_each_received`] hands out beside each frame: staging on the channel the
+/// frame came from, while the frame is still borrowed from that channel's read buffer.
+#[derive(Debug)]
+pub struct ChannelSink<'a> {
+    /// `None` when the channel is gone or closing.
+    inner: Option<SinkInner<'a>>,
+    closing: bool,
+    max_frame_size: usize,
+}
+
+#[derive(Debug)]
+struct SinkInner<'a> {
+    sends: &'a mut SendQueue,
+    muted: &'a mut bool,
+    staged: bool,
+}
+
+impl ChannelSink<'_> {
+    /// Stages one frame whose payload `write` appends straight into the channel's send buffer
+    /// (the length prefix is filled in afterwards), behind everything staged before. Returns the
+    /// frame's sequence number, or `None` when `write` returned `false` (nothing is staged then).
+    ///
+    /// Unlike [`Selector::send`], this does not refuse a frame over `max_staged_bytes`: the bytes
+    /// are written already. Check [`staged_bytes`](Self::staged_bytes) and
+    /// [`mute`](Self::mute) the channel to bound what a peer that does not read can make you
+    /// stage.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownChannel`] or [`SendError::Closing`] when the channel is gone or closing,
+    /// [`SendError::InvalidFrame`] when the payload is over `max_frame_size`; nothing is staged.
+    pub fn send_with(
+        &mut self,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+    ) -> Result<Option<u64>, SendError> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(if self.closing {
+                SendError::Closing
+            } else {
+                SendError::UnknownChannel
+            });
+        };
+        let seq = inner
+            .sends
+            .push_with(self.max_frame_size, write)
+            .map_err(SendError::InvalidFrame)?;
+        inner.staged |= seq.is_some();
+        Ok(seq)
+    }
+
+    /// Bytes staged on the channel and not yet written (0 when it is gone).
+    pub fn staged_bytes(&self) -> usize {
+        self.inner.as_ref().map_or(0, |i| i.sends.staged_bytes())
+    }
+
+    /// Stops reading the channel, as [`Selector::mute`]: frames of it still to come in this
+    /// [`for_each_received`](Selector::for_each_received) are handed out, later ones wait for
+    /// [`Selector::unmute`].
+    pub fn mute(&mut self) {
+        if let Some(i) = self.inner.as_mut() {
+            *i.muted = true;
+        }
+    }
+
+    /// Whether the channel takes frames (open and not closing).
+    pub fn is_open(&self) -> bool {
+        self.inner.is_some()
+    }
+}
+
 /// A handle that wakes a [`Selector`] blocked in [`Selector::poll`] from another thread.
 #[derive(Debug, Clone)]
 pub struct SelectorWaker(Arc<Waker>);
@@ -144,6 +234,10 @@ struct Outputs {
     disconnected: Vec<Disconnected>,
     completed_sends: Vec<CompletedSend>,
     completed_receives: Vec<Received>,
+    /// Borrowed-receive mode: the frames received, as offsets into their channels' read buffers.
+    frames: Vec<FrameRef>,
+    /// Borrowed-receive mode: read buffers of channels closed while they held reported frames.
+    graveyard: Vec<(ChannelId, bytes::BytesMut)>,
     woken: bool,
 }
 
@@ -154,6 +248,8 @@ impl Outputs {
         self.disconnected.clear();
         self.completed_sends.clear();
         self.completed_receives.clear();
+        self.frames.clear();
+        self.graveyard.clear();
         self.woken = false;
     }
 
@@ -163,6 +259,7 @@ impl Outputs {
             && self.disconnected.is_empty()
             && self.completed_sends.is_empty()
             && self.completed_receives.is_empty()
+            && self.frames.is_empty()
     }
 }
 
@@ -262,6 +359,10 @@ pub struct Selector {
     /// Rate limit of the accept-failure warning: when it was last logged, and failures since.
     accept_warned_at: Option<Instant>,
     accept_failures_unlogged: u64,
+    /// Borrowed-receive mode is on (see [`Selector::set_borrowed_receives`]).
+    borrowed: bool,
+    /// Channels holding bytes of frames reported by the last poll; dropped when the next starts.
+    consumed_list: Vec<ChannelId>,
     /// Scratch list swapped with the work lists, so iterating them allocates nothing.
     scratch: Vec<ChannelId>,
     /// Reports produced between polls, carried into the next poll's outputs.
@@ -304,6 +405,8 @@ impl Selector {
             reserve_fd: None,
             accept_warned_at: None,
             accept_failures_unlogged: 0,
+            borrowed: false,
+            consumed_list: Vec::new(),
             scratch: Vec::new(),
             carried_connected: Vec::new(),
             carried_disconnected: Vec::new(),
@@ -630,7 +733,7 @@ impl Selector {
             return Ok(());
         }
         ch.muted = false;
-        let pending = ch.read_more || !ch.read_buf.is_empty();
+        let pending = ch.read_more || ch.unreported() > 0;
         if pending && !ch.in_read_list {
             ch.in_read_list = true;
             self.read_list.push(id);
@@ -685,6 +788,11 @@ impl Selector {
             return 0;
         };
         let _ = self.poll.registry().deregister(&mut ch.stream);
+        if ch.consumed > 0 {
+            // Frames of it reported by this poll are still to be handed out.
+            let buf = std::mem::take(&mut ch.read_buf);
+            self.out.graveyard.push((id, buf));
+        }
         self.lru.remove(slot);
         if ch.established {
             self.metrics.connections_closed += 1;
@@ -748,6 +856,155 @@ impl Selector {
         std::mem::swap(out, &mut self.out.completed_receives);
     }
 
+    /// Switches borrowed-receive mode on or off (off by default). When on, received frames are not
+    /// split off the read buffer as [`Bytes`] (so [`completed_receives`](Selector::completed_receives)
+    /// stays empty): they stay where they were read and are handed out as borrowed slices by
+    /// [`for_each_received`](Selector::for_each_received), valid until the next poll, which drops
+    /// them. No reference count is touched per frame; take an owned copy
+    /// ([`Bytes::copy_from_slice`]) of one you need to keep.
+    ///
+    /// Switch it while no frame is outstanding (before the first poll, say).
+    pub fn set_borrowed_receives(&mut self, on: bool) {
+        self.borrowed = on;
+    }
+
+    /// Borrowed-receive mode: hands every frame received by the last poll to `f`, in arrival
+    /// order per channel, with a [`ChannelSink`] to stage frames (a response, say) on the channel
+    /// it came from. Frames of a channel closed in the same poll are handed out too (its sink
+    /// refuses). Each frame is handed out once: a second call before the next poll finds none.
+    ///
+    /// # Example
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use bytes::Bytes;
+    /// use mqnet::net::{Selector, SocketOptions};
+    ///
+    /// let mut server = Selector::new().unwrap();
+    /// server.set_borrowed_receives(true);
+    /// let listener = server.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    /// let mut client = Selector::new().unwrap();
+    /// let ch = client.connect(server.listener_addr(listener).unwrap(), &SocketOptions::default()).unwrap();
+    /// client.send(ch, Bytes::from_static(b"ping")).unwrap();
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// while client.completed_receives().is_empty() && Instant::now() < deadline {
+    ///     client.poll(Some(Duration::from_millis(5))).unwrap();
+    ///     server.poll(Some(Duration::from_millis(5))).unwrap();
+    ///     server.for_each_received(|_ch, request, sink| {
+    ///         // Echo, reversed, written straight into the send buffer.
+    ///         sink.send_with(|w| {
+    ///             request.iter().rev().for_each(|b| w.put_u8(*b));
+    ///             true
+    ///         })
+    ///         .unwrap();
+    ///     });
+    /// }
+    /// assert_eq!(&client.completed_receives()[0].frame[..], b"gnip");
+    /// ```
+    pub fn for_each_received(&mut self, mut f: impl FnMut(ChannelId, &[u8], &mut ChannelSink<'_>)) {
+        let mut frames = std::mem::take(&mut self.out.frames);
+        let max_frame_size = self.config.max_frame_size;
+        for r in &frames {
+            let range = r.start..r.end;
+            match self.slots.get_mut(r.channel.key()) {
+                Some(Slot::Channel(ch)) => {
+                    let Channel {
+                        read_buf,
+                        sends,
+                        muted,
+                        state,
+                        write_blocked,
+                        in_write_list,
+                        ..
+                    } = &mut **ch;
+                    let Some(mut run) = read_buf.get(range) else {
+                        continue;
+                    };
+                    let closing = matches!(state, ChannelState::Closing { .. });
+                    let mut sink = ChannelSink {
+                        inner: (!closing).then_some(SinkInner {
+                            sends,
+                            muted,
+                            staged: false,
+                        }),
+                        closing,
+                        max_frame_size,
+                    };
+                    while let Some((frame, rest)) = split_frame(run) {
+                        f(r.channel, frame, &mut sink);
+                        run = rest;
+                    }
+                    let staged = sink.inner.is_some_and(|i| i.staged);
+                    if staged
+                        && *state == ChannelState::Connected
+                        && !*write_blocked
+                        && !*in_write_list
+                    {
+                        *in_write_list = true;
+                        self.write_list.push(r.channel);
+                    }
+                }
+                _ => {
+                    let Some(mut run) = self
+                        .out
+                        .graveyard
+                        .iter()
+                        .find(|(id, _)| *id == r.channel)
+                        .and_then(|(_, buf)| buf.get(range))
+                    else {
+                        continue;
+                    };
+                    let mut sink = ChannelSink {
+                        inner: None,
+                        closing: false,
+                        max_frame_size,
+                    };
+                    while let Some((frame, rest)) = split_frame(run) {
+                        f(r.channel, frame, &mut sink);
+                        run = rest;
+                    }
+                }
+            }
+        }
+        frames.clear();
+        self.out.frames = frames;
+    }
+
+    /// Stages one frame on `id` whose payload `write` appends straight into the channel's send
+    /// buffer (no payload buffer of your own, no copy); the length prefix is filled in afterwards.
+    /// Returns the frame's sequence number, or `None` when `write` returned `false` (nothing is
+    /// staged then). Nothing is written until the next [`poll`](Selector::poll).
+    ///
+    /// # Errors
+    /// As [`send`](Selector::send); the staged-bytes bound is checked before `write` runs.
+    pub fn send_with(
+        &mut self,
+        id: ChannelId,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+    ) -> Result<Option<u64>, SendError> {
+        let limit = self.config.max_staged_bytes;
+        let max_frame_size = self.config.max_frame_size;
+        let Some(Slot::Channel(ch)) = self.slots.get_mut(id.key()) else {
+            return Err(SendError::UnknownChannel);
+        };
+        if matches!(ch.state, ChannelState::Closing { .. }) {
+            return Err(SendError::Closing);
+        }
+        let staged = ch.sends.staged_bytes();
+        if staged >= limit {
+            ch.send_refused = true;
+            return Err(SendError::QueueFull { staged, limit });
+        }
+        let seq = ch
+            .sends
+            .push_with(max_frame_size, write)
+            .map_err(SendError::InvalidFrame)?;
+        if seq.is_some() && ch.is_connected() && !ch.write_blocked && !ch.in_write_list {
+            ch.in_write_list = true;
+            self.write_list.push(id);
+        }
+        Ok(seq)
+    }
+
     /// Whether the last poll was interrupted by a [`SelectorWaker`].
     pub fn woken(&self) -> bool {
         self.out.woken
@@ -771,6 +1028,15 @@ impl Selector {
         let started = Instant::now();
         self.metrics.polls += 1;
         self.out.clear();
+        if !self.consumed_list.is_empty() {
+            let mut list = std::mem::take(&mut self.consumed_list);
+            for id in list.drain(..) {
+                if let Some(ch) = self.channel_mut(id) {
+                    ch.drop_consumed();
+                }
+            }
+            self.consumed_list = list;
+        }
         self.out.connected.append(&mut self.carried_connected);
         self.out.disconnected.append(&mut self.carried_disconnected);
 
@@ -1149,20 +1415,53 @@ impl Selector {
         let mut drained = false;
         let mut outcome: Option<DisconnectReason> = None;
         let mut touched = false;
+        let borrowed = self.borrowed;
         loop {
             // Deliver every whole frame already buffered.
-            loop {
-                match decoder.decode(&mut ch.read_buf) {
-                    Ok(Some(frame)) => {
-                        self.metrics.frames_in += 1;
-                        self.out
-                            .completed_receives
-                            .push(Received { channel: id, frame });
+            if borrowed {
+                loop {
+                    let pending = &ch.read_buf[ch.consumed..];
+                    match decoder.peek_len(pending) {
+                        Ok(Some(len)) if pending.len() - HEADER_LEN >= len => {
+                            if ch.consumed == 0 {
+                                self.consumed_list.push(id);
+                            }
+                            self.metrics.frames_in += 1;
+                            let start = ch.consumed;
+                            ch.consumed += HEADER_LEN + len;
+                            // Frames of one read extend one run.
+                            match self.out.frames.last_mut() {
+                                Some(last) if last.channel == id && last.end == start => {
+                                    last.end = ch.consumed;
+                                }
+                                _ => self.out.frames.push(FrameRef {
+                                    channel: id,
+                                    start,
+                                    end: ch.consumed,
+                                }),
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) => {
+                            outcome = Some(DisconnectReason::InvalidFrame(e));
+                            break;
+                        }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        outcome = Some(DisconnectReason::InvalidFrame(e));
-                        break;
+                }
+            } else {
+                loop {
+                    match decoder.decode(&mut ch.read_buf) {
+                        Ok(Some(frame)) => {
+                            self.metrics.frames_in += 1;
+                            self.out
+                                .completed_receives
+                                .push(Received { channel: id, frame });
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            outcome = Some(DisconnectReason::InvalidFrame(e));
+                            break;
+                        }
                     }
                 }
             }
@@ -1180,14 +1479,14 @@ impl Selector {
             // Size the next read: at least `chunk`; for a large frame, grow towards the bytes it
             // still needs, but never more than twice what has arrived so far, so a peer that
             // announces a large frame and sends nothing cannot make us commit memory for it.
-            let needed = match decoder.bytes_needed(&ch.read_buf) {
+            let needed = match decoder.bytes_needed(&ch.read_buf[ch.consumed..]) {
                 Ok(n) => n,
                 Err(e) => {
                     outcome = Some(DisconnectReason::InvalidFrame(e));
                     break;
                 }
             };
-            let want = chunk.max(needed.min(ch.read_buf.len().max(chunk)));
+            let want = chunk.max(needed.min(ch.unreported().max(chunk)));
             let spare = ch.read_buf.capacity() - ch.read_buf.len();
             // Reuse the buffer's own space when no delivered frame refers to it any more
             // (`try_reclaim` moves the partial frame to the front without allocating). Allocate only
@@ -1208,11 +1507,11 @@ impl Selector {
             let asked = (ch.read_buf.capacity() - ch.read_buf.len()).min(budget - read_total);
             match ch.read_once(budget - read_total) {
                 Ok(0) => {
-                    outcome = Some(if ch.read_buf.is_empty() {
+                    outcome = Some(if ch.unreported() == 0 {
                         DisconnectReason::PeerClosed
                     } else {
                         DisconnectReason::PeerClosedMidFrame {
-                            buffered: ch.read_buf.len(),
+                            buffered: ch.unreported(),
                         }
                     });
                     break;

@@ -10,7 +10,7 @@ use std::io::{self, IoSlice, Write};
 
 use bytes::Bytes;
 
-use super::frame::HEADER_LEN;
+use super::frame::{encode_header, FrameError, HEADER_LEN};
 
 /// How many `IoSlice`s one `sendmsg` gathers at most. Linux's `UIO_MAXIOV` is 1024; a frame staged
 /// with [`Selector::send`](super::Selector::send) takes two slices (prefix, payload), so 512 slices
@@ -32,8 +32,109 @@ pub(crate) const COALESCE_MAX: usize = 512;
 const COALESCE_LIMIT: usize = 64 * 1024;
 const COALESCE_INITIAL: usize = 4 * 1024;
 
+/// A contiguous buffer that grew past this for a large written frame is released once drained, so
+/// one large response does not pin its size for the life of the channel.
+const COALESCE_KEEP: usize = 4 * COALESCE_LIMIT;
+
+/// Writes one frame's payload straight into a channel's send buffer (see
+/// [`Selector::send_with`](super::Selector::send_with) and
+/// [`ChannelSink::send_with`](super::ChannelSink::send_with)). It only appends: bytes staged
+/// before the frame cannot be touched. The length prefix is written for you when the closure
+/// returns.
+///
+/// ```
+/// use mqnet::net::FrameWriter;
+/// # fn demo(w: &mut FrameWriter<'_>) {
+/// w.put_i32(42); // a correlation id
+/// w.put_slice(b"payload");
+/// w.put_bytes(0, 4); // padding
+/// assert_eq!(w.len(), 15);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct FrameWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    /// Where the payload starts in `buf`.
+    start: usize,
+}
+
+impl<'a> FrameWriter<'a> {
+    /// A writer appending to `buf`; the payload starts at its current end.
+    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Self {
+        let start = buf.len();
+        FrameWriter { buf, start }
+    }
+
+    /// Appends `bytes`.
+    #[inline]
+    pub fn put_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends `n` copies of `byte` (padding).
+    #[inline]
+    pub fn put_bytes(&mut self, byte: u8, n: usize) {
+        self.buf.resize(self.buf.len() + n, byte);
+    }
+
+    /// Appends one byte.
+    #[inline]
+    pub fn put_u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    /// Appends a big-endian `i16`.
+    #[inline]
+    pub fn put_i16(&mut self, v: i16) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    /// Appends a big-endian `i32`.
+    #[inline]
+    pub fn put_i32(&mut self, v: i32) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    /// Appends a big-endian `i64`.
+    #[inline]
+    pub fn put_i64(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    /// Payload bytes written so far.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Whether nothing has been written yet.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payload written so far, mutably (to patch a field written earlier, such as a count).
+    #[inline]
+    pub fn written_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..]
+    }
+}
+
+impl Write for FrameWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// One staged frame: an optional length prefix held inline and the payload, or (`coalesced`) a
-/// run of `len` bytes of the queue's contiguous buffer.
+/// run of `len` bytes of the queue's contiguous buffer holding `frames` whole frames staged one
+/// after the other (their lengths are in [`SendQueue::clens`]), the first with sequence number
+/// `seq`.
 #[derive(Debug)]
 struct Staged {
     header: [u8; HEADER_LEN],
@@ -45,6 +146,8 @@ struct Staged {
     /// Bytes on the wire.
     len: usize,
     seq: u64,
+    /// Frames in a coalesced run (1 otherwise).
+    frames: u32,
 }
 
 /// The outcome of one [`SendQueue::write_to`] call.
@@ -66,6 +169,12 @@ pub(crate) struct SendQueue {
     /// Bytes staged and not yet written.
     staged_bytes: usize,
     next_seq: u64,
+    /// Lengths of the coalesced frames not yet fully written, in staging order, and how many bytes
+    /// of the first have been written.
+    clens: VecDeque<u32>,
+    cfront_written: usize,
+    /// Frames staged and not yet fully written.
+    nframes: usize,
     /// The bytes of coalesced frames, in staging order; `cbuf[cstart..]` is not yet written.
     cbuf: Vec<u8>,
     cstart: usize,
@@ -81,7 +190,31 @@ impl SendQueue {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.frames.len()
+        self.nframes
+    }
+
+    /// Records a coalesced frame of `len` bytes with `seq`: it extends the run at the back of the
+    /// queue, or starts one.
+    #[inline]
+    fn push_coalesced(&mut self, len: usize, seq: u64) {
+        self.clens.push_back(len as u32);
+        self.nframes += 1;
+        if let Some(back) = self.frames.back_mut() {
+            if back.coalesced {
+                back.len += len;
+                back.frames += 1;
+                return;
+            }
+        }
+        self.frames.push_back(Staged {
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            coalesced: true,
+            body: Bytes::new(),
+            len,
+            seq,
+            frames: 1,
+        });
     }
 
     /// Stages a frame and returns its sequence number.
@@ -97,15 +230,9 @@ impl SendQueue {
                 self.cbuf.extend_from_slice(&header);
             }
             self.cbuf.extend_from_slice(&body);
-            self.frames.push_back(Staged {
-                header,
-                header_len: header_len as u8,
-                coalesced: true,
-                body: Bytes::new(),
-                len,
-                seq,
-            });
+            self.push_coalesced(len, seq);
         } else {
+            self.nframes += 1;
             self.frames.push_back(Staged {
                 header,
                 header_len: header_len as u8,
@@ -113,9 +240,55 @@ impl SendQueue {
                 body,
                 len,
                 seq,
+                frames: 1,
             });
         }
         seq
+    }
+
+    /// Stages a frame whose payload `write` appends to the contiguous buffer, behind a length prefix
+    /// filled in afterwards. When `write` returns `false` nothing is staged and `Ok(None)` is
+    /// returned.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the payload written exceeds `max_frame_size`; nothing is
+    /// staged then.
+    pub(crate) fn push_with(
+        &mut self,
+        max_frame_size: usize,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+    ) -> Result<Option<u64>, FrameError> {
+        if self.cstart > 0 && self.cstart >= self.cbuf.len() / 2 && self.cstart >= COALESCE_INITIAL
+        {
+            // Most of the buffer is written: move the rest to the front so it does not grow.
+            let live = self.cbuf.len() - self.cstart;
+            self.cbuf.copy_within(self.cstart.., 0);
+            self.cbuf.truncate(live);
+            self.cstart = 0;
+        }
+        let at = self.cbuf.len();
+        self.cbuf.extend_from_slice(&[0; HEADER_LEN]);
+        let mut w = FrameWriter {
+            buf: &mut self.cbuf,
+            start: at + HEADER_LEN,
+        };
+        if !write(&mut w) {
+            self.cbuf.truncate(at);
+            return Ok(None);
+        }
+        let len = self.cbuf.len() - at;
+        match encode_header(len - HEADER_LEN, max_frame_size) {
+            Ok(h) => self.cbuf[at..at + HEADER_LEN].copy_from_slice(&h),
+            Err(e) => {
+                self.cbuf.truncate(at);
+                return Err(e);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.staged_bytes += len;
+        self.push_coalesced(len, seq);
+        Ok(Some(seq))
     }
 
     /// Makes room for `len` more bytes in the contiguous buffer, within [`COALESCE_LIMIT`]; returns
@@ -243,34 +416,59 @@ impl SendQueue {
     fn consume(&mut self, mut n: usize, done: &mut impl FnMut(u64)) {
         self.staged_bytes -= n;
         while n > 0 {
-            let Some(front) = self.frames.front() else {
+            let Some(front) = self.frames.front_mut() else {
                 break;
             };
             let remaining = front.len - self.front_written;
+            let take = n.min(remaining);
+            n -= take;
             if front.coalesced {
-                self.cstart += n.min(remaining);
+                self.cstart += take;
+                // Report every frame of the run whose last byte is now written.
+                let mut t = self.cfront_written + take;
+                while let Some(&fl) = self.clens.front() {
+                    let fl = fl as usize;
+                    if t < fl || front.frames == 0 {
+                        break;
+                    }
+                    t -= fl;
+                    self.clens.pop_front();
+                    self.nframes -= 1;
+                    front.frames -= 1;
+                    done(front.seq);
+                    front.seq += 1;
+                }
+                self.cfront_written = t;
             }
-            if n >= remaining {
-                n -= remaining;
+            if take == remaining {
                 self.front_written = 0;
+                let single = !front.coalesced;
                 let seq = front.seq;
                 self.frames.pop_front();
-                done(seq);
+                if single {
+                    self.nframes -= 1;
+                    done(seq);
+                }
             } else {
-                self.front_written += n;
-                n = 0;
+                self.front_written += take;
             }
         }
         if self.cstart == self.cbuf.len() {
             self.cbuf.clear();
             self.cstart = 0;
+            if self.cbuf.capacity() > COALESCE_KEEP {
+                self.cbuf = Vec::new();
+            }
         }
     }
 
     /// Drops every staged frame; returns how many there were.
     pub(crate) fn clear(&mut self) -> usize {
-        let n = self.frames.len();
+        let n = self.nframes;
         self.frames.clear();
+        self.clens.clear();
+        self.cfront_written = 0;
+        self.nframes = 0;
         self.front_written = 0;
         self.staged_bytes = 0;
         self.cbuf.clear();

@@ -10,6 +10,7 @@ use super::error::SendError;
 use super::id::ChannelId;
 use super::options::SocketOptions;
 use super::selector::{CompletedSend, Disconnected, Received, Selector};
+use super::send_queue::FrameWriter;
 use super::CloseMode;
 
 /// What the [`NetworkClient`](crate::client::NetworkClient) needs from the layer below: the
@@ -31,6 +32,28 @@ pub trait Transport {
     /// See [`SendError`]; the refused frame is handed back (so a caller can retry it after
     /// back-pressure without having kept a copy).
     fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, (SendError, Bytes)>;
+    /// Stages one frame whose payload `write` appends (see [`Selector::send_with`]); `None` when
+    /// `write` returned `false`. The default builds the payload in a buffer of its own and calls
+    /// [`send`](Transport::send); the Selector writes straight into the channel's send buffer.
+    ///
+    /// # Errors
+    /// See [`SendError`]; nothing is staged then.
+    fn send_with(
+        &mut self,
+        channel: ChannelId,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+    ) -> Result<Option<u64>, SendError>
+    where
+        Self: Sized,
+    {
+        let mut buf = Vec::new();
+        if !write(&mut FrameWriter::new(&mut buf)) {
+            return Ok(None);
+        }
+        self.send(channel, Bytes::from(buf))
+            .map(Some)
+            .map_err(|(e, _)| e)
+    }
     /// Closes a channel immediately; not reported as disconnected.
     fn close(&mut self, channel: ChannelId);
     /// Does the I/O, waiting at most `timeout`.
@@ -57,6 +80,14 @@ impl Transport for Selector {
 
     fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, (SendError, Bytes)> {
         Selector::send_or_return(self, channel, frame)
+    }
+
+    fn send_with(
+        &mut self,
+        channel: ChannelId,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+    ) -> Result<Option<u64>, SendError> {
+        Selector::send_with(self, channel, write)
     }
 
     fn close(&mut self, channel: ChannelId) {

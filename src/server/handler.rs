@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
 
-use crate::net::{ChannelId, DisconnectReason, SelectorWaker};
+use crate::net::{ChannelId, DisconnectReason, FrameWriter, SelectorWaker};
 
 /// A handler that answers each request during the poll that received it (the inline mode of a
 /// [`Server`](super::Server)).
@@ -36,6 +36,40 @@ where
 {
     fn handle(&mut self, conn: ChannelId, request: Bytes) -> Option<Bytes> {
         self(conn, request)
+    }
+}
+
+/// A handler that reads each request in place and writes its response straight into the
+/// connection's send buffer, during the poll that received the request (the direct mode of a
+/// [`Server`](super::Server), [`Server::direct`](super::Server::direct)): no buffer is allocated,
+/// split or reference-counted per request.
+///
+/// Closures `FnMut(ChannelId, &[u8], &mut FrameWriter<'_>) -> bool` are direct handlers.
+pub trait DirectHandler {
+    /// Handles one request frame (the payload, without its length prefix) of connection `conn`,
+    /// borrowed from the connection's read buffer: copy what you need to keep
+    /// ([`Bytes::copy_from_slice`]). Writes the response payload into `response` (the server
+    /// writes the length prefix) and returns `true`; returns `false` when the request has no
+    /// response (what was written is dropped then).
+    fn handle(&mut self, conn: ChannelId, request: &[u8], response: &mut FrameWriter<'_>) -> bool;
+
+    /// Called when a connection is accepted, before any of its requests.
+    fn connected(&mut self, conn: ChannelId, peer: SocketAddr) {
+        let _ = (conn, peer);
+    }
+
+    /// Called once when a connection is gone, after all of its requests.
+    fn disconnected(&mut self, conn: ChannelId, reason: DisconnectReason) {
+        let _ = (conn, reason);
+    }
+}
+
+impl<F> DirectHandler for F
+where
+    F: FnMut(ChannelId, &[u8], &mut FrameWriter<'_>) -> bool,
+{
+    fn handle(&mut self, conn: ChannelId, request: &[u8], response: &mut FrameWriter<'_>) -> bool {
+        self(conn, request, response)
     }
 }
 

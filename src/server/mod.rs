@@ -4,8 +4,14 @@
 //! writes the responses back **in request order per connection**. It exists for the benchmark
 //! harness and for tests (a broker stand-in), and it is small enough to read in one sitting.
 //!
-//! Two handler modes:
+//! Three handler modes:
 //!
+//! - **Direct** ([`Server::direct`], [`DirectHandler`]): the hot path. The handler reads each
+//!   request as a slice borrowed from the connection's read buffer and writes its response
+//!   straight into the connection's send buffer, while the poll that received the request is
+//!   running; nothing is allocated, split or reference-counted per request. Responses leave in
+//!   request order. A connection whose staged responses reach `max_staged_bytes` is muted until
+//!   they drain below it.
 //! - **Inline** ([`Server::inline`], [`Handler`]): the handler returns the response while the poll
 //!   that received the request is running; it is staged at once. Requests of one connection are
 //!   handled in arrival order, so responses leave in request order.
@@ -62,12 +68,12 @@ use bytes::Bytes;
 use crate::net::frame::HEADER_LEN;
 use crate::net::ChannelMap;
 use crate::net::{
-    ChannelId, CloseMode, DisconnectReason, ListenerId, Received, Selector, SelectorConfig,
-    SelectorWaker, SendError, DEFAULT_BACKLOG,
+    ChannelId, CloseMode, DisconnectReason, FrameWriter, ListenerId, Received, Selector,
+    SelectorConfig, SelectorWaker, SendError, DEFAULT_BACKLOG,
 };
 
 use handler::{Completion, Reply, ReplyPath};
-pub use handler::{DeferredHandler, Handler, Responder, ServerGone};
+pub use handler::{DeferredHandler, DirectHandler, Handler, Responder, ServerGone};
 
 /// The longest a [`Server::run_until`] poll blocks before it looks at its stop flag again.
 pub const RUN_TICK: Duration = Duration::from_millis(100);
@@ -175,9 +181,16 @@ mod sealed {
         Pending,
     }
 
-    /// The mode-specific half of a server; implemented by [`Inline`] and [`Deferred`] only.
+    /// The mode-specific half of a server; implemented by [`Inline`], [`Deferred`] and [`Direct`]
+    /// only.
     pub trait Sealed {
         const DEFERRED: bool;
+        /// Receives are borrowed and handled by [`direct`](Sealed::direct).
+        const DIRECT: bool = false;
+        #[inline]
+        fn direct(&mut self, _conn: ChannelId, _req: &[u8], _out: &mut FrameWriter<'_>) -> bool {
+            false
+        }
         fn dispatch(
             &mut self,
             conn: ChannelId,
@@ -192,8 +205,38 @@ mod sealed {
 
 use sealed::Outcome;
 
-/// How a [`Server`] hands requests to its handler: [`Inline`] or [`Deferred`]. Sealed.
+/// How a [`Server`] hands requests to its handler: [`Direct`], [`Inline`] or [`Deferred`].
+/// Sealed.
 pub trait Mode: sealed::Sealed {}
+
+/// The direct mode: wraps a [`DirectHandler`].
+#[derive(Debug)]
+pub struct Direct<D>(D);
+
+impl<D: DirectHandler> sealed::Sealed for Direct<D> {
+    const DEFERRED: bool = false;
+    const DIRECT: bool = true;
+
+    #[inline]
+    fn direct(&mut self, conn: ChannelId, req: &[u8], out: &mut FrameWriter<'_>) -> bool {
+        self.0.handle(conn, req, out)
+    }
+
+    fn dispatch(&mut self, _: ChannelId, _: Bytes, _: &ReplyPath, _: u64) -> Outcome {
+        // Direct mode receives borrowed frames only; the Selector never hands it a `Bytes`.
+        Outcome::NoResponse
+    }
+
+    fn connected(&mut self, conn: ChannelId, peer: SocketAddr) {
+        self.0.connected(conn, peer);
+    }
+
+    fn disconnected(&mut self, conn: ChannelId, reason: DisconnectReason) {
+        self.0.disconnected(conn, reason);
+    }
+}
+
+impl<D: DirectHandler> Mode for Direct<D> {}
 
 /// The inline mode: wraps a [`Handler`].
 #[derive(Debug)]
@@ -265,8 +308,14 @@ pub struct Server<M> {
     prefixed: bool,
     listeners: Vec<ListenerId>,
     conns: ChannelMap<Conn>,
-    /// Inline mode: connections with responses in their backlog.
+    /// Inline mode: connections with responses in their backlog. Direct mode: connections muted
+    /// because their staged responses reached the bound.
     backlogged: Vec<ChannelId>,
+    /// Direct mode: connections whose response could not be staged, closed after the handling.
+    failed: Vec<(ChannelId, SendError)>,
+    /// Direct mode: where responses to requests of connections already gone are written, and
+    /// dropped.
+    discard: Vec<u8>,
     /// Swapped with the Selector's received frames every poll, so the frames are ours to move.
     received: Vec<Received>,
     replies: ReplyPath,
@@ -303,6 +352,50 @@ impl<H: Handler> Server<Inline<H>> {
     }
 }
 
+impl<D: DirectHandler> Server<Direct<D>> {
+    /// A direct-mode server (see the [module docs](self)) with the default configuration,
+    /// listening nowhere yet (see [`bind`](Server::bind)).
+    ///
+    /// # Errors
+    /// The OS error of creating the Selector (epoll instance, waker).
+    ///
+    /// # Example
+    /// ```
+    /// use mqnet::net::{ChannelId, FrameWriter};
+    /// use mqnet::server::Server;
+    ///
+    /// // Answers every request with its first four bytes (a Kafka-style correlation id).
+    /// let server = Server::direct(|_c: ChannelId, req: &[u8], out: &mut FrameWriter<'_>| {
+    ///     out.put_slice(req.get(..4).unwrap_or(&[]));
+    ///     true
+    /// })
+    /// .unwrap();
+    /// # drop(server);
+    /// ```
+    pub fn direct(handler: D) -> io::Result<Self> {
+        Self::direct_with_config(handler, ServerConfig::default())
+    }
+
+    /// A direct-mode server with `config` (`prefixed_responses` does not apply: the server
+    /// writes every prefix).
+    ///
+    /// # Errors
+    /// The OS error of creating the Selector (epoll instance, waker).
+    pub fn direct_with_config(handler: D, config: ServerConfig) -> io::Result<Self> {
+        Server::with_mode(Direct(handler), config)
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &D {
+        &self.mode.0
+    }
+
+    /// The handler, mutably.
+    pub fn handler_mut(&mut self) -> &mut D {
+        &mut self.mode.0
+    }
+}
+
 impl<D: DeferredHandler> Server<Deferred<D>> {
     /// A deferred-mode server with the default configuration, listening nowhere yet (see
     /// [`bind`](Server::bind)).
@@ -334,7 +427,8 @@ impl<D: DeferredHandler> Server<Deferred<D>> {
 
 impl<M: Mode> Server<M> {
     fn with_mode(mode: M, config: ServerConfig) -> io::Result<Self> {
-        let sel = Selector::with_config(config.selector)?;
+        let mut sel = Selector::with_config(config.selector)?;
+        sel.set_borrowed_receives(M::DIRECT);
         let replies = ReplyPath::new(sel.waker());
         Ok(Server {
             sel,
@@ -344,6 +438,8 @@ impl<M: Mode> Server<M> {
             listeners: Vec::new(),
             conns: ChannelMap::new(),
             backlogged: Vec::new(),
+            failed: Vec::new(),
+            discard: Vec::new(),
             received: Vec::new(),
             replies,
             next_ticket: 0,
@@ -441,6 +537,9 @@ impl<M: Mode> Server<M> {
             self.mode.connected(a.channel, a.peer);
         }
 
+        if M::DIRECT {
+            self.handle_direct();
+        }
         self.sel.swap_completed_receives(&mut self.received);
         let mut received = std::mem::take(&mut self.received);
         for r in received.drain(..) {
@@ -463,7 +562,11 @@ impl<M: Mode> Server<M> {
                 }
             }
         } else if !self.backlogged.is_empty() {
-            self.drain_backlogs();
+            if M::DIRECT {
+                self.release_backpressure();
+            } else {
+                self.drain_backlogs();
+            }
         }
 
         for i in 0..self.sel.disconnected().len() {
@@ -558,6 +661,80 @@ impl<M: Mode> Server<M> {
             false
         });
         // Nothing pushes onto `backlogged` while we drain it.
+        self.backlogged = list;
+    }
+
+    // ----- direct --------------------------------------------------------------------------------
+
+    /// Hands every request of the last poll to the handler, its response written into the send
+    /// buffer of its connection.
+    fn handle_direct(&mut self) {
+        let max_staged = self.sel.config().max_staged_bytes;
+        let mode = &mut self.mode;
+        let stats = &mut self.stats;
+        let failed = &mut self.failed;
+        let backlogged = &mut self.backlogged;
+        let conns = &mut self.conns;
+        let discard = &mut self.discard;
+        self.sel.for_each_received(|id, request, sink| {
+            stats.requests += 1;
+            let open = sink.is_open() && !failed.iter().any(|(f, _)| *f == id);
+            if !open {
+                // Gone or closing (its disconnect is reported, or was): the handler still sees
+                // the request, its response goes nowhere.
+                discard.clear();
+                if mode.direct(id, request, &mut FrameWriter::new(discard)) {
+                    stats.responses += 1;
+                } else {
+                    stats.no_responses += 1;
+                }
+                return;
+            }
+            match sink.send_with(|w| mode.direct(id, request, w)) {
+                Ok(Some(_)) => stats.responses += 1,
+                Ok(None) => stats.no_responses += 1,
+                Err(e) => {
+                    failed.push((id, e));
+                    return;
+                }
+            }
+            if sink.staged_bytes() >= max_staged {
+                // Back-pressure: the client is not reading. Stop reading it until its responses
+                // drain below the bound.
+                if let Some(c) = conns.get_mut(id) {
+                    if !c.muted {
+                        c.muted = true;
+                        sink.mute();
+                        stats.backpressured += 1;
+                        backlogged.push(id);
+                    }
+                }
+            }
+        });
+        if !self.failed.is_empty() {
+            let mut failed = std::mem::take(&mut self.failed);
+            for (id, e) in failed.drain(..) {
+                self.send_failed(id, e);
+            }
+            self.failed = failed;
+        }
+    }
+
+    /// Unmutes connections muted for back-pressure whose staged responses drained below the bound.
+    fn release_backpressure(&mut self) {
+        let max_staged = self.sel.config().max_staged_bytes;
+        let mut list = std::mem::take(&mut self.backlogged);
+        list.retain(|&id| {
+            let Some(c) = self.conns.get_mut(id) else {
+                return false;
+            };
+            if self.sel.staged_bytes(id) >= max_staged {
+                return true;
+            }
+            c.muted = false;
+            let _ = self.sel.unmute(id);
+            false
+        });
         self.backlogged = list;
     }
 

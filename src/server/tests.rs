@@ -517,3 +517,194 @@ fn stalled_half_frame_expires_while_a_neighbour_is_served() {
     assert_eq!(st.invalid_frames, 0);
     assert!(st.closed >= 1);
 }
+
+// ----- direct ------------------------------------------------------------------------------------
+
+/// A direct handler that echoes the request.
+fn direct_echo(_: ChannelId, req: &[u8], out: &mut FrameWriter<'_>) -> bool {
+    out.put_slice(req);
+    true
+}
+
+#[test]
+fn direct_echo_pipelined_small_and_large_on_two_connections() {
+    let server = Server::direct(direct_echo).unwrap();
+    let (addr, running) = Running::start(server);
+    let mut a = client(addr);
+    let mut b = client(addr);
+    let mut burst_a = Vec::new();
+    let mut burst_b = Vec::new();
+    // Sizes cross the read chunk (64 KiB) and the contiguous send buffer's limit, so frames
+    // straddle reads and buffer growth happens while frames are outstanding.
+    let size_b = |i: u32| ((i * 7919) % 150_000) as usize;
+    for i in 0..200u32 {
+        burst_a.extend(frame(format!("a{i}").as_bytes()));
+        burst_b.extend(frame(&vec![i as u8; size_b(i)]));
+    }
+    let wb = thread::spawn(move || {
+        b.write_all(&burst_b).unwrap();
+        b
+    });
+    a.write_all(&burst_a).unwrap();
+    for i in 0..200u32 {
+        assert_eq!(read_frame(&mut a).unwrap(), format!("a{i}").as_bytes());
+    }
+    let mut b = wb.join().unwrap();
+    for i in 0..200u32 {
+        assert_eq!(
+            read_frame(&mut b).unwrap(),
+            vec![i as u8; size_b(i)],
+            "frame {i}"
+        );
+    }
+    drop((a, b));
+    let server = running.stop();
+    let st = server.stats();
+    assert_eq!(st.accepted, 2);
+    assert_eq!(st.requests, 400);
+    assert_eq!(st.responses, 400);
+    assert_eq!(st.invalid_frames, 0);
+}
+
+#[test]
+fn direct_no_response_drops_what_was_written_and_keeps_the_order() {
+    // Odd requests get no response, though the handler wrote into the writer first.
+    let server = Server::direct(|_: ChannelId, req: &[u8], out: &mut FrameWriter<'_>| {
+        out.put_slice(req);
+        req[0] % 2 == 0
+    })
+    .unwrap();
+    let (addr, running) = Running::start(server);
+    let mut c = client(addr);
+    let burst: Vec<u8> = (0..100u8).flat_map(|i| frame(&[i, i])).collect();
+    c.write_all(&burst).unwrap();
+    for i in (0..100u8).step_by(2) {
+        assert_eq!(read_frame(&mut c).unwrap(), vec![i, i]);
+    }
+    drop(c);
+    let st = running.stop().stats();
+    assert_eq!(st.requests, 100);
+    assert_eq!(st.responses, 50);
+    assert_eq!(st.no_responses, 50);
+}
+
+#[test]
+fn direct_backpressure_mutes_and_keeps_order() {
+    let config = ServerConfig {
+        selector: SelectorConfig {
+            max_staged_bytes: 64 * 1024,
+            accepted_socket_options: SocketOptions {
+                send_buffer_bytes: Some(32 * 1024),
+                ..SocketOptions::os_buffers()
+            },
+            ..SelectorConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::direct_with_config(
+        |_: ChannelId, req: &[u8], out: &mut FrameWriter<'_>| {
+            out.put_slice(&req[..4]);
+            out.put_bytes(0xab, 16 * 1024 - 4);
+            true
+        },
+        config,
+    )
+    .unwrap();
+    let (addr, running) = Running::start(server);
+    let mut c = client(addr);
+    let n = 300u32;
+    let burst: Vec<u8> = (0..n).flat_map(|i| frame(&i.to_be_bytes())).collect();
+    c.write_all(&burst).unwrap();
+    for i in 0..n {
+        let resp = read_frame(&mut c).unwrap();
+        assert_eq!(resp.len(), 16 * 1024);
+        assert_eq!(&resp[..4], &i.to_be_bytes(), "response {i} out of order");
+    }
+    assert_eq!(
+        &round_trip(&mut c, &7u32.to_be_bytes())[..4],
+        &7u32.to_be_bytes()
+    );
+    drop(c);
+    let server = running.stop();
+    let st = server.stats();
+    assert!(
+        st.backpressured > 0,
+        "back-pressure was not exercised: {st:?}"
+    );
+    assert_eq!(st.responses, u64::from(n) + 1);
+}
+
+#[test]
+fn direct_oversized_response_closes_only_its_connection() {
+    let config = ServerConfig {
+        selector: SelectorConfig {
+            max_frame_size: 1024,
+            ..SelectorConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    // "big" is answered with more than the maximum frame size.
+    let server = Server::direct_with_config(
+        |_: ChannelId, req: &[u8], out: &mut FrameWriter<'_>| {
+            if req == b"big" {
+                out.put_bytes(1, 2048);
+            } else {
+                out.put_slice(req);
+            }
+            true
+        },
+        config,
+    )
+    .unwrap();
+    let (addr, running) = Running::start(server);
+    let mut good = client(addr);
+    assert_eq!(round_trip(&mut good, b"one"), b"one");
+    let mut bad = client(addr);
+    assert_eq!(round_trip(&mut bad, b"fine"), b"fine");
+    bad.write_all(&frame(b"big")).unwrap();
+    assert!(closed_by_peer(&mut bad));
+    assert_eq!(round_trip(&mut good, b"still"), b"still");
+    drop(good);
+    let st = running.stop().stats();
+    assert_eq!(st.closed_by_server, 1);
+    assert_eq!(st.responses, 3);
+}
+
+#[test]
+fn direct_hostile_clients_close_only_their_own_connection() {
+    let server = Server::direct(direct_echo).unwrap();
+    let (addr, running) = Running::start(server);
+    let mut neighbour = client(addr);
+    assert_eq!(round_trip(&mut neighbour, b"hello"), b"hello");
+    let hostile: [&[u8]; 4] = [
+        &(-1i32).to_be_bytes(),
+        &i32::MIN.to_be_bytes(),
+        &0x7fff_ffffu32.to_be_bytes(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    for (i, bytes) in hostile.iter().enumerate() {
+        let mut h = client(addr);
+        assert_eq!(round_trip(&mut h, b"fine"), b"fine");
+        h.write_all(bytes).unwrap();
+        assert!(
+            closed_by_peer(&mut h),
+            "hostile client {i} was not disconnected"
+        );
+        let msg = format!("still here {i}");
+        assert_eq!(round_trip(&mut neighbour, msg.as_bytes()), msg.as_bytes());
+    }
+    // Good frames pipelined ahead of a bad prefix: delivered to the handler (from the read buffer
+    // of a channel closed in the same poll), then the connection is closed.
+    let mut h = client(addr);
+    let mut burst = frame(b"one");
+    burst.extend(frame(b"two"));
+    burst.extend_from_slice(&(-5i32).to_be_bytes());
+    h.write_all(&burst).unwrap();
+    assert!(closed_by_peer(&mut h));
+    assert_eq!(round_trip(&mut neighbour, b"bye"), b"bye");
+    drop(neighbour);
+    let st = running.stop().stats();
+    assert_eq!(st.invalid_frames, 5, "{st:?}");
+    // 1 + 4 × 2 + 2 + 1 requests reached the handler (the last burst's two included).
+    assert_eq!(st.requests, 12, "{st:?}");
+}

@@ -64,7 +64,8 @@ pub fn connect_ready(c: &mut Client, node: NodeId) {
         if c.ready(node, Instant::now()) {
             return;
         }
-        let done = c.poll(Some(TICK), Instant::now()).expect("client poll");
+        c.poll_io(Some(TICK), Instant::now()).expect("client poll");
+        let done = c.handle(Instant::now());
         assert!(done.is_empty(), "completions while connecting: {done:?}");
         if start.elapsed() > DEADLINE {
             panic!(
@@ -86,7 +87,8 @@ pub fn poll_until(
     let start = Instant::now();
     let mut all = Vec::new();
     for i in 0..MAX_ITERS {
-        all.extend(c.poll(Some(TICK), Instant::now()).expect("client poll"));
+        c.poll_io(Some(TICK), Instant::now()).expect("client poll");
+        all.extend(c.handle(Instant::now()));
         if done(c, &all) {
             return all;
         }

@@ -249,20 +249,18 @@ impl<T: Transport> Engine<T> {
         Some(self.next_wake(now))
     }
 
-    /// Polls the network for at most `timeout` (the turn began at `now`); the responses it
-    /// brought are handled by [`handle_responses`](Self::handle_responses).
+    /// Polls the network for at most `timeout` (the turn began at `now`); what it brought is
+    /// settled by [`handle_responses`](Self::handle_responses).
     pub(crate) fn poll(&mut self, timeout: Duration, now: Instant) {
-        if let Err(e) = self
-            .client
-            .poll_into(Some(timeout), now, &mut self.responses)
-        {
+        if let Err(e) = self.client.poll_io(Some(timeout), now) {
             log::error!("producer poll failed: {e}");
         }
     }
 
-    /// Handles the responses of the last poll at `now`.
+    /// Settles the last poll's I/O at `now` (read after the poll) and handles the responses.
     pub(crate) fn handle_responses(&mut self, now: Instant) {
         let mut responses = std::mem::take(&mut self.responses);
+        self.client.handle_into(now, &mut responses);
         for r in responses.drain(..) {
             self.handle_response(r, now);
         }

@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         let n = usize::from(n).min(rest.len() - 1);
         let f = rest.slice(1..1 + n);
         rest = rest.slice(1 + n..);
-        now += Duration::from_millis(u64::from(n) * 50);
+        now += Duration::from_millis(n as u64 * 50);
         if m.on_frame(1, now, &f, &log).is_err() {
             m.closed(1);
             m.accepted(1, now);

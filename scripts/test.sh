@@ -23,6 +23,13 @@ if ! command -v kcat >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kcat
 fi
+# procps: the replication tests stop, resume and kill broker processes with /bin/kill.
+if ! command -v kill >/dev/null 2>&1 || [ ! -x /bin/kill ]; then
+  SUDO=""
+  if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq procps
+fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi

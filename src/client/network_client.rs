@@ -570,7 +570,8 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let addr = n.addresses[n.next_address];
         n.next_address += 1;
         let options = self.node_options[i].unwrap_or_else(|| self.config.socket_options());
-        match self.transport.connect(addr, &options) {
+        let n = self.states.get(i);
+        match self.transport.connect_named(addr, &n.host, &options) {
             Ok(ch) => {
                 log::debug!("{node}: connecting to {addr} on {ch}");
                 self.states.connecting(i, ch, addr, now);
@@ -821,7 +822,10 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             };
             self.finish(node, i, entry, outcome, Some(now));
         }
-        let handshake_failed = cause == DisconnectCause::HandshakeFailed;
+        // A TLS handshake the transport failed counts as a rejected handshake (Kafka: an
+        // authentication failure), not as a dropped connection.
+        let handshake_failed = cause == DisconnectCause::HandshakeFailed
+            || matches!(cause, DisconnectCause::Transport(r) if r.is_handshake_failure());
         self.states
             .disconnected(i, handshake_failed, now, self.rng.as_mut());
         log::debug!("{node}: disconnected ({cause})");

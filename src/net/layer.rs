@@ -2,9 +2,9 @@
 //! feature. The Selector's read and write paths dispatch on it with a `match`; the plaintext arm is
 //! the plain socket call, so plaintext channels pay one branch and no indirection.
 
-use std::io::{self, IoSlice, Write};
 #[cfg(feature = "tls")]
 use std::io::Read;
+use std::io::{self, IoSlice, Write};
 
 use mio::net::TcpStream;
 use socket2::SockRef;

@@ -113,6 +113,8 @@ pub struct TlsSession {
     write_wakeup: bool,
     /// The socket reported end of stream.
     eof: bool,
+    /// Application bytes have arrived: an alert after this is no longer part of the handshake.
+    received: bool,
 }
 
 impl fmt::Debug for TlsSession {
@@ -153,6 +155,7 @@ impl TlsSession {
             handshaking: true,
             write_wakeup: false,
             eof: false,
+            received: false,
         }
     }
 
@@ -190,7 +193,11 @@ impl TlsSession {
     fn fail(&mut self, io: &mut dyn Write, e: &rustls::Error) -> io::Error {
         // rustls queued the alert that tells the peer why; send it if the socket takes it.
         let _ = self.flush(io);
-        let handshake = self.conn.is_handshaking();
+        // In TLS 1.3 a client finishes its side of the handshake before the server has checked
+        // the client's certificate; the server's rejection arrives as an alert right after. An
+        // alert before any application byte is therefore still the handshake failing.
+        let handshake = self.conn.is_handshaking()
+            || (!self.received && matches!(e, rustls::Error::AlertReceived(_)));
         log::debug!("TLS failure (handshake: {handshake}): {e}");
         tls_io_error(classify(e), handshake)
     }
@@ -221,7 +228,11 @@ impl TlsSession {
     ///
     /// # Errors
     /// `WouldBlock` as above; the socket's write error.
-    pub fn write_vectored(&mut self, io: &mut dyn Write, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub fn write_vectored(
+        &mut self,
+        io: &mut dyn Write,
+        bufs: &[IoSlice<'_>],
+    ) -> io::Result<usize> {
         if self.flush(io)? {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -271,6 +282,7 @@ impl TlsSession {
                 Ok(0) => return Ok(filled),
                 Ok(n) => {
                     filled += n;
+                    self.received = true;
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -295,6 +307,10 @@ impl TlsSession {
                     return if filled > 0 { Ok(filled) } else { Err(e) };
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A reset before the handshake finished: the peer gave up on it.
+                Err(_) if self.conn.is_handshaking() => {
+                    return Err(tls_io_error(TlsFailure::ClosedDuringHandshake, true));
+                }
                 Err(e) => return Err(e),
             }
             if let Err(e) = self.conn.process_new_packets() {
@@ -316,7 +332,10 @@ impl TlsSession {
 }
 
 /// The layer of an outbound channel to a server verified as `name`.
-pub(crate) fn client_layer(config: &Arc<ClientConfig>, name: ServerName<'static>) -> io::Result<Layer> {
+pub(crate) fn client_layer(
+    config: &Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<Layer> {
     TlsSession::client(config.clone(), name)
         .map(|s| Layer::Tls(Box::new(s)))
         .map_err(io::Error::other)
@@ -360,7 +379,10 @@ impl fmt::Display for TlsConfigError {
             TlsConfigError::Pem { path, reason } => write!(f, "{}: {reason}", path.display()),
             TlsConfigError::Rustls(e) => write!(f, "TLS configuration: {e}"),
             TlsConfigError::CertificateWithoutKey => {
-                write!(f, "a certificate and its private key must be given together")
+                write!(
+                    f,
+                    "a certificate and its private key must be given together"
+                )
             }
         }
     }
@@ -516,13 +538,10 @@ impl ServerCertVerifier for NoHostnameVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         // The chain (signature, validity, usage) is checked before the name; a name mismatch is
         // the only error this verifier forgives.
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -550,5 +569,300 @@ impl ServerCertVerifier for NoHostnameVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session on in-memory pipes: partial records, one-byte reads and writes, the handshake
+    //! inside reads and writes, close_notify.
+
+    use std::collections::VecDeque;
+    use std::io::{self, IoSlice, Read, Write};
+    use std::sync::Arc;
+
+    use bytes::BytesMut;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    use super::TlsSession;
+    use crate::net::{DisconnectReason, TlsFailure};
+
+    /// One end of an in-memory connection: reads from `inbox` at most `chunk` bytes at a time
+    /// (`WouldBlock` when empty, end of stream once `closed`), writes at most `chunk` bytes into
+    /// `outbox`.
+    struct End<'a> {
+        inbox: &'a mut VecDeque<u8>,
+        outbox: &'a mut VecDeque<u8>,
+        chunk: usize,
+        closed: bool,
+    }
+
+    impl Read for End<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.inbox.is_empty() {
+                return if self.closed {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.chunk).min(self.inbox.len());
+            for (d, s) in buf.iter_mut().zip(self.inbox.drain(..n)) {
+                *d = s;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for End<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.chunk);
+            self.outbox.extend(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            match bufs.iter().find(|b| !b.is_empty()) {
+                Some(b) => self.write(b),
+                None => Ok(0),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["pipe.test".to_string()]).unwrap();
+        let cert = CertificateDer::from(ck.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        (Arc::new(client), Arc::new(server))
+    }
+
+    struct Link {
+        c2s: VecDeque<u8>,
+        s2c: VecDeque<u8>,
+        chunk: usize,
+        client: TlsSession,
+        server: TlsSession,
+        at_client: BytesMut,
+        at_server: BytesMut,
+    }
+
+    impl Link {
+        fn new(chunk: usize) -> Link {
+            let (c, s) = configs();
+            let name = ServerName::try_from("pipe.test").unwrap();
+            Link {
+                c2s: VecDeque::new(),
+                s2c: VecDeque::new(),
+                chunk,
+                client: TlsSession::client(c, name).unwrap(),
+                server: TlsSession::server(s).unwrap(),
+                at_client: BytesMut::with_capacity(1 << 16),
+                at_server: BytesMut::with_capacity(1 << 16),
+            }
+        }
+
+        /// Moves bytes both ways until neither side makes progress; returns the read results.
+        fn pump(&mut self) -> (io::Result<usize>, io::Result<usize>) {
+            let mut last = (Ok(0), Ok(0));
+            for _ in 0..1_000_000 {
+                let before = (
+                    self.c2s.len(),
+                    self.s2c.len(),
+                    self.at_client.len(),
+                    self.at_server.len(),
+                );
+                let mut ce = End {
+                    inbox: &mut self.s2c,
+                    outbox: &mut self.c2s,
+                    chunk: self.chunk,
+                    closed: false,
+                };
+                let _ = self.client.flush(&mut ce);
+                self.at_client.reserve(4096);
+                let rc = self
+                    .client
+                    .read_into(&mut ce, &mut self.at_client, usize::MAX);
+                let mut se = End {
+                    inbox: &mut self.c2s,
+                    outbox: &mut self.s2c,
+                    chunk: self.chunk,
+                    closed: false,
+                };
+                let _ = self.server.flush(&mut se);
+                self.at_server.reserve(4096);
+                let rs = self
+                    .server
+                    .read_into(&mut se, &mut self.at_server, usize::MAX);
+                let after = (
+                    self.c2s.len(),
+                    self.s2c.len(),
+                    self.at_client.len(),
+                    self.at_server.len(),
+                );
+                let quiet = matches!(&rc, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                    && matches!(&rs, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+                last = (rc, rs);
+                if before == after
+                    && quiet
+                    && !self.client.wants_write()
+                    && !self.server.wants_write()
+                {
+                    break;
+                }
+                if last
+                    .0
+                    .as_ref()
+                    .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
+                    || last
+                        .1
+                        .as_ref()
+                        .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
+                {
+                    break;
+                }
+            }
+            last
+        }
+
+        fn client_write(&mut self, data: &[u8]) -> usize {
+            let mut ce = End {
+                inbox: &mut self.s2c,
+                outbox: &mut self.c2s,
+                chunk: self.chunk,
+                closed: false,
+            };
+            match self.client.write_vectored(&mut ce, &[IoSlice::new(data)]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    #[test]
+    fn one_byte_reads_and_writes_carry_a_large_message_written_before_the_handshake() {
+        let mut link = Link::new(1);
+        let msg = pattern(40_000);
+        // Written before the handshake: held by the session, sent when it finishes.
+        let mut taken = 0;
+        let mut rounds = 0;
+        while taken < msg.len() {
+            taken += link.client_write(&msg[taken..]);
+            link.pump();
+            rounds += 1;
+            assert!(rounds < 10_000, "writes stalled at {taken}");
+        }
+        link.pump();
+        assert!(!link.client.is_handshaking() && !link.server.is_handshaking());
+        assert_eq!(&link.at_server[..], &msg[..]);
+    }
+
+    #[test]
+    fn records_split_at_every_size_reassemble() {
+        for chunk in [1usize, 2, 3, 5, 7, 100, 4097, 16_389] {
+            let mut link = Link::new(chunk);
+            link.pump();
+            let msg = pattern(50_000);
+            let mut taken = 0;
+            while taken < msg.len() {
+                taken += link.client_write(&msg[taken..]);
+                link.pump();
+            }
+            link.pump();
+            assert_eq!(&link.at_server[..], &msg[..], "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn close_notify_ends_the_stream_cleanly() {
+        let mut link = Link::new(64);
+        link.client_write(b"last words");
+        link.pump();
+        let mut ce = End {
+            inbox: &mut link.s2c,
+            outbox: &mut link.c2s,
+            chunk: 64,
+            closed: false,
+        };
+        link.client.close(&mut ce);
+        let (_, rs) = link.pump();
+        assert_eq!(&link.at_server[..], b"last words");
+        assert_eq!(
+            rs.unwrap(),
+            0,
+            "close_notify reads as the end of the stream"
+        );
+    }
+
+    #[test]
+    fn garbage_instead_of_records_is_a_typed_failure() {
+        let (_, s) = configs();
+        let mut server = TlsSession::server(s).unwrap();
+        let mut inbox: VecDeque<u8> = b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n"
+            .iter()
+            .copied()
+            .collect();
+        let mut outbox = VecDeque::new();
+        let mut end = End {
+            inbox: &mut inbox,
+            outbox: &mut outbox,
+            chunk: 3,
+            closed: false,
+        };
+        let mut buf = BytesMut::with_capacity(1024);
+        let err = loop {
+            match server.read_into(&mut end, &mut buf, 1024) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => panic!("garbage not rejected"),
+                Err(e) => break e,
+                Ok(n) => panic!("plaintext from garbage: {n}"),
+            }
+        };
+        assert_eq!(
+            super::failure_of(&err),
+            Some(DisconnectReason::HandshakeFailed(TlsFailure::NotTls))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn end_of_stream_during_the_handshake_is_a_handshake_failure() {
+        let (c, _) = configs();
+        let mut client = TlsSession::client(c, ServerName::try_from("pipe.test").unwrap()).unwrap();
+        let mut inbox = VecDeque::new();
+        let mut outbox = VecDeque::new();
+        let mut end = End {
+            inbox: &mut inbox,
+            outbox: &mut outbox,
+            chunk: 1000,
+            closed: true,
+        };
+        let mut buf = BytesMut::with_capacity(1024);
+        let err = client.read_into(&mut end, &mut buf, 1024).unwrap_err();
+        assert_eq!(
+            super::failure_of(&err),
+            Some(DisconnectReason::HandshakeFailed(
+                TlsFailure::ClosedDuringHandshake
+            ))
+        );
     }
 }

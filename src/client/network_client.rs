@@ -824,8 +824,10 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         }
         // A TLS handshake the transport failed counts as a rejected handshake (Kafka: an
         // authentication failure), not as a dropped connection.
-        let handshake_failed = cause == DisconnectCause::HandshakeFailed
-            || matches!(cause, DisconnectCause::Transport(r) if r.is_handshake_failure());
+        let handshake_failed = cause.is_authentication_failure();
+        if handshake_failed {
+            self.metrics[i].authentication_failure = Some(cause);
+        }
         self.states
             .disconnected(i, handshake_failed, now, self.rng.as_mut());
         log::debug!("{node}: disconnected ({cause})");
@@ -927,6 +929,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             HandshakeStep::Done => {
                 self.states.ready(i, self.rng.as_mut());
                 self.metrics[i].connections_created += 1;
+                self.metrics[i].authentication_failure = None;
                 log::debug!("{}: ready", self.ids[i]);
             }
             HandshakeStep::Send(frame) => {

@@ -34,6 +34,27 @@ impl Layer {
         }
     }
 
+    /// Whether an outbound channel with this layer is reported connected only later, when its
+    /// TLS handshake has finished (Kafka: a channel is ready once its transport layer is).
+    #[inline]
+    pub(crate) fn defers_connected(&self) -> bool {
+        match self {
+            Layer::Plain => false,
+            #[cfg(feature = "tls")]
+            Layer::Tls(t) => t.is_client() && t.is_handshaking(),
+        }
+    }
+
+    /// Whether this is the client side of a TLS session.
+    #[inline]
+    pub(crate) fn is_tls_client(&self) -> bool {
+        match self {
+            Layer::Plain => false,
+            #[cfg(feature = "tls")]
+            Layer::Tls(t) => t.is_client(),
+        }
+    }
+
     /// Whether writes that the layer refused earlier may go ahead now (a TLS handshake finished
     /// during a read); cleared by the call.
     #[inline]

@@ -406,13 +406,21 @@ impl Selector {
         let mut ch = Box::new(Channel::new(id, stream, state));
         ch.peer = Some(addr);
         ch.layer = layer;
+        let deferred = ch.layer.defers_connected();
         if immediate {
             ch.established = true;
+            if ch.layer.wants_write() {
+                // The TLS client's first flight goes out with the next poll.
+                ch.in_write_list = true;
+                self.write_list.push(id);
+            }
         }
         entry.insert(Slot::Channel(ch));
         if immediate {
             self.metrics.connections_created += 1;
-            self.carried_connected.push(id);
+            if !deferred {
+                self.carried_connected.push(id);
+            }
             self.lru.touch(slot, Instant::now());
         }
         log::debug!("{id}: connecting to {addr} (immediate: {immediate})");
@@ -1064,7 +1072,10 @@ impl Selector {
         }
         self.metrics.connections_created += 1;
         self.lru.touch(id.index as usize, now);
-        self.out.connected.push(id);
+        // A TLS channel is reported connected when its handshake has finished (`read_channel`).
+        if !self.channel(id).is_some_and(|c| c.layer.defers_connected()) {
+            self.out.connected.push(id);
+        }
         log::debug!("{id}: connected");
         true
     }
@@ -1288,11 +1299,17 @@ impl Selector {
                 }
             }
         }
-        if ch.layer.take_write_wakeup() && !ch.sends.is_empty() && !ch.in_write_list {
-            // A TLS handshake finished: sends it held back may go now.
-            ch.write_blocked = false;
-            ch.in_write_list = true;
-            self.write_list.push(id);
+        if ch.layer.take_write_wakeup() {
+            // A TLS handshake finished: an outbound channel is connected now, and sends the
+            // session held back may go.
+            if ch.layer.is_tls_client() {
+                self.out.connected.push(id);
+            }
+            if !ch.sends.is_empty() && !ch.in_write_list {
+                ch.write_blocked = false;
+                ch.in_write_list = true;
+                self.write_list.push(id);
+            }
         }
         if ch.read_buf.is_empty() && ch.read_alloc > READ_BUFFER_KEEP.max(4 * chunk) {
             // Frames already split off keep their part of the allocation alive until dropped.

@@ -174,6 +174,11 @@ impl TlsSession {
         self.conn.protocol_version()
     }
 
+    /// Whether this is the client side.
+    pub fn is_client(&self) -> bool {
+        matches!(self.conn, rustls::Connection::Client(_))
+    }
+
     /// Whether the session holds TLS records for the socket.
     pub fn wants_write(&self) -> bool {
         self.conn.wants_write()

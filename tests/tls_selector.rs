@@ -153,10 +153,11 @@ fn echo_frames_of_every_size_through_tls() {
             p.received.len(),
             sent.len()
         );
-        if next < sent.len() && p.client.is_writable(ch) {
-            if p.client.send(ch, sent[next].clone()).is_ok() {
-                next += 1;
-            }
+        if next < sent.len()
+            && p.client.is_writable(ch)
+            && p.client.send(ch, sent[next].clone()).is_ok()
+        {
+            next += 1;
         }
         p.step();
         assert!(

@@ -682,8 +682,19 @@ mod tests {
             }
         }
 
-        /// Moves bytes both ways until neither side makes progress; returns the read results.
-        fn pump(&mut self) -> (io::Result<usize>, io::Result<usize>) {
+        /// Moves bytes both ways until neither side makes progress; returns the last read of each
+        /// side (`None`: `WouldBlock`). Any other error fails the test.
+        fn pump(&mut self) -> (Option<usize>, Option<usize>) {
+            let (rc, rs) = self.pump_results();
+            let settle = |r: io::Result<usize>| match r {
+                Ok(n) => Some(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => panic!("{e}"),
+            };
+            (settle(rc), settle(rs))
+        }
+
+        fn pump_results(&mut self) -> (io::Result<usize>, io::Result<usize>) {
             let mut last = (Ok(0), Ok(0));
             for _ in 0..1_000_000 {
                 let before = (
@@ -835,12 +846,10 @@ mod tests {
             closed: false,
         };
         let mut buf = BytesMut::with_capacity(1024);
-        let err = loop {
-            match server.read_into(&mut end, &mut buf, 1024) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => panic!("garbage not rejected"),
-                Err(e) => break e,
-                Ok(n) => panic!("plaintext from garbage: {n}"),
-            }
+        let err = match server.read_into(&mut end, &mut buf, 1024) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => panic!("garbage not rejected"),
+            Err(e) => e,
+            Ok(n) => panic!("plaintext from garbage: {n}"),
         };
         assert_eq!(
             super::failure_of(&err),

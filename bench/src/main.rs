@@ -20,6 +20,7 @@ mod proto;
 mod report;
 mod stats;
 mod sys;
+mod tls;
 mod tokio_impl;
 
 use std::io::Write as _;
@@ -249,6 +250,10 @@ struct EchoArgs {
     /// restarted): time until every member is live again, requests lost (must be 0).
     #[arg(long, requires = "group_size")]
     drill: bool,
+    /// Echo over TLS 1.3 (TLS13_AES_128_GCM_SHA256): mqnet's Selector beside tokio-rustls, with
+    /// the same rustls configurations, server and clients on two threads per implementation.
+    #[arg(long, conflicts_with_all = ["listen", "connect", "group_size"])]
+    tls: bool,
     /// Internal: the role of a child process spawned by the harness.
     #[arg(long, value_enum, hide = true)]
     role: Option<Role>,
@@ -800,6 +805,19 @@ fn matrix(a: &MatrixArgs) -> Result<bool, String> {
 }
 
 fn echo(a: &EchoArgs) -> Result<bool, String> {
+    if a.tls {
+        let p = tls::TlsEcho {
+            conns: a.conns.max(1),
+            inflight: a.inflight.max(1),
+            size: a.size,
+            resp_size: a.resp_size,
+            warmup: Duration::from_secs_f64(a.warmup.max(0.0)),
+            duration: Duration::from_secs_f64(a.duration.unwrap_or(5.0).max(0.1)),
+        };
+        let rows = tls::run(p)?;
+        tls::print(&p, &rows);
+        return Ok(true);
+    }
     if let Some(role) = a.role {
         child_main(a, role)?;
         return Ok(true);

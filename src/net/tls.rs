@@ -13,7 +13,7 @@
 //! TLS 1.2 and 1.3 are enabled (rustls has no renegotiation). The provider is `ring`.
 
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -265,27 +265,22 @@ impl TlsSession {
         buf: &mut BytesMut,
         max: usize,
     ) -> io::Result<usize> {
-        let take = (buf.capacity() - buf.len()).min(max);
-        let start = buf.len();
-        // rustls copies plaintext into initialised memory only: zero the space first (no
-        // allocation: it is within the capacity).
-        buf.resize(start + take, 0);
-        let res = self.fill(io, &mut buf[start..]);
-        let n = *res.as_ref().unwrap_or(&0);
-        buf.truncate(start + n);
-        res
-    }
-
-    fn fill<S: Read + Write>(&mut self, io: &mut S, out: &mut [u8]) -> io::Result<usize> {
+        let room = (buf.capacity() - buf.len()).min(max);
         let mut filled = 0;
         loop {
-            if filled == out.len() {
+            if filled == room {
                 return Ok(filled);
             }
-            match self.conn.reader().read(&mut out[filled..]) {
+            // Plaintext is copied straight from the session's buffer into the spare capacity
+            // (within it: no allocation, and no zeroing of space the copy does not reach).
+            let mut reader = self.conn.reader();
+            match reader.fill_buf() {
                 // `close_notify`: the clean end of the stream.
-                Ok(0) => return Ok(filled),
-                Ok(n) => {
+                Ok([]) => return Ok(filled),
+                Ok(chunk) => {
+                    let n = chunk.len().min(room - filled);
+                    buf.extend_from_slice(&chunk[..n]);
+                    reader.consume(n);
                     filled += n;
                     self.received = true;
                     continue;

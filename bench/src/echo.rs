@@ -20,7 +20,7 @@ use crate::raw_impl;
 use crate::report::{self, Row};
 use crate::stats::{RunResult, Workload};
 use crate::tokio_impl::{self, Flavor};
-use crate::{failover, group, progress, secs, sys};
+use crate::{failover, group, progress, secs, sys, tls};
 
 /// How long a server may take to print its port.
 const SERVER_START: Duration = Duration::from_secs(10);
@@ -180,6 +180,10 @@ pub(crate) struct EchoArgs {
     /// restarted): time until every member is live again, requests lost (must be 0).
     #[arg(long, requires = "group_size")]
     drill: bool,
+    /// Echo over TLS 1.3 (TLS13_AES_128_GCM_SHA256): mqnet's Selector beside tokio-rustls, with
+    /// the same rustls configurations, server and clients on two threads per implementation.
+    #[arg(long, conflicts_with_all = ["listen", "connect", "group_size"])]
+    pub(crate) tls: bool,
     /// Internal: the role of a child process spawned by the harness.
     #[arg(long, value_enum, hide = true)]
     role: Option<Role>,
@@ -627,6 +631,9 @@ pub(crate) fn echo(a: &EchoArgs) -> Result<bool, BenchError> {
         child_main(a, role)?;
         return Ok(true);
     }
+    if a.tls {
+        return tls_pairs(a);
+    }
     if let Some(listen) = &a.listen {
         serve_only(a, listen)?;
         return Ok(true);
@@ -638,6 +645,21 @@ pub(crate) fn echo(a: &EchoArgs) -> Result<bool, BenchError> {
         (Some(connect), None) => clients_only(a, connect, w),
         (None, None) => local_pairs(a, w),
     }
+}
+
+/// `echo --tls`: TLS echo pairs of mqnet and tokio-rustls (see `tls.rs`).
+fn tls_pairs(a: &EchoArgs) -> Result<bool, BenchError> {
+    let p = tls::TlsEcho {
+        conns: a.conns.max(1),
+        inflight: a.inflight.max(1),
+        size: a.size,
+        resp_size: a.resp_size,
+        warmup: Duration::from_secs_f64(a.warmup.max(0.0)),
+        duration: Duration::from_secs_f64(a.duration.unwrap_or(5.0).max(0.1)),
+    };
+    let rows = tls::run(p)?;
+    tls::print(&p, &rows);
+    Ok(true)
 }
 
 /// `echo --listen ADDR`: only a server (of `--impl`), until killed or `--duration`.

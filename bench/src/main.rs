@@ -35,6 +35,7 @@ mod raw_impl;
 mod report;
 mod stats;
 mod sys;
+mod tls;
 mod tokio_impl;
 
 use std::process::ExitCode;

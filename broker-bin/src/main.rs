@@ -93,6 +93,17 @@ struct Args {
     /// ha.sync.timeout.ms: how long a SYNC_MASTER waits for a slave's ack.
     #[arg(long, default_value_t = 3000)]
     ha_sync_timeout_ms: u64,
+    /// TLS: the PEM certificate chain of every listener (with --ssl-key); clients then connect
+    /// with security.protocol=SSL.
+    #[arg(long, requires = "ssl_key")]
+    ssl_cert: Option<PathBuf>,
+    /// TLS: the PEM private key of --ssl-cert.
+    #[arg(long, requires = "ssl_cert")]
+    ssl_key: Option<PathBuf>,
+    /// TLS: the PEM CA bundle that signs client certificates; clients must then present one
+    /// (mutual TLS).
+    #[arg(long, requires = "ssl_cert")]
+    ssl_ca: Option<PathBuf>,
 }
 
 fn command(broker: &Broker, line: &str) -> Result<bool, String> {
@@ -184,6 +195,16 @@ fn main() -> ExitCode {
         },
         ..BrokerConfig::default()
     };
+    let mut config = config;
+    if let (Some(cert), Some(key)) = (&args.ssl_cert, &args.ssl_key) {
+        match mqnet::net::tls::server_config(cert, key, args.ssl_ca.as_deref()) {
+            Ok(tls) => config.server.tls = Some(tls),
+            Err(e) => {
+                eprintln!("mqnet-broker: TLS: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let broker = match Broker::start(config) {
         Ok(b) => b,
         Err(e) => {

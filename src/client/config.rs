@@ -64,6 +64,8 @@ pub struct ClientConfig {
     /// `max.in.flight` requests may be staged at once and the Selector's byte-bounded send queue
     /// provides the back-pressure. Enable it for deep pipelines of small requests.
     pub pipeline_unsent: bool,
+    /// `security.protocol` and the `ssl.*` keys: see [`SecurityConfig`](super::SecurityConfig).
+    pub security: super::security::SecurityConfig,
 }
 
 impl Default for ClientConfig {
@@ -80,6 +82,7 @@ impl Default for ClientConfig {
             receive_buffer_bytes: Some(32_768),
             response_order: ResponseOrder::Ordered,
             pipeline_unsent: false,
+            security: super::security::SecurityConfig::new(),
         }
     }
 }
@@ -98,6 +101,14 @@ pub enum ConfigError {
         /// What was expected.
         expected: &'static str,
     },
+    /// A security setting cannot be put to use (an unreadable certificate, TLS without the `tls`
+    /// feature).
+    Security {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A line of a properties text is not `key=value`.
     Malformed {
         /// 1-based line number.
@@ -111,6 +122,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::UnknownKey(k) => write!(f, "unknown configuration key `{k}`"),
+            ConfigError::Security { key, reason } => write!(f, "`{key}`: {reason}"),
             ConfigError::InvalidValue {
                 key,
                 value,
@@ -257,6 +269,7 @@ impl ClientConfig {
                 }
             }
             "mqnet.pipeline.unsent" => self.pipeline_unsent = parse_bool(key, value)?,
+            _ if self.security.set(key, value)? => {}
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())

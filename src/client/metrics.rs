@@ -32,6 +32,10 @@ pub struct NodeMetrics {
     /// and aborted attempts are not counted here: they are `connect_attempts - connections_created`
     /// less any attempt still in progress.
     pub connections_closed: u64,
+    /// Why the last connection attempt failed authentication (a rejected handshake, a failed TLS
+    /// handshake); cleared when the node becomes Ready. Kafka reports this to callers as an
+    /// `AuthenticationException` rather than retrying silently.
+    pub authentication_failure: Option<super::DisconnectCause>,
     latency_sum: Duration,
     /// Largest request latency recorded.
     pub latency_max: Duration,
@@ -54,6 +58,7 @@ impl NodeMetrics {
             connect_attempts: 0,
             connections_created: 0,
             connections_closed: 0,
+            authentication_failure: None,
             latency_sum: Duration::ZERO,
             latency_max: Duration::ZERO,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2)

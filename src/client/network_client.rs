@@ -575,7 +575,8 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let addr = n.addresses[n.next_address];
         n.next_address += 1;
         let options = self.node_options[i].unwrap_or_else(|| self.config.socket_options());
-        match self.transport.connect(addr, &options) {
+        let n = self.states.get(i);
+        match self.transport.connect_named(addr, &n.host, &options) {
             Ok(ch) => {
                 log::debug!("{node}: connecting to {addr} on {ch}");
                 self.states.connecting(i, ch, addr, now);
@@ -900,7 +901,12 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             };
             self.finish(node, i, entry, outcome, Some(now));
         }
-        let handshake_failed = cause == DisconnectCause::HandshakeFailed;
+        // A TLS handshake the transport failed counts as a rejected handshake (Kafka: an
+        // authentication failure), not as a dropped connection.
+        let handshake_failed = cause.is_authentication_failure();
+        if handshake_failed {
+            self.metrics[i].authentication_failure = Some(cause);
+        }
         self.states
             .disconnected(i, handshake_failed, now, self.rng.as_mut());
         log::debug!("{node}: disconnected ({cause})");
@@ -1010,6 +1016,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             HandshakeStep::Done => {
                 self.states.ready(i, self.rng.as_mut());
                 self.metrics[i].connections_created += 1;
+                self.metrics[i].authentication_failure = None;
                 log::debug!("{}: ready", self.ids[i]);
             }
             HandshakeStep::Send(frame) => {

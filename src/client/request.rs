@@ -133,6 +133,20 @@ impl fmt::Display for DisconnectCause {
     }
 }
 
+impl DisconnectCause {
+    /// Whether the connection failed authentication: the handshake hook rejected it, or its TLS
+    /// handshake failed (a certificate that is expired, untrusted or for another host; a peer that
+    /// does not speak TLS). Kafka reports these as an `AuthenticationException`: non-retriable for
+    /// the request, and the node's next attempt still waits for the reconnect backoff.
+    pub fn is_authentication_failure(&self) -> bool {
+        match self {
+            DisconnectCause::HandshakeFailed => true,
+            DisconnectCause::Transport(r) => r.is_handshake_failure(),
+            _ => false,
+        }
+    }
+}
+
 impl std::error::Error for DisconnectCause {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {

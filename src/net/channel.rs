@@ -10,6 +10,7 @@ use mio::net::TcpStream;
 use socket2::SockRef;
 
 use super::id::ChannelId;
+use super::layer::Layer;
 use super::send_queue::SendQueue;
 
 /// Lifecycle of a channel inside the Selector.
@@ -52,6 +53,8 @@ pub(crate) struct Channel {
     /// Whether this channel was counted in `connections_created`.
     pub established: bool,
     pub peer: Option<SocketAddr>,
+    /// Plaintext or TLS between the frames and the socket.
+    pub layer: Layer,
 }
 
 impl Channel {
@@ -72,6 +75,7 @@ impl Channel {
             in_read_list: false,
             established: false,
             peer: None,
+            layer: Layer::Plain,
         }
     }
 
@@ -100,6 +104,11 @@ impl Channel {
     /// The socket's read error, `WouldBlock` included.
     #[allow(unsafe_code)]
     pub(crate) fn read_once(&mut self, max: usize) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Layer::Tls(t) = &mut self.layer {
+            let mut io = super::layer::SocketIo(SockRef::from(&self.stream));
+            return t.read_into(&mut io, &mut self.read_buf, max);
+        }
         let spare: &mut [MaybeUninit<u8>] = self.read_buf.spare_capacity_mut();
         let take = spare.len().min(max);
         let n = SockRef::from(&self.stream).recv(&mut spare[..take])?;

@@ -52,6 +52,12 @@ pub enum DisconnectReason {
     InvalidFrame(FrameError),
     /// The channel had no reads or writes for longer than `connections.max.idle.ms`.
     IdleExpired,
+    /// The TLS handshake failed (bad or untrusted certificate, no common protocol, a peer that
+    /// does not speak TLS, or a peer that closed before the handshake finished). For a client this
+    /// is an authentication failure, not a network blip: retrying at once will fail the same way.
+    HandshakeFailed(TlsFailure),
+    /// A TLS error after the handshake (a record that does not decrypt, an alert from the peer).
+    Tls(TlsFailure),
     /// A graceful close requested with [`CloseMode::Graceful`](super::CloseMode) finished; `flushed`
     /// tells whether every staged send left before the close timeout.
     LocalClose {
@@ -76,6 +82,8 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::IdleExpired => {
                 write!(f, "idle for longer than connections.max.idle.ms")
             }
+            DisconnectReason::HandshakeFailed(e) => write!(f, "TLS handshake failed: {e}"),
+            DisconnectReason::Tls(e) => write!(f, "TLS error: {e}"),
             DisconnectReason::LocalClose { flushed: true } => {
                 write!(f, "closed locally after flushing")
             }
@@ -93,10 +101,80 @@ impl std::error::Error for DisconnectReason {
         match self {
             DisconnectReason::ConnectFailed(e) | DisconnectReason::Io(e) => Some(e),
             DisconnectReason::InvalidFrame(e) => Some(e),
+            DisconnectReason::HandshakeFailed(e) | DisconnectReason::Tls(e) => Some(e),
             _ => None,
         }
     }
 }
+
+impl DisconnectReason {
+    /// Whether the channel closed because its TLS handshake failed: for a client an
+    /// authentication failure (Kafka's `SslAuthenticationException`), reported to callers as
+    /// non-retriable rather than retried like a dropped connection.
+    pub fn is_handshake_failure(&self) -> bool {
+        matches!(self, DisconnectReason::HandshakeFailed(_))
+    }
+}
+
+/// What went wrong in a TLS session, in a form that is `Copy` and comparable (the TLS library's
+/// own error is neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The peer's certificate has expired.
+    CertificateExpired,
+    /// The peer's certificate is not yet valid.
+    CertificateNotYetValid,
+    /// The server's certificate does not name the host connected to
+    /// (`ssl.endpoint.identification.algorithm=https`).
+    CertificateNotValidForName,
+    /// The peer's certificate is not signed by a trusted CA.
+    UnknownIssuer,
+    /// The peer's certificate is malformed, revoked or otherwise rejected.
+    BadCertificate,
+    /// The peer presented no certificate where one is required (mutual TLS).
+    NoCertificate,
+    /// The peer sent a fatal alert; the TLS alert description code.
+    AlertReceived(u8),
+    /// The peer does not speak TLS (for example a plaintext client on a TLS port): its bytes are
+    /// not TLS records.
+    NotTls,
+    /// No common protocol version, cipher suite or key exchange with the peer.
+    PeerIncompatible,
+    /// The peer broke the TLS protocol.
+    PeerMisbehaved,
+    /// A record failed to decrypt or authenticate.
+    DecryptError,
+    /// The peer closed the connection before the handshake finished.
+    ClosedDuringHandshake,
+    /// Any other TLS failure.
+    Other,
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsFailure::CertificateExpired => write!(f, "certificate expired"),
+            TlsFailure::CertificateNotYetValid => write!(f, "certificate not yet valid"),
+            TlsFailure::CertificateNotValidForName => {
+                write!(f, "certificate not valid for the host name")
+            }
+            TlsFailure::UnknownIssuer => write!(f, "certificate signed by an unknown issuer"),
+            TlsFailure::BadCertificate => write!(f, "bad certificate"),
+            TlsFailure::NoCertificate => write!(f, "peer presented no certificate"),
+            TlsFailure::AlertReceived(code) => write!(f, "peer sent fatal alert {code}"),
+            TlsFailure::NotTls => write!(f, "peer does not speak TLS"),
+            TlsFailure::PeerIncompatible => write!(f, "no common TLS parameters with the peer"),
+            TlsFailure::PeerMisbehaved => write!(f, "peer broke the TLS protocol"),
+            TlsFailure::DecryptError => write!(f, "record failed to decrypt"),
+            TlsFailure::ClosedDuringHandshake => {
+                write!(f, "peer closed the connection during the handshake")
+            }
+            TlsFailure::Other => write!(f, "TLS failure"),
+        }
+    }
+}
+
+impl std::error::Error for TlsFailure {}
 
 /// Why [`Selector::send`](super::Selector::send) refused a frame. Nothing is staged when it refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,15 +6,18 @@ mod channel;
 mod error;
 pub mod frame;
 mod id;
+mod layer;
 mod lru;
 mod metrics;
 mod options;
 mod selector;
 mod send_queue;
 mod slots;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
-pub use error::{ChannelError, DisconnectReason, IoFault, SendError};
+pub use error::{ChannelError, DisconnectReason, IoFault, SendError, TlsFailure};
 pub use frame::{FrameDecoder, FrameError};
 pub use id::{ChannelId, ListenerId};
 pub use metrics::SelectorMetrics;

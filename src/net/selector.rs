@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 
-use super::channel::{Channel, ChannelState, SocketWriter};
+use super::channel::{Channel, ChannelState};
 use super::error::{ChannelError, DisconnectReason, IoFault, SendError};
 use super::frame::{encode_header, FrameDecoder, FrameError, HEADER_LEN};
 use super::id::{ChannelId, ListenerId};
+use super::layer::{self, Layer, LayerWriter};
 use super::lru::Lru;
 use super::metrics::SelectorMetrics;
 use super::options::{SelectorConfig, SocketOptions};
@@ -218,6 +219,9 @@ impl SelectorWaker {
 struct Listener {
     id: ListenerId,
     socket: TcpListener,
+    /// Accepted channels get a server-side TLS session with this configuration.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<super::tls::rustls::ServerConfig>>,
 }
 
 #[derive(Debug)]
@@ -370,6 +374,9 @@ pub struct Selector {
     carried_disconnected: Vec<Disconnected>,
     out: Outputs,
     metrics: SelectorMetrics,
+    /// Outbound channels get a client-side TLS session with this configuration.
+    #[cfg(feature = "tls")]
+    tls_client: Option<Arc<super::tls::rustls::ClientConfig>>,
 }
 
 impl Selector {
@@ -412,6 +419,8 @@ impl Selector {
             carried_disconnected: Vec::new(),
             out: Outputs::default(),
             metrics: SelectorMetrics::default(),
+            #[cfg(feature = "tls")]
+            tls_client: None,
         })
     }
 
@@ -443,6 +452,32 @@ impl Selector {
     /// An OS error that happened synchronously (socket creation, an option, a connect that failed at
     /// once); no channel was created then.
     pub fn connect(&mut self, addr: SocketAddr, options: &SocketOptions) -> io::Result<ChannelId> {
+        let layer = self.client_layer(addr, None)?;
+        self.open(addr, options, layer)
+    }
+
+    /// As [`connect`](Selector::connect), naming the host `addr` was resolved from: with TLS
+    /// (see [`set_tls_client`](Selector::set_tls_client)) the server's certificate is verified
+    /// against `host` (server name indication too) rather than against the IP address.
+    ///
+    /// # Errors
+    /// As [`connect`](Selector::connect).
+    pub fn connect_named(
+        &mut self,
+        addr: SocketAddr,
+        host: &str,
+        options: &SocketOptions,
+    ) -> io::Result<ChannelId> {
+        let layer = self.client_layer(addr, Some(host))?;
+        self.open(addr, options, layer)
+    }
+
+    fn open(
+        &mut self,
+        addr: SocketAddr,
+        options: &SocketOptions,
+        layer: Layer,
+    ) -> io::Result<ChannelId> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_nonblocking(true)?;
         options.apply(&socket)?;
@@ -473,13 +508,22 @@ impl Selector {
         };
         let mut ch = Box::new(Channel::new(id, stream, state));
         ch.peer = Some(addr);
+        ch.layer = layer;
+        let deferred = ch.layer.defers_connected();
         if immediate {
             ch.established = true;
+            if ch.layer.wants_write() {
+                // The TLS client's first flight goes out with the next poll.
+                ch.in_write_list = true;
+                self.write_list.push(id);
+            }
         }
         entry.insert(Slot::Channel(ch));
         if immediate {
             self.metrics.connections_created += 1;
-            self.carried_connected.push(id);
+            if !deferred {
+                self.carried_connected.push(id);
+            }
             self.lru.touch(slot, Instant::now());
         }
         log::debug!("{id}: connecting to {addr} (immediate: {immediate})");
@@ -526,6 +570,8 @@ impl Selector {
         entry.insert(Slot::Listener(Listener {
             id,
             socket: listener,
+            #[cfg(feature = "tls")]
+            tls: None,
         }));
         Ok(id)
     }
@@ -787,6 +833,7 @@ impl Selector {
         let Some(Slot::Channel(mut ch)) = self.slots.remove(id.key()) else {
             return 0;
         };
+        ch.layer.close(&ch.stream);
         let _ = self.poll.registry().deregister(&mut ch.stream);
         if ch.consumed > 0 {
             // Frames of it reported by this poll are still to be handed out.
@@ -1291,7 +1338,10 @@ impl Selector {
         }
         self.metrics.connections_created += 1;
         self.lru.touch(id.index as usize, now);
-        self.out.connected.push(id);
+        // A TLS channel is reported connected when its handshake has finished (`read_channel`).
+        if !self.channel(id).is_some_and(|c| c.layer.defers_connected()) {
+            self.out.connected.push(id);
+        }
         log::debug!("{id}: connected");
         true
     }
@@ -1299,8 +1349,8 @@ impl Selector {
     fn accept(&mut self, id: ListenerId, now: Instant) {
         let opts = self.config.accepted_socket_options;
         for _ in 0..self.config.accept_budget {
-            let accepted = match self.slots.get(id.key()) {
-                Some(Slot::Listener(l)) => l.socket.accept(),
+            let (accepted, layer) = match self.slots.get(id.key()) {
+                Some(Slot::Listener(l)) => (l.socket.accept(), Self::server_layer(l)),
                 _ => return,
             };
             let (mut stream, peer) = match accepted {
@@ -1333,6 +1383,14 @@ impl Selector {
             let cid = ChannelId::from(entry.key());
             let mut ch = Box::new(Channel::new(cid, stream, ChannelState::Connected));
             ch.peer = Some(peer);
+            ch.layer = match layer {
+                Ok(layer) => layer,
+                Err(e) => {
+                    log::warn!("{id}: TLS session for the connection from {peer}: {e}");
+                    let _ = self.poll.registry().deregister(&mut ch.stream);
+                    continue;
+                }
+            };
             ch.established = true;
             // Data that arrived before registration is reported: `EPOLL_CTL_ADD` checks the socket's
             // current readiness. Nothing is read (or allocated) until then, so idle accepted
@@ -1356,16 +1414,23 @@ impl Selector {
         let Some(Slot::Channel(ch)) = self.slots.get_mut(id.key()) else {
             return;
         };
-        if ch.sends.is_empty() || ch.state == ChannelState::Connecting {
+        if (ch.sends.is_empty() && !ch.layer.wants_write()) || ch.state == ChannelState::Connecting
+        {
             return;
         }
         let sends = &mut self.out.completed_sends;
         let metrics = &mut self.metrics;
-        let mut writer = SocketWriter(SockRef::from(&ch.stream));
-        let res = ch.sends.write_to(&mut writer, |seq| {
-            metrics.frames_out += 1;
-            sends.push(CompletedSend { channel: id, seq });
-        });
+        let mut writer = LayerWriter::new(&mut ch.layer, &ch.stream);
+        let res = ch
+            .sends
+            .write_to(&mut writer, |seq| {
+                metrics.frames_out += 1;
+                sends.push(CompletedSend { channel: id, seq });
+            })
+            .and_then(|mut progress| {
+                progress.blocked |= writer.flush_layer()?;
+                Ok(progress)
+            });
         match res {
             Ok(progress) => {
                 metrics.bytes_out += progress.bytes as u64;
@@ -1374,7 +1439,7 @@ impl Selector {
                     ch.send_refused = false;
                 }
                 let closing = matches!(ch.state, ChannelState::Closing { .. });
-                let drained = ch.sends.is_empty();
+                let drained = ch.sends.is_empty() && !ch.layer.wants_write();
                 if progress.bytes > 0 && !closing {
                     self.lru.touch(slot, now);
                 }
@@ -1387,7 +1452,7 @@ impl Selector {
                     });
                 }
             }
-            Err(e) => self.close_with(id, DisconnectReason::Io(IoFault::from(&e))),
+            Err(e) => self.close_with(id, layer::disconnect_reason(&e)),
         }
     }
 
@@ -1528,9 +1593,21 @@ impl Selector {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    outcome = Some(DisconnectReason::Io(IoFault::from(&e)));
+                    outcome = Some(layer::disconnect_reason(&e));
                     break;
                 }
+            }
+        }
+        if ch.layer.take_write_wakeup() {
+            // A TLS handshake finished: an outbound channel is connected now, and sends the
+            // session held back may go.
+            if ch.layer.is_tls_client() {
+                self.out.connected.push(id);
+            }
+            if !ch.sends.is_empty() && !ch.in_write_list {
+                ch.write_blocked = false;
+                ch.in_write_list = true;
+                self.write_list.push(id);
             }
         }
         if ch.read_buf.is_empty() && ch.read_alloc > READ_BUFFER_KEEP.max(4 * chunk) {
@@ -1588,6 +1665,70 @@ impl Selector {
                 }
                 Some(_) => i += 1,
             }
+        }
+    }
+}
+
+// ----- TLS -----------------------------------------------------------------------------------------
+
+impl Selector {
+    /// The layer of a new outbound channel: TLS when a client configuration is set.
+    #[allow(clippy::unnecessary_wraps)]
+    fn client_layer(&self, addr: SocketAddr, host: Option<&str>) -> io::Result<Layer> {
+        #[cfg(feature = "tls")]
+        if let Some(config) = &self.tls_client {
+            let name = super::tls::server_name(host.unwrap_or_default(), addr.ip());
+            return super::tls::client_layer(config, name);
+        }
+        let _ = (addr, host);
+        Ok(Layer::Plain)
+    }
+
+    /// The layer of a channel accepted by `listener`: TLS when the listener has a configuration.
+    #[allow(clippy::unnecessary_wraps)]
+    fn server_layer(listener: &Listener) -> io::Result<Layer> {
+        #[cfg(feature = "tls")]
+        if let Some(config) = &listener.tls {
+            return super::tls::server_layer(config);
+        }
+        let _ = listener;
+        Ok(Layer::Plain)
+    }
+
+    /// Sets the TLS configuration of outbound channels opened from now on (`None`: plaintext).
+    /// Channels already open keep their layer.
+    #[cfg(feature = "tls")]
+    pub fn set_tls_client(&mut self, config: Option<Arc<super::tls::rustls::ClientConfig>>) {
+        self.tls_client = config;
+    }
+
+    /// Sets the TLS configuration of a listener's channels accepted from now on (`None`:
+    /// plaintext).
+    ///
+    /// # Errors
+    /// [`ChannelError::Unknown`] for a closed or unknown listener.
+    #[cfg(feature = "tls")]
+    pub fn set_listener_tls(
+        &mut self,
+        id: ListenerId,
+        config: Option<Arc<super::tls::rustls::ServerConfig>>,
+    ) -> Result<(), ChannelError> {
+        match self.slots.get_mut(id.key()) {
+            Some(Slot::Listener(l)) => {
+                l.tls = config;
+                Ok(())
+            }
+            _ => Err(ChannelError::Unknown),
+        }
+    }
+
+    /// The channel's TLS session (`None` for a plaintext or unknown channel): whether its
+    /// handshake is done, the negotiated version and cipher suite.
+    #[cfg(feature = "tls")]
+    pub fn tls_session(&self, id: ChannelId) -> Option<&super::tls::TlsSession> {
+        match &self.channel(id)?.layer {
+            Layer::Tls(t) => Some(t),
+            Layer::Plain => None,
         }
     }
 }

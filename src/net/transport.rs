@@ -26,6 +26,20 @@ pub trait Transport {
     /// # Errors
     /// A synchronous failure; no channel exists then.
     fn connect(&mut self, addr: SocketAddr, options: &SocketOptions) -> io::Result<ChannelId>;
+    /// As [`connect`](Transport::connect), naming the host `addr` was resolved from (the name a
+    /// TLS client verifies the server's certificate against).
+    ///
+    /// # Errors
+    /// As [`connect`](Transport::connect).
+    fn connect_named(
+        &mut self,
+        addr: SocketAddr,
+        host: &str,
+        options: &SocketOptions,
+    ) -> io::Result<ChannelId> {
+        let _ = host;
+        self.connect(addr, options)
+    }
     /// Stages one frame; returns its per-channel sequence number.
     ///
     /// # Errors
@@ -76,6 +90,15 @@ pub trait Transport {
 impl Transport for Selector {
     fn connect(&mut self, addr: SocketAddr, options: &SocketOptions) -> io::Result<ChannelId> {
         Selector::connect(self, addr, options)
+    }
+
+    fn connect_named(
+        &mut self,
+        addr: SocketAddr,
+        host: &str,
+        options: &SocketOptions,
+    ) -> io::Result<ChannelId> {
+        Selector::connect_named(self, addr, host, options)
     }
 
     fn send(&mut self, channel: ChannelId, frame: Bytes) -> Result<u64, (SendError, Bytes)> {

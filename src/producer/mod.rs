@@ -173,6 +173,12 @@ impl Producer {
             ..SelectorConfig::default()
         })
         .map_err(ProducerError::Io)?;
+        let mut selector = selector;
+        config
+            .client
+            .security
+            .apply(&mut selector)
+            .map_err(ProducerError::Config)?;
         let waker = selector.waker();
         let (tx, rx) = unbounded();
         let pool = Arc::new(BufferPool::new(config.buffer_memory));

@@ -92,6 +92,10 @@ pub struct ServerConfig {
     /// [`Selector::send_prefixed`], which checks the prefix and writes each response as one
     /// buffer instead of prefix + payload; a response whose prefix is wrong closes its connection.
     pub prefixed_responses: bool,
+    /// TLS on every listener (feature `tls`): accepted connections run a server-side TLS session
+    /// with this configuration (see [`crate::net::tls::server_config`]); `None` for plaintext.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<crate::net::tls::rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +104,8 @@ impl Default for ServerConfig {
             selector: SelectorConfig::default(),
             backlog: DEFAULT_BACKLOG,
             prefixed_responses: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -321,6 +327,8 @@ pub struct Server<M> {
     replies: ReplyPath,
     next_ticket: u64,
     stats: ServerStats,
+    #[cfg(feature = "tls")]
+    tls: Option<std::sync::Arc<crate::net::tls::rustls::ServerConfig>>,
 }
 
 impl<H: Handler> Server<Inline<H>> {
@@ -444,6 +452,8 @@ impl<M: Mode> Server<M> {
             replies,
             next_ticket: 0,
             stats: ServerStats::default(),
+            #[cfg(feature = "tls")]
+            tls: config.tls,
         })
     }
 
@@ -454,6 +464,12 @@ impl<M: Mode> Server<M> {
     /// The OS error of creating, binding or listening.
     pub fn bind(&mut self, addr: SocketAddr) -> io::Result<SocketAddr> {
         let id = self.sel.listen_with_backlog(addr, self.backlog)?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            self.sel
+                .set_listener_tls(id, Some(tls.clone()))
+                .map_err(io::Error::other)?;
+        }
         self.listeners.push(id);
         self.sel.listener_addr(id).map_err(io::Error::other)
     }

@@ -13,8 +13,6 @@
 mod idempotence;
 mod metadata;
 mod metrics;
-#[cfg(test)]
-mod metrics_tests;
 mod sender;
 #[cfg(test)]
 mod sim_tests;

@@ -13,6 +13,7 @@ mod chaos;
 mod child;
 mod failover;
 mod group;
+mod metrics_report;
 mod mqnet_impl;
 mod produce;
 mod produce_broker;
@@ -219,6 +220,10 @@ struct EchoArgs {
     /// p999_us, max_us, errors, ...) instead of the table; mbps counts wire bytes both ways.
     #[arg(long)]
     json: bool,
+    /// Print the mqnet client's NetworkClient metrics (Kafka's node names) at the end of its run,
+    /// on stderr.
+    #[arg(long)]
+    stats: bool,
     /// Implementations to run.
     #[arg(long, value_enum, default_value_t = Peer::All)]
     peer: Peer,
@@ -800,6 +805,9 @@ fn matrix(a: &MatrixArgs) -> Result<bool, String> {
 }
 
 fn echo(a: &EchoArgs) -> Result<bool, String> {
+    if a.stats {
+        metrics_report::enable_echo_stats();
+    }
     if let Some(role) = a.role {
         child_main(a, role)?;
         return Ok(true);

@@ -198,6 +198,10 @@ pub struct ProduceArgs {
     /// same value for both); default: each one's own default (5, and librdkafka's 1,000,000).
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// Print mqnet's producer metrics (Kafka's names) after its run; with --json they are the
+    /// result's `metrics` field.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).
@@ -224,6 +228,8 @@ pub struct Settings {
     pub broker_rtt_ms: u64,
     /// Requests in flight per connection for both peers (`None`: each one's default).
     pub max_in_flight: Option<usize>,
+    /// Collect mqnet's producer metrics (`--stats`).
+    pub stats: bool,
 }
 
 impl Settings {
@@ -239,6 +245,7 @@ impl Settings {
             buffer_memory: DEFAULT_BUFFER_MEMORY,
             broker_rtt_ms: 0,
             max_in_flight: None,
+            stats: false,
         }
     }
 
@@ -285,6 +292,7 @@ impl Settings {
             buffer_memory: a.buffer_memory,
             broker_rtt_ms: a.broker_rtt_ms,
             max_in_flight: a.max_in_flight,
+            stats: a.stats,
         })
     }
 
@@ -364,6 +372,9 @@ pub struct ProduceResult {
     /// The first error seen, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// mqnet's producer metrics at the end of its run (`--stats`): `group:name{tags}` → value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Delivery results of one run: latencies and counts.
@@ -445,6 +456,8 @@ struct Measured {
     /// Records rejected at send (never handed to the producer).
     rejected: u64,
     first_error: Option<String>,
+    /// mqnet's producer metrics at the end (`--stats`).
+    metrics: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 fn summarize(
@@ -494,6 +507,7 @@ fn summarize(
         cores: sys::cores(),
         broker_rtt_ms: s.broker_rtt_ms,
         first_error: m.first_error.or_else(|| t.first_error.clone()),
+        metrics: m.metrics,
     }
 }
 
@@ -566,11 +580,15 @@ fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Str
     producer.flush(deadline.saturating_duration_since(Instant::now()));
     producer.close(Duration::from_secs(5));
     let tally = mqnet_tally().take().unwrap_or_else(Tally::new);
+    let metrics = s
+        .stats
+        .then(|| crate::metrics_report::to_map(&producer.metrics().to_metrics()));
     Ok(Measured {
         tally,
         start,
         rejected: 0,
         first_error: None,
+        metrics,
     })
 }
 
@@ -723,6 +741,7 @@ mod rd {
             start,
             rejected,
             first_error,
+            metrics: None,
         })
     }
 }
@@ -900,7 +919,15 @@ pub fn run_row(
         pb.inc(1);
     }
     if !json {
-        pb.suspend(|| print!("{}", report::produce_table(&[row])));
+        pb.suspend(|| print!("{}", report::produce_table(&[row.clone()])));
+        for (name, r) in &row.results {
+            if let Ok(ProduceResult {
+                metrics: Some(m), ..
+            }) = r
+            {
+                pb.suspend(|| crate::metrics_report::print_map(&format!("{name} metrics"), m));
+            }
+        }
     }
     Ok(ok)
 }

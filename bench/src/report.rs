@@ -480,6 +480,7 @@ mod tests {
             cores: 2,
             broker_rtt_ms: 0,
             first_error: None,
+            metrics: None,
         }
     }
 

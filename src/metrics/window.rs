@@ -159,7 +159,7 @@ impl Sampled {
         if secs == 0.0 {
             return 0.0;
         }
-        self.live(now).map(|s| s.sum).sum::<f64>() / secs
+        self.live(now).fold(0.0, |a, s| a + s.sum) / secs
     }
 
     /// The number of events per second in the live samples (Kafka's `Rate` over `WindowedCount`).
@@ -168,7 +168,7 @@ impl Sampled {
         if secs == 0.0 {
             return 0.0;
         }
-        self.live(now).map(|s| s.count as f64).sum::<f64>() / secs
+        self.live(now).fold(0.0, |a, s| a + s.count as f64) / secs
     }
 
     /// The average value of the live samples' events (Kafka's `Avg`); NaN without events.
@@ -247,6 +247,10 @@ mod tests {
         assert!(s.avg(t0 + ms(4000)).is_nan());
         assert!(s.max(t0 + ms(4000)).is_nan());
         assert_eq!(s.rate(t0 + ms(4000)), 0.0);
+        assert!(
+            s.rate(t0 + ms(4000)).is_sign_positive(),
+            "printed as 0, not -0"
+        );
         assert_eq!(s.total(), 13.0);
         assert_eq!(s.count(), 4);
     }

@@ -43,6 +43,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (unit, integration, doc)"
 cargo test --workspace
+cargo test --features metrics-facade --test metrics_facade
 
 step "fuzz (${FUZZ_SECONDS}s per target, stable, no sanitizer)"
 cd fuzz

@@ -42,6 +42,8 @@
 //! - `kafka` (default): [`protocol`] and [`producer`] (pulls in `kafka-protocol`, `crc32c`,
 //!   `crossbeam-channel`).
 //! - `broker` (off): the `broker` module; implies `kafka`.
+//! - `metrics-facade` (off): publishes [`metrics`] through the `metrics` crate (0.24), so any of
+//!   its exporters (Prometheus, StatsD, ...) can serve them.
 //! - `sim` (off): the `sim` module, for tests of code built on mqnet. A default build does not
 //!   compile it.
 //!
@@ -73,6 +75,7 @@ pub mod broker;
 pub mod client;
 pub mod failover;
 pub mod group;
+pub mod metrics;
 pub mod net;
 #[cfg(feature = "kafka")]
 pub mod producer;

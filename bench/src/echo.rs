@@ -14,6 +14,7 @@ use clap::{Args, ValueEnum};
 
 use crate::child::ChildProc;
 use crate::error::{BenchError, Context};
+use crate::metrics_report;
 use crate::mqnet_impl::{self, ClientLayer};
 use crate::proto::{MAX_PAYLOAD, MIN_REQUEST, MIN_RESPONSE};
 use crate::raw_impl;
@@ -184,6 +185,10 @@ pub(crate) struct EchoArgs {
     /// the same rustls configurations, server and clients on two threads per implementation.
     #[arg(long, conflicts_with_all = ["listen", "connect", "group_size"])]
     pub(crate) tls: bool,
+    /// Print the mqnet client's NetworkClient metrics (Kafka's node names) at the end of its run,
+    /// on stderr.
+    #[arg(long)]
+    pub(crate) stats: bool,
     /// Internal: the role of a child process spawned by the harness.
     #[arg(long, value_enum, hide = true)]
     role: Option<Role>,
@@ -627,6 +632,9 @@ pub(crate) fn run_matrix(
 
 /// `mqnet-bench echo`: one of its modes, chosen by the flags.
 pub(crate) fn echo(a: &EchoArgs) -> Result<bool, BenchError> {
+    if a.stats {
+        metrics_report::enable_echo_stats();
+    }
     if let Some(role) = a.role {
         child_main(a, role)?;
         return Ok(true);

@@ -27,6 +27,7 @@ mod failover;
 mod group;
 mod ha;
 mod matrix;
+mod metrics_report;
 mod mqnet_impl;
 mod produce;
 mod produce_broker;

@@ -685,7 +685,10 @@ pub fn run_client(addr: SocketAddr, w: &Workload, layer: ClientLayer) -> io::Res
     let (mut rec, window) = match layer {
         ClientLayer::Selector => run_closed_loop(&mut SelectorLayer::new(MAX_PAYLOAD)?, addr, w)?,
         ClientLayer::NetworkClient => {
-            run_closed_loop(&mut NetworkClientLayer::new(w.inflight)?, addr, w)?
+            let mut layer = NetworkClientLayer::new(w.inflight)?;
+            let run = run_closed_loop(&mut layer, addr, w)?;
+            crate::metrics_report::echo_client_done(&layer.client);
+            run
         }
     };
     let mut r = RunResult::from_recorder("mqnet", w, &mut rec, &window);

@@ -489,6 +489,7 @@ mod tests {
             broker_rtt_ms: 0,
             rate: None,
             first_error: None,
+            metrics: None,
         }
     }
 

@@ -1,8 +1,14 @@
-//! Per-node request metrics.
+//! Per-node request metrics, their windowed rates, and the client's snapshot
+//! ([`ClientMetrics`], from [`NetworkClient::metrics`](super::NetworkClient::metrics)).
 
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+use super::connection_states::ConnectionState;
+use super::node::NodeId;
+use crate::metrics::{MetricConfig, Sampled};
+use crate::net::SelectorMetrics;
 
 /// Request and connection counters of one node, with a latency histogram (microseconds, 1 µs to
 /// 60 s, two significant digits). Recording allocates nothing.
@@ -41,13 +47,75 @@ pub struct NodeMetrics {
     pub latency_max: Duration,
     /// Latency histogram in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Bytes of requests handed to the transport, length prefixes included (Kafka's
+    /// `outgoing-byte-total` of the node).
+    pub bytes_sent: u64,
+    /// Bytes of responses received, length prefixes included (`incoming-byte-total`).
+    pub bytes_received: u64,
     /// The run of equal latencies not yet folded in: its latency and length.
     run_latency: Duration,
     run_len: u32,
+    /// Latencies folded in since the last [`observe`](Self::observe): sum and max (µs), count.
+    pending: (f64, u64, f64),
+    window: NodeWindow,
+}
+
+/// The counters a poll moved, summed into the client's window.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Delta {
+    requests: u64,
+    responses: u64,
+    bytes_out: u64,
+    bytes_in: u64,
+    created: u64,
+    closed: u64,
+}
+
+/// A node's windowed stats and the totals at the last observation.
+#[derive(Debug, Clone)]
+struct NodeWindow {
+    requests: Sampled,
+    responses: Sampled,
+    bytes_out: Sampled,
+    bytes_in: Sampled,
+    latency_us: Sampled,
+    last: (u64, u64, u64, u64, u64, u64),
+}
+
+impl NodeWindow {
+    fn new(cfg: MetricConfig) -> Self {
+        NodeWindow {
+            requests: Sampled::new(cfg),
+            responses: Sampled::new(cfg),
+            bytes_out: Sampled::new(cfg),
+            bytes_in: Sampled::new(cfg),
+            latency_us: Sampled::new(cfg),
+            last: (0, 0, 0, 0, 0, 0),
+        }
+    }
+}
+
+/// Records a counter's growth as events of value 1 (rates of events) at `now`.
+#[inline]
+fn events(s: &mut Sampled, now: Instant, n: u64) {
+    s.record_n(now, n as f64, n, 1.0);
+}
+
+/// Records a byte counter's growth as one event of that many bytes at `now`.
+#[inline]
+fn amount(s: &mut Sampled, now: Instant, n: u64) {
+    if n > 0 {
+        s.record(now, n as f64);
+    }
 }
 
 impl NodeMetrics {
+    #[cfg(test)]
     pub(crate) fn new(now: Instant) -> Self {
+        Self::with_config(now, MetricConfig::default())
+    }
+
+    pub(crate) fn with_config(now: Instant, cfg: MetricConfig) -> Self {
         NodeMetrics {
             since: now,
             requests_sent: 0,
@@ -63,8 +131,82 @@ impl NodeMetrics {
             latency_max: Duration::ZERO,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2)
                 .unwrap_or_else(|_| Histogram::new(2).expect("2 significant digits are valid")),
+            bytes_sent: 0,
+            bytes_received: 0,
             run_latency: Duration::ZERO,
             run_len: 0,
+            pending: (0.0, 0, 0.0),
+            window: NodeWindow::new(cfg),
+        }
+    }
+
+    /// Folds pending latencies in and moves the windows to the counters' values at `now` (once
+    /// per poll); returns what changed since the last call. Allocates nothing.
+    #[inline]
+    pub(crate) fn observe(&mut self, now: Instant) -> Delta {
+        self.flush_latencies();
+        let w = &mut self.window;
+        let (sum, n, max) = std::mem::replace(&mut self.pending, (0.0, 0, 0.0));
+        w.latency_us.record_n(now, sum, n, max);
+        let cur = (
+            self.requests_sent,
+            self.responses,
+            self.bytes_sent,
+            self.bytes_received,
+            self.connections_created,
+            self.connections_closed,
+        );
+        if cur == w.last {
+            return Delta::default();
+        }
+        let d = Delta {
+            requests: cur.0 - w.last.0,
+            responses: cur.1 - w.last.1,
+            bytes_out: cur.2 - w.last.2,
+            bytes_in: cur.3 - w.last.3,
+            created: cur.4 - w.last.4,
+            closed: cur.5 - w.last.5,
+        };
+        w.last = cur;
+        events(&mut w.requests, now, d.requests);
+        events(&mut w.responses, now, d.responses);
+        amount(&mut w.bytes_out, now, d.bytes_out);
+        amount(&mut w.bytes_in, now, d.bytes_in);
+        d
+    }
+
+    /// The node's snapshot at `now` (see [`NodeSnapshot`]).
+    pub(crate) fn snapshot(
+        &self,
+        node: NodeId,
+        state: ConnectionState,
+        in_flight: usize,
+        waiting: usize,
+        now: Instant,
+    ) -> NodeSnapshot {
+        let w = &self.window;
+        NodeSnapshot {
+            node,
+            state,
+            requests_in_flight: in_flight,
+            requests_waiting: waiting,
+            request_total: self.requests_sent,
+            response_total: self.responses,
+            request_rate: w.requests.event_rate(now),
+            response_rate: w.responses.event_rate(now),
+            outgoing_byte_total: self.bytes_sent,
+            incoming_byte_total: self.bytes_received,
+            outgoing_byte_rate: w.bytes_out.rate(now),
+            incoming_byte_rate: w.bytes_in.rate(now),
+            request_latency_avg_ms: w.latency_us.avg(now) / 1000.0,
+            request_latency_max_ms: w.latency_us.max(now) / 1000.0,
+            request_latency_p50_ms: quantile_ms(&self.latency_us, 0.50),
+            request_latency_p95_ms: quantile_ms(&self.latency_us, 0.95),
+            request_latency_p99_ms: quantile_ms(&self.latency_us, 0.99),
+            timeouts: self.timeouts,
+            connects: self.connect_attempts,
+            connections_created: self.connections_created,
+            disconnects: self.connections_closed,
         }
     }
 
@@ -95,6 +237,13 @@ impl NodeMetrics {
             .unwrap_or(u64::MAX)
             .max(1);
         self.latency_us.saturating_record_n(us, u64::from(n));
+        let exact_us = latency.as_secs_f64() * 1e6;
+        let p = &mut self.pending;
+        p.0 += exact_us * f64::from(n);
+        p.1 += u64::from(n);
+        if exact_us > p.2 {
+            p.2 = exact_us;
+        }
     }
 
     /// Average latency of responses so far.
@@ -114,6 +263,217 @@ impl NodeMetrics {
         } else {
             self.requests_sent as f64 / secs
         }
+    }
+}
+
+/// A quantile of a µs histogram in milliseconds (NaN when empty).
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        f64::NAN
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// One node's metrics (Kafka's `producer-node-metrics` / `consumer-node-metrics` group, tag
+/// `node-id`), from [`NetworkClient::metrics`](super::NetworkClient::metrics). Rates are over the
+/// client's sample window (`metrics.sample.window.ms` × `metrics.num.samples`); latencies in
+/// milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSnapshot {
+    /// The node.
+    pub node: NodeId,
+    /// Its connection state.
+    pub state: ConnectionState,
+    /// Requests sent and not yet answered (librdkafka's `waitresp_cnt`).
+    pub requests_in_flight: usize,
+    /// Requests waiting to be handed to the transport (librdkafka's `outbuf_cnt`).
+    pub requests_waiting: usize,
+    /// `request-total`: requests sent.
+    pub request_total: u64,
+    /// `response-total`: responses received (or requests completed without one).
+    pub response_total: u64,
+    /// `request-rate`: requests sent per second.
+    pub request_rate: f64,
+    /// `response-rate`: responses received per second.
+    pub response_rate: f64,
+    /// `outgoing-byte-total`: bytes of requests sent.
+    pub outgoing_byte_total: u64,
+    /// `incoming-byte-total`: bytes of responses received.
+    pub incoming_byte_total: u64,
+    /// `outgoing-byte-rate`: bytes sent per second.
+    pub outgoing_byte_rate: f64,
+    /// `incoming-byte-rate`: bytes received per second.
+    pub incoming_byte_rate: f64,
+    /// `request-latency-avg`: mean request latency in the window, ms (NaN without responses).
+    pub request_latency_avg_ms: f64,
+    /// `request-latency-max`: largest request latency in the window, ms (NaN without responses).
+    pub request_latency_max_ms: f64,
+    /// Median request latency since the node was added, ms (HDR; Kafka has only avg/max).
+    pub request_latency_p50_ms: f64,
+    /// 95th percentile of request latency since the node was added, ms (HDR).
+    pub request_latency_p95_ms: f64,
+    /// 99th percentile of request latency since the node was added, ms (HDR).
+    pub request_latency_p99_ms: f64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Connection attempts started (librdkafka's `connects`).
+    pub connects: u64,
+    /// Connections that became ready.
+    pub connections_created: u64,
+    /// Established connections closed (librdkafka's `disconnects`).
+    pub disconnects: u64,
+}
+
+/// The client-wide windows, fed once per poll with what the nodes' counters moved.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientWindow {
+    requests: Sampled,
+    responses: Sampled,
+    bytes_out: Sampled,
+    bytes_in: Sampled,
+    created: Sampled,
+    closed: Sampled,
+    /// Nanoseconds spent waiting in the OS selector and doing I/O, per poll.
+    io_wait_ns: Sampled,
+    io_ns: Sampled,
+    last_io: Option<SelectorMetrics>,
+}
+
+impl ClientWindow {
+    pub(crate) fn new(cfg: MetricConfig) -> Self {
+        ClientWindow {
+            requests: Sampled::new(cfg),
+            responses: Sampled::new(cfg),
+            bytes_out: Sampled::new(cfg),
+            bytes_in: Sampled::new(cfg),
+            created: Sampled::new(cfg),
+            closed: Sampled::new(cfg),
+            io_wait_ns: Sampled::new(cfg),
+            io_ns: Sampled::new(cfg),
+            last_io: None,
+        }
+    }
+
+    /// Adds one node's delta to `acc`.
+    #[inline]
+    pub(crate) fn add(acc: &mut Delta, d: Delta) {
+        acc.requests += d.requests;
+        acc.responses += d.responses;
+        acc.bytes_out += d.bytes_out;
+        acc.bytes_in += d.bytes_in;
+        acc.created += d.created;
+        acc.closed += d.closed;
+    }
+
+    /// Records one poll's movement at `now`; `io` is the transport's own counters, if any.
+    #[inline]
+    pub(crate) fn observe(&mut self, now: Instant, d: Delta, io: Option<SelectorMetrics>) {
+        events(&mut self.requests, now, d.requests);
+        events(&mut self.responses, now, d.responses);
+        amount(&mut self.bytes_out, now, d.bytes_out);
+        amount(&mut self.bytes_in, now, d.bytes_in);
+        events(&mut self.created, now, d.created);
+        events(&mut self.closed, now, d.closed);
+        if let Some(io) = io {
+            if let Some(last) = self.last_io {
+                let wait = io.select_time.saturating_sub(last.select_time).as_nanos() as u64;
+                let work = io.io_time.saturating_sub(last.io_time).as_nanos() as u64;
+                amount(&mut self.io_wait_ns, now, wait);
+                amount(&mut self.io_ns, now, work);
+            }
+            self.last_io = Some(io);
+        }
+    }
+}
+
+/// A [`NetworkClient`](super::NetworkClient)'s metrics at one instant: Kafka's client-wide
+/// `*-metrics` group (the Selector's names) plus every node's [`NodeSnapshot`]. Rates are per
+/// second over the sample window (`metrics.sample.window.ms` × `metrics.num.samples`, see
+/// [`crate::metrics`]). Taking one allocates (the node list); recording does not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientMetrics {
+    /// `connection-count`: connections handshaking or ready.
+    pub connection_count: u64,
+    /// `connection-creation-total`: connections that became ready.
+    pub connection_creation_total: u64,
+    /// `connection-creation-rate`: connections made ready per second.
+    pub connection_creation_rate: f64,
+    /// `connection-close-total`: established connections closed.
+    pub connection_close_total: u64,
+    /// `connection-close-rate`: established connections closed per second.
+    pub connection_close_rate: f64,
+    /// `request-total`: requests sent to any node.
+    pub request_total: u64,
+    /// `request-rate`: requests sent per second.
+    pub request_rate: f64,
+    /// `response-total`: responses received.
+    pub response_total: u64,
+    /// `response-rate`: responses received per second.
+    pub response_rate: f64,
+    /// `outgoing-byte-total`: request bytes sent.
+    pub outgoing_byte_total: u64,
+    /// `outgoing-byte-rate`: request bytes sent per second.
+    pub outgoing_byte_rate: f64,
+    /// `incoming-byte-total`: response bytes received.
+    pub incoming_byte_total: u64,
+    /// `incoming-byte-rate`: response bytes received per second.
+    pub incoming_byte_rate: f64,
+    /// `io-wait-ratio`: share of time spent blocked in the OS selector, per second of window
+    /// (`None` for a transport without I/O counters, e.g. the simulated network).
+    pub io_wait_ratio: Option<f64>,
+    /// `io-ratio`: share of time spent doing I/O outside the OS selector.
+    pub io_ratio: Option<f64>,
+    /// `requests-in-flight`: requests sent and not yet answered, over all nodes.
+    pub requests_in_flight: usize,
+    /// The transport's own counters (`None` for a transport without them).
+    pub selector: Option<SelectorMetrics>,
+    /// Every node, in the order they were added.
+    pub nodes: Vec<NodeSnapshot>,
+}
+
+impl ClientMetrics {
+    pub(crate) fn new(
+        now: Instant,
+        nodes: Vec<NodeSnapshot>,
+        window: &ClientWindow,
+        selector: Option<SelectorMetrics>,
+    ) -> Self {
+        let sum = |f: fn(&NodeSnapshot) -> u64| nodes.iter().map(f).sum::<u64>();
+        let ratio = |s: &Sampled| s.rate(now) / 1e9;
+        ClientMetrics {
+            connection_count: nodes
+                .iter()
+                .filter(|n| {
+                    matches!(
+                        n.state,
+                        ConnectionState::Ready | ConnectionState::Handshaking
+                    )
+                })
+                .count() as u64,
+            connection_creation_total: sum(|n| n.connections_created),
+            connection_creation_rate: window.created.event_rate(now),
+            connection_close_total: sum(|n| n.disconnects),
+            connection_close_rate: window.closed.event_rate(now),
+            request_total: sum(|n| n.request_total),
+            request_rate: window.requests.event_rate(now),
+            response_total: sum(|n| n.response_total),
+            response_rate: window.responses.event_rate(now),
+            outgoing_byte_total: sum(|n| n.outgoing_byte_total),
+            outgoing_byte_rate: window.bytes_out.rate(now),
+            incoming_byte_total: sum(|n| n.incoming_byte_total),
+            incoming_byte_rate: window.bytes_in.rate(now),
+            io_wait_ratio: selector.map(|_| ratio(&window.io_wait_ns)),
+            io_ratio: selector.map(|_| ratio(&window.io_ns)),
+            requests_in_flight: nodes.iter().map(|n| n.requests_in_flight).sum(),
+            selector,
+            nodes,
+        }
+    }
+
+    /// The node's snapshot, if the node is known.
+    pub fn node(&self, node: NodeId) -> Option<&NodeSnapshot> {
+        self.nodes.iter().find(|n| n.node == node)
     }
 }
 

@@ -22,7 +22,7 @@ pub use config::{
 };
 pub use connection_states::{ClusterConnectionStates, ConnectionState, NodeConnection};
 pub use handshake::{Handshake, HandshakeStep, NoHandshake};
-pub use metrics::NodeMetrics;
+pub use metrics::{ClientMetrics, NodeMetrics, NodeSnapshot};
 pub use network_client::{kafka_correlation_id, CorrelationReader, NetworkClient};
 pub use node::{split_host_port, NodeId, Resolver, SystemResolver};
 pub use request::{Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome};

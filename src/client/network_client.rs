@@ -10,7 +10,7 @@ use super::backoff::{JitterSource, SplitMix64};
 use super::config::{ClientConfig, ResponseOrder};
 use super::connection_states::{ClusterConnectionStates, ConnectionState};
 use super::handshake::{Handshake, HandshakeStep, NoHandshake};
-use super::metrics::NodeMetrics;
+use super::metrics::{ClientMetrics, ClientWindow, Delta, NodeMetrics};
 use super::node::{split_host_port, NodeId, Resolver, SystemResolver};
 use super::request::{
     Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome,
@@ -211,6 +211,9 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     dense: Vec<usize>,
     requests: Vec<NodeRequests>,
     metrics: Vec<NodeMetrics>,
+    /// The client-wide metric windows and how they sample.
+    window: ClientWindow,
+    metric_config: crate::metrics::MetricConfig,
     /// Per node: socket options overriding the config's (`None`: the config's).
     node_options: Vec<Option<SocketOptions>>,
     /// Channel → node index.
@@ -263,6 +266,8 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             dense: Vec::new(),
             requests: Vec::new(),
             metrics: Vec::new(),
+            window: ClientWindow::new(crate::metrics::MetricConfig::default()),
+            metric_config: crate::metrics::MetricConfig::default(),
             node_options: Vec::new(),
             channel_nodes: ChannelMap::new(),
             completed: Vec::new(),
@@ -287,6 +292,34 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     pub fn with_rng(mut self, rng: impl JitterSource + Send + 'static) -> Self {
         self.rng = Box::new(rng);
         self
+    }
+
+    /// Sets how the metric windows sample (`metrics.sample.window.ms`, `metrics.num.samples`).
+    /// Call before adding nodes: nodes added earlier keep the default.
+    pub fn with_metric_config(mut self, cfg: crate::metrics::MetricConfig) -> Self {
+        self.metric_config = cfg;
+        self.window = ClientWindow::new(cfg);
+        self
+    }
+
+    /// A snapshot of the client's metrics: Kafka's client-wide names and each node's (see
+    /// [`ClientMetrics`]). Cheap (one pass over the nodes, allocating the node list); recording
+    /// them on the request path takes no lock and allocates nothing.
+    pub fn metrics(&self) -> ClientMetrics {
+        let now = self.transport.now();
+        let nodes = (0..self.ids.len())
+            .map(|i| {
+                let r = &self.requests[i];
+                self.metrics[i].snapshot(
+                    self.ids[i],
+                    self.states.get(i).state,
+                    r.in_flight.len(),
+                    r.waiting.len(),
+                    now,
+                )
+            })
+            .collect();
+        ClientMetrics::new(now, nodes, &self.window, self.transport.io_metrics())
     }
 
     /// Replaces how correlation ids are read from responses.
@@ -351,7 +384,10 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             }
         }
         self.requests.push(NodeRequests::default());
-        self.metrics.push(NodeMetrics::new(self.transport.now()));
+        self.metrics.push(NodeMetrics::with_config(
+            self.transport.now(),
+            self.metric_config,
+        ));
         self.node_options.push(None);
         Ok(())
     }
@@ -764,8 +800,10 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.requests[i].waiting.push_front((entry, frame));
             return;
         };
+        let len = frame.len() as u64 + 4;
         match self.transport.send(ch, frame) {
             Ok(_) => {
+                self.metrics[i].bytes_sent += len;
                 if !entry.internal {
                     self.metrics[i].requests_sent += 1;
                 }
@@ -831,7 +869,12 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         };
         let m = &mut self.metrics[i];
         match &outcome {
-            Outcome::Response(_) | Outcome::Sent => {
+            Outcome::Response(frame) => {
+                m.bytes_received += frame.len() as u64 + 4;
+                m.responses += 1;
+                m.record_latency(latency);
+            }
+            Outcome::Sent => {
                 m.responses += 1;
                 m.record_latency(latency);
             }
@@ -976,13 +1019,15 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.handle_disconnected(now);
         }
         self.handle_timeouts(now);
+        let mut moved = Delta::default();
         for i in 0..self.requests.len() {
             if !self.requests[i].waiting.is_empty() {
                 self.stage_waiting(i);
             }
             self.requests[i].settle();
-            self.metrics[i].flush_latencies();
+            ClientWindow::add(&mut moved, self.metrics[i].observe(now));
         }
+        self.window.observe(now, moved, self.transport.io_metrics());
         self.deliver(out);
     }
 

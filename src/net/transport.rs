@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::error::SendError;
 use super::id::ChannelId;
+use super::metrics::SelectorMetrics;
 use super::options::SocketOptions;
 use super::selector::{CompletedSend, Disconnected, Received, Selector};
 use super::send_queue::FrameWriter;
@@ -85,6 +86,11 @@ pub trait Transport {
     fn completed_sends(&self) -> &[CompletedSend];
     /// Moves the last poll's receives into `out` (cleared first).
     fn swap_completed_receives(&mut self, out: &mut Vec<Received>);
+    /// The transport's own I/O counters (the Selector's [`SelectorMetrics`]), for the client's
+    /// `io-wait-ratio` and friends; `None` (the default) for a transport without them.
+    fn io_metrics(&self) -> Option<SelectorMetrics> {
+        None
+    }
 }
 
 impl Transport for Selector {
@@ -139,5 +145,9 @@ impl Transport for Selector {
 
     fn swap_completed_receives(&mut self, out: &mut Vec<Received>) {
         Selector::swap_completed_receives(self, out)
+    }
+
+    fn io_metrics(&self) -> Option<SelectorMetrics> {
+        Some(Selector::metrics(self))
     }
 }

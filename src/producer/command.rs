@@ -21,5 +21,7 @@ pub(crate) enum Command {
         batch: Batch,
     },
     Flush(Sender<()>),
+    /// A `Producer::metrics` call waiting for a snapshot.
+    Metrics(Sender<crate::metrics::ProducerMetrics>),
     Close(Instant, Sender<()>),
 }

@@ -76,6 +76,14 @@ pub struct ProducerConfig {
     pub max_request_size: usize,
     /// `metadata.max.age.ms` (300000): refresh metadata at least this often.
     pub metadata_max_age: Duration,
+    /// `statistics.interval.ms` (0: off): how often the statistics callback gets librdkafka-shaped
+    /// JSON (see [`ProducerConfig::statistics`]).
+    pub statistics_interval: Duration,
+    /// The statistics callback (librdkafka's `stats_cb`), called every `statistics.interval.ms`.
+    pub stats_callback: Option<crate::metrics::StatsCallback>,
+    /// `metrics.sample.window.ms` (30000) and `metrics.num.samples` (2): the windows of the
+    /// metrics' rates, averages and maxima.
+    pub metrics: crate::metrics::MetricConfig,
     /// The transport keys (`request.timeout.ms`, `reconnect.backoff.ms`, ...,
     /// `max.in.flight.requests.per.connection`).
     pub client: ClientConfig,
@@ -98,6 +106,9 @@ impl Default for ProducerConfig {
             enable_idempotence: true,
             max_request_size: 1_048_576,
             metadata_max_age: Duration::from_millis(300_000),
+            statistics_interval: Duration::ZERO,
+            stats_callback: None,
+            metrics: crate::metrics::MetricConfig::default(),
             client: ClientConfig::default(),
         }
     }
@@ -120,6 +131,9 @@ impl ProducerConfig {
         "enable.idempotence",
         "max.request.size",
         "metadata.max.age.ms",
+        "statistics.interval.ms",
+        "metrics.sample.window.ms",
+        "metrics.num.samples",
     ];
 
     /// Defaults with `bootstrap.servers` set from a comma-separated list.
@@ -178,6 +192,15 @@ impl ProducerConfig {
             "enable.idempotence" => self.enable_idempotence = parse_bool(key, v)?,
             "max.request.size" => self.max_request_size = parse_usize(key, v, 1)?,
             "metadata.max.age.ms" => self.metadata_max_age = parse_ms(key, v)?,
+            "statistics.interval.ms" => self.statistics_interval = parse_ms(key, v)?,
+            "metrics.sample.window.ms" => {
+                let w = parse_ms(key, v)?;
+                if w.is_zero() {
+                    return Err(bad("a positive integer (milliseconds)"));
+                }
+                self.metrics.sample_window = w;
+            }
+            "metrics.num.samples" => self.metrics.num_samples = parse_usize(key, v, 1)?,
             _ => self.client.set(key, value)?,
         }
         Ok(())
@@ -264,6 +287,8 @@ impl ProducerConfig {
             ("retry.backoff.max.ms", Some(self.retry_backoff_max)),
             ("delivery.timeout.ms", Some(self.delivery_timeout)),
             ("metadata.max.age.ms", Some(self.metadata_max_age)),
+            ("statistics.interval.ms", Some(self.statistics_interval)),
+            ("metrics.sample.window.ms", Some(self.metrics.sample_window)),
             ("reconnect.backoff.ms", Some(self.client.reconnect_backoff)),
             (
                 "reconnect.backoff.max.ms",
@@ -374,7 +399,34 @@ impl ProducerConfig {
         self
     }
 
-    /// Replaces the transport configuration.
+    /// `statistics.interval.ms` and the callback that receives the statistics JSON (librdkafka's
+    /// `stats_cb`), on the network thread. See `docs/METRICS.md` for the fields.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mqnet::producer::ProducerConfig;
+    ///
+    /// let cfg = ProducerConfig::new("127.0.0.1:9092")
+    ///     .statistics(Duration::from_secs(5), |json| println!("{json}"));
+    /// assert_eq!(cfg.statistics_interval, Duration::from_secs(5));
+    /// ```
+    pub fn statistics(
+        mut self,
+        interval: Duration,
+        callback: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Self {
+        self.statistics_interval = interval;
+        self.stats_callback = Some(crate::metrics::StatsCallback::new(callback));
+        self
+    }
+
+    /// `metrics.sample.window.ms` and `metrics.num.samples`.
+    pub fn metrics_window(mut self, sample_window: Duration, num_samples: usize) -> Self {
+        self.metrics = crate::metrics::MetricConfig::new(sample_window, num_samples);
+        self
+    }
+
+    /// The transport configuration.
     pub fn client(mut self, client: ClientConfig) -> Self {
         self.client = client;
         self

@@ -85,7 +85,9 @@ impl Drop for Completion {
 /// with [`wait`](DeliveryFuture::wait).
 ///
 /// It resolves exactly once, to the record's partition and offset, or to a [`ProduceError`]
-/// (at the latest when `delivery.timeout.ms` has passed since `send`).
+/// (at the latest when `delivery.timeout.ms` has passed since `send`). As a `Future` it works on
+/// any executor: the network thread wakes the task's waker when the result is set (see
+/// `tests/metrics_producer.rs`, which awaits deliveries and failures on a minimal executor).
 pub struct DeliveryFuture {
     slot: Arc<Slot>,
 }

@@ -50,13 +50,14 @@ mod engine;
 mod memory;
 mod record;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Sender};
 
+pub use crate::metrics::{ProducerMetrics, StatsCallback, TopicMetrics};
 pub use config::{Acks, ProducerConfig};
 pub use delivery::{DeliveryCallback, DeliveryFuture, DeliveryResult};
 pub use record::{
@@ -68,7 +69,7 @@ use crate::net::{Selector, SelectorConfig, SelectorWaker};
 use accumulator::{Accumulator, Appended, Pending};
 use command::Command;
 use delivery::Completion;
-use engine::Engine;
+use engine::{Engine, MetricsSlot};
 use memory::BufferPool;
 
 /// The bound used for a caller's timeout too large to add to the clock.
@@ -108,7 +109,10 @@ struct Inner {
     sleeping: Arc<AtomicBool>,
     pool: Arc<BufferPool>,
     max_block: Duration,
-    delivery_timeout: Duration,
+    /// The timeout a drop of the last handle closes with, in ms (`delivery.timeout.ms` unless
+    /// set by [`Producer::close_on_drop`]).
+    drop_timeout_ms: AtomicU64,
+    metrics: MetricsSlot,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -122,8 +126,28 @@ impl Inner {
         }
     }
 
-    fn close(&self, timeout: Duration) {
+    /// Closes: see [`Producer::close`]. With `detach`, returns at once without waiting for the
+    /// network thread (which fails what is pending with `Closed` and exits on its own).
+    fn close_with(&self, timeout: Duration, detach: bool) {
         if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if detach {
+            if self
+                .tx
+                .send(Command::Close(Instant::now(), bounded(1).0))
+                .is_ok()
+            {
+                self.sleeping.store(true, Ordering::SeqCst);
+                self.wake();
+            }
+            // Dropping the handle detaches the thread.
+            drop(
+                self.thread
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
             return;
         }
         let (ack_tx, ack_rx) = bounded(1);
@@ -148,12 +172,26 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let timeout = self.delivery_timeout;
-        self.close(timeout);
+        let ms = self.drop_timeout_ms.load(Ordering::SeqCst);
+        if ms == 0 {
+            self.close_with(Duration::ZERO, true);
+        } else {
+            self.close_with(Duration::from_millis(ms), false);
+        }
     }
 }
 
 /// A Kafka producer. See the [module docs](self).
+///
+/// # Dropping
+///
+/// Dropping the last handle closes the producer as [`close`](Producer::close) does, with
+/// `delivery.timeout.ms` as the timeout: **the drop blocks** until every pending record has
+/// completed, for up to `delivery.timeout.ms` + 5 s (the network thread's grace to answer). To
+/// bound it, call [`close`](Producer::close) first, or choose the drop's timeout with
+/// [`close_on_drop`](Producer::close_on_drop); `close_on_drop(Duration::ZERO)` makes the drop
+/// non-blocking (Kafka's `close(Duration.ZERO)`: pending records fail with
+/// [`ProduceError::Closed`] on the network thread, which exits on its own).
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
@@ -190,7 +228,9 @@ impl Producer {
         ));
         let sleeping = Arc::new(AtomicBool::new(false));
         let max_block = config.max_block;
-        let delivery_timeout = config.delivery_timeout;
+        let drop_timeout_ms = u64::try_from(config.delivery_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let engine = Engine::new(
             config,
             rx,
@@ -200,6 +240,7 @@ impl Producer {
             selector,
         )
         .map_err(ProducerError::Io)?;
+        let metrics = engine.metrics_slot();
         let thread = std::thread::Builder::new()
             .name("mqnet-producer".into())
             .spawn(move || engine.run())
@@ -212,7 +253,8 @@ impl Producer {
                 sleeping,
                 pool,
                 max_block,
-                delivery_timeout,
+                drop_timeout_ms: AtomicU64::new(drop_timeout_ms),
+                metrics,
                 closed: AtomicBool::new(false),
                 thread: Mutex::new(Some(thread)),
             }),
@@ -346,7 +388,12 @@ impl Producer {
     /// Flushes for at most `timeout`, then stops the network thread; records still not delivered
     /// fail with [`ProduceError::Closed`]. Later sends fail with `Closed`. Idempotent; every clone
     /// shares the same producer. Dropping the last clone closes with `delivery.timeout.ms` as the
-    /// timeout.
+    /// timeout (see [`close_on_drop`](Self::close_on_drop)).
+    ///
+    /// `close(Duration::ZERO)` is Kafka's forced close: nothing more is sent or waited for; every
+    /// pending record fails with `Closed` (futures resolve, callbacks run, on the network thread)
+    /// before it returns, which takes one turn of the network thread, not a network round trip.
+    /// Otherwise it blocks for at most `timeout` + 5 s.
     ///
     /// # Example
     ///
@@ -361,7 +408,56 @@ impl Producer {
     /// assert_eq!(producer.send(ProducerRecord::new("events", "late")).wait(), Err(ProduceError::Closed));
     /// ```
     pub fn close(&self, timeout: Duration) {
-        self.inner.close(timeout);
+        self.inner.close_with(timeout, false);
+    }
+
+    /// Chooses the timeout a drop of the last handle closes with (`delivery.timeout.ms` until
+    /// set). [`Duration::ZERO`] makes that drop non-blocking: it signals the network thread and
+    /// returns; the thread fails pending records with [`ProduceError::Closed`] and exits.
+    pub fn close_on_drop(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.min(FOREVER).as_millis()).unwrap_or(u64::MAX);
+        let ms = if timeout.is_zero() { 0 } else { ms.max(1) };
+        self.inner.drop_timeout_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// A snapshot of the producer's metrics (Kafka's `producer.metrics()`: see
+    /// [`ProducerMetrics`] and `docs/METRICS.md`). Asks the network thread, which builds it
+    /// between two turns (recording them takes no lock and allocates nothing per record); waits
+    /// at most a second for it, then returns the last snapshot built (the final one once the
+    /// producer is closed).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use mqnet::producer::{Producer, ProducerConfig, ProducerRecord};
+    /// let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092")).unwrap();
+    /// producer.send(ProducerRecord::new("events", "v")).wait().unwrap();
+    /// let m = producer.metrics();
+    /// println!("{} records sent, {:.1}/s, latency avg {:.2} ms",
+    ///     m.record_send_total, m.record_send_rate, m.request_latency_avg);
+    /// for row in m.to_metrics() {
+    ///     println!("{row}"); // producer-metrics:record-send-rate 12.5 ...
+    /// }
+    /// ```
+    pub fn metrics(&self) -> ProducerMetrics {
+        if !self.inner.closed.load(Ordering::SeqCst) {
+            let (tx, rx) = bounded(1);
+            if self.inner.tx.send(Command::Metrics(tx)).is_ok() {
+                self.inner.sleeping.store(true, Ordering::SeqCst);
+                self.inner.wake();
+                if let Ok(m) = rx.recv_timeout(Duration::from_secs(1)) {
+                    return m;
+                }
+            }
+        }
+        let slot = self
+            .inner
+            .metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        slot.clone()
+            .expect("the engine stores a snapshot when it is created")
     }
 
     /// Bytes of records accepted and not yet completed.

@@ -215,6 +215,10 @@ pub struct ProduceArgs {
     /// + the sender's own time; at saturation it measures how long the buffer is.
     #[arg(long, value_name = "RECORDS_PER_S")]
     pub rate: Option<u64>,
+    /// Print mqnet's producer metrics (Kafka's names) after its run; with --json they are the
+    /// result's `metrics` field.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).
@@ -292,7 +296,15 @@ pub fn run_row(
         pb.inc(1);
     }
     if !json {
-        pb.suspend(|| print!("{}", report::produce_table(&[row])));
+        pb.suspend(|| print!("{}", report::produce_table(std::slice::from_ref(&row))));
+        for (name, r) in &row.results {
+            if let Ok(ProduceResult {
+                metrics: Some(m), ..
+            }) = r
+            {
+                pb.suspend(|| crate::metrics_report::print_map(&format!("{name} metrics"), m));
+            }
+        }
     }
     Ok(ok)
 }

@@ -85,10 +85,14 @@ pub(super) fn run_mqnet(
         &mut *tally.lock().unwrap_or_else(PoisonError::into_inner),
         Tally::new(),
     );
+    let metrics = s
+        .stats
+        .then(|| crate::metrics_report::to_map(&producer.metrics().to_metrics()));
     Ok(Measured {
         tally,
         start,
         rejected: 0,
         first_error: None,
+        metrics,
     })
 }

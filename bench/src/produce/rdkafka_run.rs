@@ -157,5 +157,6 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
         start,
         rejected,
         first_error,
+        metrics: None,
     })
 }

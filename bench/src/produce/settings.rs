@@ -32,6 +32,8 @@ pub struct Settings {
     pub max_in_flight: Option<usize>,
     /// Offered load in records/s (`None`: unpaced).
     pub rate: Option<u64>,
+    /// Collect mqnet's producer metrics (`--stats`).
+    pub stats: bool,
 }
 
 impl Settings {
@@ -48,6 +50,7 @@ impl Settings {
             broker_rtt_ms: 0,
             max_in_flight: None,
             rate: None,
+            stats: false,
         }
     }
 
@@ -106,6 +109,7 @@ impl Settings {
             broker_rtt_ms: a.broker_rtt_ms,
             max_in_flight: a.max_in_flight,
             rate: a.rate,
+            stats: a.stats,
         })
     }
 
@@ -196,4 +200,7 @@ pub struct ProduceResult {
     /// The first error seen, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// mqnet's producer metrics at the end of its run (`--stats`): `group:name{tags}` → value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::collections::BTreeMap<String, f64>>,
 }

@@ -89,6 +89,8 @@ pub(super) struct Measured {
     /// Records rejected at send (never handed to the producer).
     pub(super) rejected: u64,
     pub(super) first_error: Option<String>,
+    /// mqnet's producer metrics at the end (`--stats`).
+    pub(super) metrics: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 pub(super) fn summarize(
@@ -139,5 +141,6 @@ pub(super) fn summarize(
         broker_rtt_ms: s.broker_rtt_ms,
         rate: s.rate,
         first_error: m.first_error.or_else(|| t.first_error.clone()),
+        metrics: m.metrics,
     }
 }

@@ -12,13 +12,16 @@
 
 mod idempotence;
 mod metadata;
+mod metrics;
 mod sender;
 #[cfg(test)]
 mod sim_tests;
 
+pub(crate) use metrics::MetricsSlot;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -103,6 +106,8 @@ pub(crate) struct Engine<T: Transport = Selector> {
     disconnected_rx: bool,
     /// Batches that arrived for a partition not known here (never, by construction).
     strays: Vec<(String, i32, Batch)>,
+    /// Metrics, snapshots and statistics (see `metrics.rs`).
+    report: metrics::Reporting,
 }
 
 /// Kafka's bound on an idempotent producer's batches in flight per partition: a broker keeps the
@@ -170,7 +175,9 @@ impl<T: Transport> Engine<T> {
         transport: T,
     ) -> std::io::Result<Self> {
         let handshake = ApiVersionsHandshake::new(&cfg.client_id);
-        let mut client = NetworkClient::with_transport(transport, cfg.client.clone(), handshake);
+        let mut client = NetworkClient::with_transport(transport, cfg.client.clone(), handshake)
+            .with_metric_config(cfg.metrics);
+        let report = metrics::Reporting::new(&cfg, client.transport().now());
         // Registered up front (under the ids BootstrapFailover gives them: -1, -2, ... in list
         // order) so a malformed address fails here, at construction.
         for (i, addr) in cfg.bootstrap_servers.iter().enumerate() {
@@ -203,8 +210,18 @@ impl<T: Transport> Engine<T> {
             send_buf: BytesMut::with_capacity(cfg.batch_size * 4),
             disconnected_rx: false,
             strays: Vec::new(),
+            report,
             cfg,
         })
+    }
+
+    /// Where the engine keeps its last metrics snapshot (one is stored at once).
+    pub(crate) fn metrics_slot(&self) -> MetricsSlot {
+        let now = self.client.transport().now();
+        let snap = self.metrics_snapshot(now);
+        let slot = self.report.slot.clone();
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(snap);
+        slot
     }
 
     /// The driver: runs turns until closed, on the transport's clock (the real clock for the
@@ -246,6 +263,7 @@ impl<T: Transport> Engine<T> {
         self.send_ready(now);
         self.expire(now);
         self.answer_flushes();
+        self.report(now);
         Some(self.next_wake(now))
     }
 
@@ -272,6 +290,7 @@ impl<T: Transport> Engine<T> {
     pub(crate) fn shut_down(&mut self) {
         self.fail_everything(ProduceError::Closed);
         self.answer_flushes();
+        self.final_report();
         if let Some((_, ack)) = self.closing.take() {
             let _ = ack.send(());
         }
@@ -305,6 +324,7 @@ impl<T: Transport> Engine<T> {
                     batch,
                 }) => self.queue_batch(&topic, partition, batch),
                 Ok(Command::Flush(ack)) => self.flush_waiters.push(ack),
+                Ok(Command::Metrics(ack)) => self.report.waiters.push(ack),
                 Ok(Command::Close(deadline, ack)) => self.closing = Some((deadline, ack)),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
@@ -417,6 +437,7 @@ impl<T: Transport> Engine<T> {
         self.acc_empty = empty;
         self.acc_wake = wake;
         for (name, p) in expired {
+            self.report.stats.records_failed(now, &name, 1);
             self.pool.release(p.reserved);
             let last = self
                 .topics
@@ -449,7 +470,11 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    fn fail_batch(&mut self, _topic: &str, _part: i32, b: Batch, err: ProduceError) {
+    fn fail_batch(&mut self, topic: &str, _part: i32, b: Batch, err: ProduceError) {
+        let now = self.client.transport().now();
+        self.report
+            .stats
+            .records_failed(now, topic, b.completions.len());
         self.pool.release(b.reserved);
         for c in b.completions {
             c.complete(Err(err.clone()));
@@ -478,6 +503,9 @@ impl<T: Transport> Engine<T> {
                 self.fail_batch(&topic, part, b, ProduceError::RetriesExhausted { last });
                 continue;
             }
+            self.report
+                .stats
+                .records_retried(now, &topic, b.completions.len());
             let backoff = self.retry.backoff(b.attempts - 1, &mut self.rng);
             b.retry_at = Some(now.checked_add(backoff).unwrap_or(now));
             log::debug!("retrying {topic}-{part} after {backoff:?}: {why}");
@@ -536,8 +564,11 @@ impl<T: Transport> Engine<T> {
         // outcome arrives the batch has no records left to complete, and it is never retried
         // (`retry_batches` fails anything past its deadline).
         for inflight in self.produce_in_flight.values_mut() {
-            for (_, _, b) in inflight.batches.iter_mut() {
+            for (topic, _, b) in inflight.batches.iter_mut() {
                 if now >= b.deadline && !b.completions.is_empty() {
+                    self.report
+                        .stats
+                        .records_failed(now, topic, b.completions.len());
                     self.pool.release(b.reserved);
                     b.reserved = 0;
                     let last = b.last_error.clone().or(Some(RetryCause::InFlight));
@@ -586,6 +617,9 @@ impl<T: Transport> Engine<T> {
         }
         if let Some((d, _)) = &self.closing {
             at(*d);
+        }
+        if let Some(t) = self.report.next() {
+            at(t);
         }
         if let Some(t) = self.idem.init_backoff_until {
             if self.cfg.enable_idempotence && self.idem.producer_id.is_none() {

@@ -137,6 +137,23 @@ impl<T: Transport> Engine<T> {
         if taken.is_empty() {
             return false;
         }
+        let mut records = 0u64;
+        for (name, part, b) in &taken {
+            let queued = (b.attempts == 0).then(|| now.saturating_duration_since(b.created));
+            let n = b.completions.len();
+            records += n as u64;
+            let n = i32::try_from(n).unwrap_or(i32::MAX);
+            let sent = crate::metrics::SentBatch {
+                leader: node.0,
+                topic: name,
+                partition: *part,
+                records: n,
+                bytes: b.size(),
+                queued,
+            };
+            self.report.stats.batch_sent(now, sent);
+        }
+        self.report.stats.request_sent(now, records);
         // Write the request straight into the send buffer.
         type Part<'a> = (i32, &'a [u8]);
         type Parts<'a> = Vec<Part<'a>>;
@@ -205,6 +222,9 @@ impl<T: Transport> Engine<T> {
         };
         for (topic, part, b) in &inflight.batches {
             self.landed(topic, *part, b);
+        }
+        if matches!(r.outcome, Outcome::Response(_)) {
+            self.report.stats.response(now, r.latency);
         }
         match r.outcome {
             Outcome::Response(frame) => {

@@ -32,6 +32,10 @@ use crate::producer::delivery::DeliveryFuture;
 use crate::producer::ProducerRecord;
 use crate::sim::{SimNetwork, SimServer};
 
+// The metrics tests reuse this file's fake broker and drivers (a child module sees them).
+#[path = "metrics_tests.rs"]
+mod metrics_tests;
+
 const ADDR: &str = "127.0.0.1:9092";
 const TOPIC: &str = "t";
 const PID: i64 = 77;

@@ -1,0 +1,284 @@
+//! Windowed statistics with Kafka's sampling rules (`org.apache.kafka.common.metrics.stats`).
+//!
+//! A [`Sampled`] stat keeps at most `metrics.num.samples` samples, each covering
+//! `metrics.sample.window.ms`. An event goes into the current sample unless that sample is
+//! complete (its window has passed), in which case the next sample (the oldest, reset) starts at
+//! the event's time. A sample older than `num.samples × window` is ignored when measuring.
+//!
+//! - rate = sum of the live samples' values / the window size in seconds, where the window size
+//!   is `now − start of the oldest live sample`, padded up to `(num.samples − 1) × window` while
+//!   fewer full windows have passed (Kafka's `Rate.windowSize`);
+//! - avg = sum of values / number of events over the live samples (NaN when there is none);
+//! - max = the largest value over the live samples (NaN when there is none).
+//!
+//! Recording is O(1) and allocates nothing: the samples are allocated once, in [`Sampled::new`].
+
+use std::time::{Duration, Instant};
+
+/// How windowed statistics sample: Kafka's `metrics.sample.window.ms` (30000) and
+/// `metrics.num.samples` (2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricConfig {
+    /// `metrics.sample.window.ms`: the span of one sample.
+    pub sample_window: Duration,
+    /// `metrics.num.samples`: how many samples a stat keeps (at least 1).
+    pub num_samples: usize,
+}
+
+impl Default for MetricConfig {
+    fn default() -> Self {
+        MetricConfig {
+            sample_window: Duration::from_millis(30_000),
+            num_samples: 2,
+        }
+    }
+}
+
+impl MetricConfig {
+    /// A configuration with `num_samples` samples of `sample_window` each (`num_samples` is
+    /// raised to 1, a zero window to 1 ms).
+    pub fn new(sample_window: Duration, num_samples: usize) -> Self {
+        MetricConfig {
+            sample_window: sample_window.max(Duration::from_millis(1)),
+            num_samples: num_samples.max(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    start: Instant,
+    sum: f64,
+    max: f64,
+    count: u64,
+}
+
+impl Sample {
+    fn new(start: Instant) -> Self {
+        Sample {
+            start,
+            sum: 0.0,
+            max: f64::NEG_INFINITY,
+            count: 0,
+        }
+    }
+}
+
+/// One windowed statistic: rate, average and maximum of the values recorded, over the live
+/// samples, plus an all-time total and count. See the [module docs](self) for the arithmetic.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    cfg: MetricConfig,
+    samples: Vec<Sample>,
+    current: usize,
+    total: f64,
+    count: u64,
+}
+
+impl Sampled {
+    /// An empty stat sampling as `cfg` says.
+    pub fn new(cfg: MetricConfig) -> Self {
+        let cfg = MetricConfig::new(cfg.sample_window, cfg.num_samples);
+        Sampled {
+            samples: Vec::with_capacity(cfg.num_samples),
+            cfg,
+            current: 0,
+            total: 0.0,
+            count: 0,
+        }
+    }
+
+    /// The sampling configuration.
+    pub fn config(&self) -> MetricConfig {
+        self.cfg
+    }
+
+    /// Records one event of `value` at `now`.
+    #[inline]
+    pub fn record(&mut self, now: Instant, value: f64) {
+        self.record_n(now, value, 1, value);
+    }
+
+    /// Records `count` events at `now` whose values sum to `sum` and whose largest is `max`
+    /// (what `count` calls of [`record`](Self::record) at `now` would do). Nothing happens for a
+    /// `count` of 0.
+    #[inline]
+    pub fn record_n(&mut self, now: Instant, sum: f64, count: u64, max: f64) {
+        if count == 0 {
+            return;
+        }
+        self.total += sum;
+        self.count += count;
+        let window = self.cfg.sample_window;
+        let n = self.cfg.num_samples;
+        if self.samples.is_empty() {
+            self.samples.push(Sample::new(now));
+            self.current = 0;
+        } else if now.saturating_duration_since(self.samples[self.current].start) >= window {
+            self.current = (self.current + 1) % n;
+            if self.current >= self.samples.len() {
+                self.samples.push(Sample::new(now));
+            } else {
+                self.samples[self.current] = Sample::new(now);
+            }
+        }
+        let s = &mut self.samples[self.current];
+        s.sum += sum;
+        s.count += count;
+        if max > s.max {
+            s.max = max;
+        }
+    }
+
+    /// The samples still live at `now` (younger than `num.samples × window`).
+    fn live(&self, now: Instant) -> impl Iterator<Item = &Sample> {
+        let expire = self.cfg.sample_window * self.cfg.num_samples as u32;
+        self.samples
+            .iter()
+            .filter(move |s| now.saturating_duration_since(s.start) < expire)
+    }
+
+    /// The rate's window at `now` (Kafka's `Rate.windowSize`): from the start of the oldest live
+    /// sample (`now` if none) to `now`, at least `(num.samples − 1)` full windows.
+    pub fn window_size(&self, now: Instant) -> Duration {
+        let oldest = self.live(now).map(|s| s.start).min().unwrap_or(now);
+        let window = self.cfg.sample_window;
+        let mut elapsed = now.saturating_duration_since(oldest);
+        let full = (elapsed.as_nanos() / window.as_nanos()) as u64;
+        let min_full = (self.cfg.num_samples - 1) as u64;
+        if full < min_full {
+            elapsed += window * (min_full - full) as u32;
+        }
+        elapsed
+    }
+
+    /// The sum of the live samples' values per second (Kafka's `Rate` over `WindowedSum`). 0
+    /// when the window is empty (one sample, measured at its very start).
+    pub fn rate(&self, now: Instant) -> f64 {
+        let secs = self.window_size(now).as_secs_f64();
+        if secs == 0.0 {
+            return 0.0;
+        }
+        self.live(now).fold(0.0, |a, s| a + s.sum) / secs
+    }
+
+    /// The number of events per second in the live samples (Kafka's `Rate` over `WindowedCount`).
+    pub fn event_rate(&self, now: Instant) -> f64 {
+        let secs = self.window_size(now).as_secs_f64();
+        if secs == 0.0 {
+            return 0.0;
+        }
+        self.live(now).fold(0.0, |a, s| a + s.count as f64) / secs
+    }
+
+    /// The average value of the live samples' events (Kafka's `Avg`); NaN without events.
+    pub fn avg(&self, now: Instant) -> f64 {
+        let (sum, count) = self
+            .live(now)
+            .fold((0.0, 0u64), |(s, c), x| (s + x.sum, c + x.count));
+        if count == 0 {
+            f64::NAN
+        } else {
+            sum / count as f64
+        }
+    }
+
+    /// The largest value of the live samples' events (Kafka's `Max`); NaN without events.
+    pub fn max(&self, now: Instant) -> f64 {
+        let m = self
+            .live(now)
+            .filter(|s| s.count > 0)
+            .map(|s| s.max)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if m == f64::NEG_INFINITY {
+            f64::NAN
+        } else {
+            m
+        }
+    }
+
+    /// The sum of every value ever recorded (Kafka's `CumulativeSum`).
+    pub fn total(&self) -> f64 {
+        self.total
+    }
+
+    /// How many events were ever recorded (Kafka's `CumulativeCount`).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn rate_pads_the_window_to_num_samples_minus_one_windows() {
+        let t0 = Instant::now();
+        let mut s = Sampled::new(MetricConfig::new(ms(1000), 3));
+        s.record(t0, 10.0);
+        // 0.5 s elapsed, padded by 2 full windows: 2.5 s.
+        assert_eq!(s.window_size(t0 + ms(500)), ms(2500));
+        assert_eq!(s.rate(t0 + ms(500)), 10.0 / 2.5);
+        assert_eq!(s.event_rate(t0 + ms(500)), 1.0 / 2.5);
+    }
+
+    #[test]
+    fn samples_roll_and_expire() {
+        let t0 = Instant::now();
+        let mut s = Sampled::new(MetricConfig::new(ms(1000), 2));
+        s.record(t0, 4.0);
+        s.record(t0 + ms(999), 6.0); // same sample
+        s.record(t0 + ms(1000), 1.0); // second sample
+        assert_eq!(s.avg(t0 + ms(1500)), 11.0 / 3.0);
+        assert_eq!(s.max(t0 + ms(1500)), 6.0);
+        // 1.5 s since the oldest; one full window already: no padding.
+        assert_eq!(s.rate(t0 + ms(1500)), 11.0 / 1.5);
+        // The third sample replaces the first.
+        s.record(t0 + ms(2000), 2.0);
+        assert_eq!(s.avg(t0 + ms(2000)), 1.5);
+        assert_eq!(s.max(t0 + ms(2000)), 2.0);
+        assert_eq!(s.rate(t0 + ms(2500)), 3.0 / 1.5);
+        // Everything expires after 2 windows without events.
+        assert!(s.avg(t0 + ms(4000)).is_nan());
+        assert!(s.max(t0 + ms(4000)).is_nan());
+        assert_eq!(s.rate(t0 + ms(4000)), 0.0);
+        assert!(
+            s.rate(t0 + ms(4000)).is_sign_positive(),
+            "printed as 0, not -0"
+        );
+        assert_eq!(s.total(), 13.0);
+        assert_eq!(s.count(), 4);
+    }
+
+    #[test]
+    fn record_n_is_n_records() {
+        let t0 = Instant::now();
+        let mut a = Sampled::new(MetricConfig::default());
+        let mut b = Sampled::new(MetricConfig::default());
+        for v in [3.0, 5.0, 1.0] {
+            a.record(t0, v);
+        }
+        b.record_n(t0, 9.0, 3, 5.0);
+        let at = t0 + ms(100);
+        assert_eq!(a.avg(at), b.avg(at));
+        assert_eq!(a.max(at), b.max(at));
+        assert_eq!(a.rate(at), b.rate(at));
+        assert_eq!(a.event_rate(at), b.event_rate(at));
+        b.record_n(t0, 0.0, 0, 0.0);
+        assert_eq!(b.count(), 3);
+    }
+
+    #[test]
+    fn one_sample_measured_at_its_start_has_rate_zero() {
+        let t0 = Instant::now();
+        let mut s = Sampled::new(MetricConfig::new(ms(1000), 1));
+        s.record(t0, 5.0);
+        assert_eq!(s.rate(t0), 0.0);
+        assert_eq!(s.rate(t0 + ms(500)), 10.0);
+    }
+}

@@ -97,6 +97,8 @@ pub mod codes {
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     /// The client's leader epoch is newer than the partition's.
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    /// UNSUPPORTED_COMPRESSION_TYPE: a batch's codec is not compiled into this broker.
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     /// A batch breaks a rule other than the CRC (several batches, a transactional batch, ...).
     pub const INVALID_RECORD: i16 = 87;
 }

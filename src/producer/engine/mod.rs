@@ -36,7 +36,7 @@ use crate::client::{
 };
 use crate::failover::BootstrapFailover;
 use crate::net::{Selector, Transport};
-use crate::protocol::{self, api, ApiVersionsHandshake, KafkaError, ProtocolError};
+use crate::protocol::{self, api, ApiVersionsHandshake, KafkaError, ProtocolError, TopicPartition};
 
 #[derive(Default)]
 struct PartitionState {
@@ -56,10 +56,14 @@ struct TopicState {
     last_error: Option<KafkaError>,
 }
 
+/// A batch with the partition it belongs to, once it has left the partition's queue (in flight,
+/// or on its way to a retry or a failure).
+type PartitionBatch = (TopicPartition, Batch);
+
 struct InFlightProduce {
     node: NodeId,
     version: i16,
-    batches: Vec<(String, i32, Batch)>,
+    batches: Vec<PartitionBatch>,
 }
 
 enum Control {
@@ -100,9 +104,11 @@ pub(crate) struct Engine<T: Transport = Selector> {
     rng: SplitMix64,
     responses: Vec<ClientResponse>,
     send_buf: BytesMut,
+    /// `compression.type`'s compressor, its buffers reused batch after batch.
+    compressor: protocol::Compressor,
     disconnected_rx: bool,
     /// Batches that arrived for a partition not known here (never, by construction).
-    strays: Vec<(String, i32, Batch)>,
+    strays: Vec<Batch>,
 }
 
 /// Kafka's bound on an idempotent producer's batches in flight per partition: a broker keeps the
@@ -179,7 +185,10 @@ impl<T: Transport> Engine<T> {
         let mut rng = SplitMix64::from_entropy();
         let bootstrap = BootstrapFailover::new(cfg.bootstrap_servers.iter().cloned(), &mut rng);
         let retry = ExponentialBackoff::new(cfg.retry_backoff, cfg.retry_backoff_max, 0.2);
+        let compressor = protocol::Compressor::new(cfg.compression, cfg.compression_level)
+            .map_err(std::io::Error::other)?;
         Ok(Engine {
+            compressor,
             bootstrap,
             partition_limit: partition_limit(&cfg),
             client,
@@ -325,15 +334,15 @@ impl<T: Transport> Engine<T> {
             // by `fail_strays`, outside the accumulator's lock.
             None => {
                 log::error!("a batch for unknown partition {topic}-{partition}");
-                self.strays.push((topic.to_string(), partition, batch));
+                self.strays.push(batch);
             }
         }
     }
 
     /// Fails the batches `queue_batch` had no partition for.
     fn fail_strays(&mut self) {
-        for (topic, partition, batch) in std::mem::take(&mut self.strays) {
-            self.fail_batch(&topic, partition, batch, ProduceError::Closed);
+        for batch in std::mem::take(&mut self.strays) {
+            self.fail_batch(batch, ProduceError::Closed);
         }
     }
 
@@ -436,7 +445,7 @@ impl<T: Transport> Engine<T> {
             .and_then(|t| t.partitions.get_mut(part as usize))
     }
 
-    fn complete_batch(&mut self, _topic: &str, part: i32, b: Batch, base_offset: i64) {
+    fn complete_batch(&mut self, tp: &TopicPartition, b: Batch, base_offset: i64) {
         self.pool.release(b.reserved);
         for (i, c) in b.completions.into_iter().enumerate() {
             let offset = if base_offset >= 0 {
@@ -445,13 +454,13 @@ impl<T: Transport> Engine<T> {
                 -1
             };
             c.complete(Ok(RecordMetadata {
-                partition: part,
+                partition: tp.partition,
                 offset,
             }));
         }
     }
 
-    fn fail_batch(&mut self, _topic: &str, _part: i32, b: Batch, err: ProduceError) {
+    fn fail_batch(&mut self, b: Batch, err: ProduceError) {
         self.pool.release(b.reserved);
         for c in b.completions {
             c.complete(Err(err.clone()));
@@ -464,26 +473,26 @@ impl<T: Transport> Engine<T> {
     ///
     /// Without idempotence and with more than one batch of a partition in flight, a resent batch
     /// may land after a later one (Kafka's documented behaviour); `max.in.flight = 1` keeps order.
-    fn retry_batches(&mut self, batches: Vec<(String, i32, Batch)>, why: RetryCause, now: Instant) {
-        for (topic, part, mut b) in batches.into_iter().rev() {
+    fn retry_batches(&mut self, batches: Vec<PartitionBatch>, why: RetryCause, now: Instant) {
+        for (tp, mut b) in batches.into_iter().rev() {
             b.attempts += 1;
             b.last_error = Some(why.clone());
             if now >= b.deadline {
                 let last = b.last_error.clone();
                 self.abandon_sequence(&b);
-                self.fail_batch(&topic, part, b, ProduceError::DeliveryTimeout { last });
+                self.fail_batch(b, ProduceError::DeliveryTimeout { last });
                 continue;
             }
             if b.attempts > self.cfg.retries {
                 let last = b.last_error.clone();
                 self.abandon_sequence(&b);
-                self.fail_batch(&topic, part, b, ProduceError::RetriesExhausted { last });
+                self.fail_batch(b, ProduceError::RetriesExhausted { last });
                 continue;
             }
             let backoff = self.retry.backoff(b.attempts - 1, &mut self.rng);
             b.retry_at = Some(now.checked_add(backoff).unwrap_or(now));
-            log::debug!("retrying {topic}-{part} after {backoff:?}: {why}");
-            if let Some(p) = self.partition_mut(&topic, part) {
+            log::debug!("retrying {tp} after {backoff:?}: {why}");
+            if let Some(p) = self.partition_mut(&tp.topic, tp.partition) {
                 match b.base_sequence {
                     Some(seq) => {
                         let at = p
@@ -501,17 +510,17 @@ impl<T: Transport> Engine<T> {
 
     fn fail_node_batches(&mut self, node: NodeId, err: &ProduceError) {
         let mut failed = Vec::new();
-        for (name, t) in self.topics.iter_mut() {
-            for (i, p) in t.partitions.iter_mut().enumerate() {
+        for t in self.topics.values_mut() {
+            for p in t.partitions.iter_mut() {
                 if p.leader == Some(node.0) && p.in_flight.is_empty() {
                     while let Some(b) = p.batches.pop_front() {
-                        failed.push((name.clone(), i as i32, b));
+                        failed.push(b);
                     }
                 }
             }
         }
-        for (t, p, b) in failed {
-            self.fail_batch(&t, p, b, err.clone());
+        for b in failed {
+            self.fail_batch(b, err.clone());
         }
     }
 
@@ -519,26 +528,26 @@ impl<T: Transport> Engine<T> {
 
     fn expire(&mut self, now: Instant) {
         let mut expired = Vec::new();
-        for (name, t) in self.topics.iter_mut() {
-            for (i, p) in t.partitions.iter_mut().enumerate() {
+        for t in self.topics.values_mut() {
+            for p in t.partitions.iter_mut() {
                 while p.batches.front().is_some_and(|b| now >= b.deadline) {
                     if let Some(b) = p.batches.pop_front() {
-                        expired.push((name.clone(), i as i32, b));
+                        expired.push(b);
                     }
                 }
             }
         }
-        for (t, p, b) in expired {
+        for b in expired {
             let last = b.last_error.clone();
             self.abandon_sequence(&b);
-            self.fail_batch(&t, p, b, ProduceError::DeliveryTimeout { last });
+            self.fail_batch(b, ProduceError::DeliveryTimeout { last });
         }
         // Batches in flight past their deadline: their records fail now, as `delivery.timeout.ms`
         // promises (Kafka's client does the same). The request itself cannot be recalled; when its
         // outcome arrives the batch has no records left to complete, and it is never retried
         // (`retry_batches` fails anything past its deadline).
         for inflight in self.produce_in_flight.values_mut() {
-            for (_, _, b) in inflight.batches.iter_mut() {
+            for (_, b) in inflight.batches.iter_mut() {
                 if now >= b.deadline && !b.completions.is_empty() {
                     self.pool.release(b.reserved);
                     b.reserved = 0;
@@ -559,7 +568,7 @@ impl<T: Transport> Engine<T> {
             }
         };
         for inflight in self.produce_in_flight.values() {
-            for (_, _, b) in &inflight.batches {
+            for (_, b) in &inflight.batches {
                 if !b.completions.is_empty() {
                     at(b.deadline);
                 }
@@ -622,11 +631,11 @@ impl<T: Transport> Engine<T> {
             let mut st = acc.lock();
             st.closed = true;
             self.drain_commands();
-            for (name, t) in st.topics.iter_mut() {
+            for t in st.topics.values_mut() {
                 waiting.extend(t.waiting.drain(..));
-                for (i, p) in t.partitions.iter_mut().enumerate() {
+                for p in t.partitions.iter_mut() {
                     if let Some(b) = p.open.take() {
-                        accumulated.push((name.clone(), i as i32, b));
+                        accumulated.push(b);
                     }
                 }
             }
@@ -634,21 +643,22 @@ impl<T: Transport> Engine<T> {
         self.fail_strays();
         self.acc_empty = true;
         // Oldest first: in flight, queued here, in the accumulator, waiting for metadata.
-        let mut all: Vec<(String, i32, Batch)> = self
+        let mut all: Vec<Batch> = self
             .produce_in_flight
             .drain()
             .flat_map(|(_, inflight)| inflight.batches)
+            .map(|(_, b)| b)
             .collect();
-        for (name, t) in self.topics.iter_mut() {
-            for (i, p) in t.partitions.iter_mut().enumerate() {
+        for t in self.topics.values_mut() {
+            for p in t.partitions.iter_mut() {
                 while let Some(b) = p.batches.pop_front() {
-                    all.push((name.clone(), i as i32, b));
+                    all.push(b);
                 }
             }
         }
         all.extend(accumulated);
-        for (t, p, b) in all {
-            self.fail_batch(&t, p, b, err.clone());
+        for b in all {
+            self.fail_batch(b, err.clone());
         }
         for p in waiting {
             self.pool.release(p.reserved);

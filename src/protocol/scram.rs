@@ -447,12 +447,11 @@ impl ScramServer {
         }
         self.state = ServerState::Failed;
         let text = std::str::from_utf8(msg).map_err(|_| malformed("client-first is not UTF-8"))?;
-        let first_bare = match text
+        let Some(first_bare) = text
             .strip_prefix("n,,")
             .or_else(|| text.strip_prefix("y,,"))
-        {
-            Some(rest) => rest,
-            None => return Err(malformed("gs2 header other than n,, or y,,")),
+        else {
+            return Err(malformed("gs2 header other than n,, or y,,"));
         };
         let attrs = attributes(first_bare)?;
         let (user, nonce) = match attrs.as_slice() {

@@ -43,6 +43,7 @@
 
 pub mod batch;
 mod node;
+pub mod sasl;
 pub mod state;
 pub mod storage;
 
@@ -110,7 +111,9 @@ pub const API_VERSIONS: &[(i16, i16, i16)] = &[
     (2, 1, 6),  // ListOffsets
     (3, 1, 12), // Metadata
     (18, 0, 3), // ApiVersions
+    (17, 1, 1), // SaslHandshake (v1: the tokens go in SaslAuthenticate)
     (22, 0, 4), // InitProducerId
+    (36, 0, 2), // SaslAuthenticate
 ];
 
 /// Kafka's default `message.max.bytes`.
@@ -141,6 +144,9 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// The server role's configuration (frame cap, staged-bytes bound, idle expiry) of each node.
     pub server: ServerConfig,
+    /// SASL users and mechanisms (`None`: no authentication, PLAINTEXT). With them every
+    /// connection must authenticate (SASL_PLAINTEXT).
+    pub sasl: Option<sasl::SaslServerConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -156,6 +162,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             retention_check_interval: Duration::from_secs(30),
             server: ServerConfig::default(),
+            sasl: None,
         }
     }
 }
@@ -246,6 +253,7 @@ impl Broker {
             wakers: OnceLock::new(),
             parked: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             down: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            sasl: config.sasl.clone(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let host = config

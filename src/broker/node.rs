@@ -24,8 +24,11 @@ use crate::protocol::requests::{
 use crate::server::{DeferredHandler, Responder};
 
 use super::codes;
+use super::sasl::{AuthOutcome, ConnAuth, SaslServerConfig};
 use super::state::{valid_topic_name, Cluster};
 use super::API_VERSIONS;
+use crate::protocol::sasl as psasl;
+use std::collections::HashMap;
 
 /// Kafka's broker default `fetch.max.bytes` (55 MiB): the most record bytes one Fetch response
 /// reads, whatever the request asks for.
@@ -55,6 +58,8 @@ pub(crate) struct Shared {
     pub parked: Vec<AtomicUsize>,
     /// Whether each node is down (index = node id - 1), for its loop's cheap check.
     pub down: Vec<AtomicBool>,
+    /// SASL users and mechanisms: when set, every connection must authenticate.
+    pub sasl: Option<SaslServerConfig>,
 }
 
 impl Shared {
@@ -93,6 +98,8 @@ pub(crate) struct NodeHandler {
     parked: Vec<Parked>,
     delayed: Vec<(Instant, Responder, Bytes)>,
     seen_generation: u64,
+    /// Each connection's SASL state (with SASL enabled).
+    auth: HashMap<ChannelId, ConnAuth>,
 }
 
 impl std::fmt::Debug for NodeHandler {
@@ -139,6 +146,7 @@ impl NodeHandler {
             parked: Vec::new(),
             delayed: Vec::new(),
             seen_generation: 0,
+            auth: HashMap::new(),
         }
     }
 
@@ -206,7 +214,7 @@ impl NodeHandler {
         }
     }
 
-    fn dispatch(&mut self, frame: Bytes, responder: Responder) {
+    fn dispatch(&mut self, conn: ChannelId, frame: Bytes, responder: Responder) {
         let Ok((api_key, version, correlation_id)) = peek_request_header(&frame) else {
             let _ = responder.close();
             return;
@@ -239,6 +247,17 @@ impl NodeHandler {
             }
             return;
         }
+        if self.shared.sasl.is_some()
+            && !matches!(api_key, 17 | 18 | 36)
+            && !matches!(self.auth.get(&conn), Some(ConnAuth::Authenticated(_)))
+        {
+            log::info!(
+                "node {}: api {api_key} before SASL authentication; closing the connection",
+                self.id
+            );
+            let _ = responder.close();
+            return;
+        }
         let (_, body) = match decode_request_header(&frame) {
             Ok(h) => h,
             Err(e) => {
@@ -249,6 +268,14 @@ impl NodeHandler {
         };
         let body_bytes = &frame[body..];
         let response = match api_key {
+            17 => match psasl::decode_sasl_handshake_request(body_bytes) {
+                Ok(mechanism) => Some(self.sasl_handshake(conn, correlation_id, mechanism)),
+                Err(e) => return self.bad(responder, api_key, e),
+            },
+            36 => match psasl::decode_sasl_authenticate_request(version, body_bytes) {
+                Ok(bytes) => Some(self.sasl_authenticate(conn, version, correlation_id, bytes)),
+                Err(e) => return self.bad(responder, api_key, e),
+            },
             18 => match decode_api_versions_request(body_bytes, version) {
                 Ok(_) => {
                     let resp = self.api_versions(injected.unwrap_or(0));
@@ -330,6 +357,82 @@ impl NodeHandler {
             _ => None,
         };
         self.answer(responder, response);
+    }
+
+    /// SaslHandshake: the mechanism is enabled (the connection moves on to SaslAuthenticate) or
+    /// UNSUPPORTED_SASL_MECHANISM with the enabled ones (none without SASL).
+    fn sasl_handshake(&mut self, conn: ChannelId, correlation_id: i32, mechanism: &str) -> Bytes {
+        let Some(sasl) = &self.shared.sasl else {
+            return psasl::encode_sasl_handshake_response(
+                correlation_id,
+                psasl::UNSUPPORTED_SASL_MECHANISM,
+                &[],
+            );
+        };
+        let enabled = sasl.mechanism_names();
+        let state = self.auth.entry(conn).or_default();
+        match (sasl.handshake(mechanism), &*state) {
+            (Some(m), ConnAuth::Start) => {
+                *state = ConnAuth::Handshaken(m);
+                psasl::encode_sasl_handshake_response(correlation_id, 0, &enabled)
+            }
+            (Some(_), _) => psasl::encode_sasl_handshake_response(
+                correlation_id,
+                psasl::ILLEGAL_SASL_STATE,
+                &enabled,
+            ),
+            (None, _) => psasl::encode_sasl_handshake_response(
+                correlation_id,
+                psasl::UNSUPPORTED_SASL_MECHANISM,
+                &enabled,
+            ),
+        }
+    }
+
+    /// SaslAuthenticate: the mechanism's next message, or SASL_AUTHENTICATION_FAILED with a
+    /// message (the connection must start over).
+    fn sasl_authenticate(
+        &mut self,
+        conn: ChannelId,
+        version: i16,
+        correlation_id: i32,
+        bytes: &[u8],
+    ) -> Bytes {
+        let (code, message, auth_bytes, lifetime) = match &self.shared.sasl {
+            None => (
+                psasl::ILLEGAL_SASL_STATE,
+                Some("SASL is not enabled".to_owned()),
+                Vec::new(),
+                0,
+            ),
+            Some(sasl) => {
+                let state = self.auth.entry(conn).or_default();
+                match sasl.authenticate(state, bytes) {
+                    AuthOutcome::Continue(b) => (0, None, b, 0),
+                    AuthOutcome::Done(b) => {
+                        if let ConnAuth::Authenticated(user) = &*state {
+                            log::info!("node {}: {conn:?} authenticated as {user}", self.id);
+                        }
+                        (0, None, b, sasl.lifetime_ms())
+                    }
+                    AuthOutcome::Failed(why) => {
+                        log::info!("node {}: {conn:?}: {why}", self.id);
+                        *state = ConnAuth::Start;
+                        (psasl::SASL_AUTHENTICATION_FAILED, Some(why), Vec::new(), 0)
+                    }
+                }
+            }
+        };
+        psasl::encode_sasl_authenticate_response(
+            version,
+            correlation_id,
+            &psasl::SaslAuthenticateResponse {
+                error_code: code,
+                error_message: message,
+                auth_bytes,
+                session_lifetime_ms: lifetime,
+            },
+        )
     }
 
     fn bad(&self, responder: Responder, api_key: i16, e: crate::protocol::ProtocolError) {
@@ -642,8 +745,8 @@ fn fetch_error(req: &FetchRequest, code: i16) -> km::FetchResponse {
 }
 
 impl DeferredHandler for NodeHandler {
-    fn handle(&mut self, _conn: ChannelId, request: Bytes, responder: Responder) {
-        self.dispatch(request, responder);
+    fn handle(&mut self, conn: ChannelId, request: Bytes, responder: Responder) {
+        self.dispatch(conn, request, responder);
     }
 
     fn connected(&mut self, conn: ChannelId, _peer: std::net::SocketAddr) {
@@ -654,5 +757,6 @@ impl DeferredHandler for NodeHandler {
         if let Some(i) = self.conns.iter().position(|c| *c == conn) {
             self.conns.swap_remove(i);
         }
+        self.auth.remove(&conn);
     }
 }

@@ -64,6 +64,12 @@ pub struct ClientConfig {
     /// `max.in.flight` requests may be staged at once and the Selector's byte-bounded send queue
     /// provides the back-pressure. Enable it for deep pipelines of small requests.
     pub pipeline_unsent: bool,
+    /// `security.protocol` (PLAINTEXT): `SASL_PLAINTEXT` authenticates every connection with
+    /// SASL after ApiVersions. `SSL` and `SASL_SSL` need the TLS transport and are refused by
+    /// [`ClientConfig::set`] without it.
+    pub security_protocol: super::SecurityProtocol,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`.
+    pub sasl: super::SaslSettings,
 }
 
 impl Default for ClientConfig {
@@ -80,6 +86,8 @@ impl Default for ClientConfig {
             receive_buffer_bytes: Some(32_768),
             response_order: ResponseOrder::Ordered,
             pipeline_unsent: false,
+            security_protocol: super::SecurityProtocol::Plaintext,
+            sasl: super::SaslSettings::default(),
         }
     }
 }
@@ -220,6 +228,11 @@ impl ClientConfig {
         "receive.buffer.bytes",
         "mqnet.response.order",
         "mqnet.pipeline.unsent",
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
     ];
 
     /// Sets one key from its string value.
@@ -257,6 +270,29 @@ impl ClientConfig {
                 }
             }
             "mqnet.pipeline.unsent" => self.pipeline_unsent = parse_bool(key, value)?,
+            "security.protocol" => {
+                let p = super::SecurityProtocol::from_name(value).ok_or_else(|| {
+                    invalid(key, value, "PLAINTEXT, SASL_PLAINTEXT, SSL or SASL_SSL")
+                })?;
+                if p.uses_tls() {
+                    return Err(invalid(
+                        key,
+                        value,
+                        "PLAINTEXT or SASL_PLAINTEXT (SSL and SASL_SSL need the TLS transport, \
+                         not in this build)",
+                    ));
+                }
+                self.security_protocol = p;
+            }
+            "sasl.mechanism" | "sasl.mechanisms" => {
+                let m = value.trim();
+                if !super::SASL_MECHANISMS.contains(&m) {
+                    return Err(invalid(key, value, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"));
+                }
+                self.sasl.mechanism = Some(m.to_owned());
+            }
+            "sasl.username" => self.sasl.username = value.to_owned(),
+            "sasl.password" => self.sasl.password = value.to_owned(),
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
@@ -350,6 +386,18 @@ impl ClientConfig {
     /// Sets `mqnet.pipeline.unsent`.
     pub fn pipeline_unsent(mut self, on: bool) -> Self {
         self.pipeline_unsent = on;
+        self
+    }
+
+    /// Sets `security.protocol`.
+    pub fn security_protocol(mut self, protocol: super::SecurityProtocol) -> Self {
+        self.security_protocol = protocol;
+        self
+    }
+
+    /// Sets the SASL keys (`sasl.mechanism`, `sasl.username`, `sasl.password`).
+    pub fn sasl(mut self, sasl: super::SaslSettings) -> Self {
+        self.sasl = sasl;
         self
     }
 

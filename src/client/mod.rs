@@ -14,6 +14,7 @@ mod metrics;
 mod network_client;
 mod node;
 mod request;
+mod sasl;
 
 pub use backoff::{ExponentialBackoff, JitterSource, SplitMix64};
 pub use config::{
@@ -25,3 +26,4 @@ pub use metrics::NodeMetrics;
 pub use network_client::{kafka_correlation_id, CorrelationReader, NetworkClient};
 pub use node::{split_host_port, NodeId, Resolver, SystemResolver};
 pub use request::{Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome};
+pub use sasl::{SaslSettings, SecurityProtocol, SASL_MECHANISMS};

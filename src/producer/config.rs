@@ -322,6 +322,13 @@ impl ProducerConfig {
                 expected: "at least linger.ms + request.timeout.ms (Kafka's rule)",
             });
         }
+        if self.client.security_protocol.uses_sasl() && self.client.sasl.mechanism.is_none() {
+            return Err(ConfigError::InvalidValue {
+                key: "sasl.mechanism".into(),
+                value: String::new(),
+                expected: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with a SASL_* security.protocol",
+            });
+        }
         if !self.compression.available() {
             return Err(ConfigError::InvalidValue {
                 key: "compression.type".into(),

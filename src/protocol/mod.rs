@@ -37,9 +37,7 @@ mod produce;
 mod record_batch;
 #[cfg(feature = "broker")]
 pub mod requests;
-#[cfg(feature = "sasl")]
 pub mod sasl;
-#[cfg(feature = "sasl")]
 pub mod scram;
 mod topic_partition;
 mod versions;

@@ -445,6 +445,7 @@ pub enum SaslStep {
     Fail(SaslError),
 }
 
+#[derive(Clone)]
 enum Stage {
     Handshake,
     Authenticate { scram: Option<ScramClient> },
@@ -454,6 +455,7 @@ enum Stage {
 /// One connection's SASL exchange, client side, sans-IO: [`start`](Self::start) gives the first
 /// request; each response goes to [`on_response`](Self::on_response) with the correlation id for
 /// the next request.
+#[derive(Clone)]
 pub struct SaslClient {
     creds: SaslCredentials,
     client_id: String,

@@ -195,6 +195,7 @@ pub fn random_nonce() -> String {
     b64(&bytes)
 }
 
+#[derive(Clone)]
 enum ClientState {
     Initial,
     SentFirst { first_bare: String },
@@ -221,6 +222,7 @@ enum ClientState {
 /// client.handle_server_final(&server_final).unwrap();
 /// assert_eq!(server.user(), Some("alice"));
 /// ```
+#[derive(Clone)]
 pub struct ScramClient {
     hash: ScramHash,
     user: String,

@@ -175,7 +175,20 @@ impl<T: Transport> Engine<T> {
         sleeping: Arc<AtomicBool>,
         transport: T,
     ) -> std::io::Result<Self> {
-        let handshake = ApiVersionsHandshake::new(&cfg.client_id);
+        let mut handshake = ApiVersionsHandshake::new(&cfg.client_id);
+        if cfg.client.security_protocol.uses_sasl() {
+            let sasl = &cfg.client.sasl;
+            let mechanism = sasl
+                .mechanism
+                .as_deref()
+                .and_then(protocol::sasl::Mechanism::from_name)
+                .ok_or_else(|| std::io::Error::other("sasl.mechanism is not set or not served"))?;
+            handshake = handshake.with_sasl(protocol::sasl::SaslCredentials {
+                mechanism,
+                username: sasl.username.clone(),
+                password: sasl.password.clone(),
+            });
+        }
         let mut client = NetworkClient::with_transport(transport, cfg.client.clone(), handshake);
         // Registered up front (under the ids BootstrapFailover gives them: -1, -2, ... in list
         // order) so a malformed address fails here, at construction.
@@ -249,6 +262,7 @@ impl<T: Transport> Engine<T> {
         if self.finished(now) {
             return None;
         }
+        self.check_authentication();
         self.maybe_request_metadata(now);
         self.maybe_init_producer_id(now);
         self.fail_fatally();
@@ -256,6 +270,21 @@ impl<T: Transport> Engine<T> {
         self.expire(now);
         self.answer_flushes();
         Some(self.next_wake(now))
+    }
+
+    /// A SASL failure on any connection is fatal (Kafka's `AuthenticationException` is not
+    /// retriable): every record fails with it and the producer stops connecting, instead of
+    /// reconnecting in a loop with credentials the broker refuses.
+    fn check_authentication(&mut self) {
+        let failures = self.client.handshake_mut().take_auth_failures();
+        if let Some((node, e)) = failures.into_iter().next() {
+            if self.fatal.is_none() {
+                log::error!("{node}: {e}: the producer fails every record");
+                self.fatal = Some(ProduceError::Authentication {
+                    message: e.to_string(),
+                });
+            }
+        }
     }
 
     /// Polls the network for at most `timeout` (the turn began at `now`); the responses it

@@ -51,7 +51,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -111,7 +111,10 @@ pub const API_VERSIONS: &[(i16, i16, i16)] = &[
     (2, 1, 6),  // ListOffsets
     (3, 1, 12), // Metadata
     (18, 0, 3), // ApiVersions
-    (17, 1, 1), // SaslHandshake (v1: the tokens go in SaslAuthenticate)
+    // SaslHandshake: v0 and v1 have the same request and response; librdkafka enables SASL only
+    // with a broker that lists v0. The tokens must then come in SaslAuthenticate (v1's rule): a
+    // v0 client's raw tokens are not Kafka requests and close the connection.
+    (17, 0, 1),
     (22, 0, 4), // InitProducerId
     (36, 0, 2), // SaslAuthenticate
 ];
@@ -210,6 +213,10 @@ pub struct BrokerStats {
     pub duplicates: u64,
     /// Bytes of torn or corrupt tail truncated by recovery at start-up.
     pub recovered_truncated_bytes: u64,
+    /// Connections accepted by all nodes since start-up.
+    pub connections_accepted: u64,
+    /// SASL authentications refused since start-up.
+    pub authentication_failures: u64,
 }
 
 /// A running broker; see the [module docs](self). Dropping it stops its nodes.
@@ -254,6 +261,8 @@ impl Broker {
             parked: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             down: (0..n).map(|_| AtomicBool::new(false)).collect(),
             sasl: config.sasl.clone(),
+            connections: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let host = config
@@ -363,6 +372,8 @@ impl Broker {
             appended_bytes: c.appended_bytes,
             duplicates: c.duplicates,
             recovered_truncated_bytes: self.truncated,
+            connections_accepted: self.shared.connections.load(Ordering::Relaxed),
+            authentication_failures: self.shared.auth_failures.load(Ordering::Relaxed),
         }
     }
 

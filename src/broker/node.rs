@@ -7,7 +7,7 @@
 //! with parked fetches) or `max.wait.ms` passes; the node's loop calls [`NodeHandler::tick`] after
 //! every poll and polls no longer than the nearest deadline.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,10 @@ pub(crate) struct Shared {
     pub down: Vec<AtomicBool>,
     /// SASL users and mechanisms: when set, every connection must authenticate.
     pub sasl: Option<SaslServerConfig>,
+    /// Connections accepted (all nodes).
+    pub connections: AtomicU64,
+    /// SASL authentications refused (all nodes).
+    pub auth_failures: AtomicU64,
 }
 
 impl Shared {
@@ -418,6 +422,7 @@ impl NodeHandler {
                     AuthOutcome::Failed(why) => {
                         log::info!("node {}: {conn:?}: {why}", self.id);
                         *state = ConnAuth::Start;
+                        self.shared.auth_failures.fetch_add(1, Ordering::Relaxed);
                         (psasl::SASL_AUTHENTICATION_FAILED, Some(why), Vec::new(), 0)
                     }
                 }
@@ -751,6 +756,7 @@ impl DeferredHandler for NodeHandler {
 
     fn connected(&mut self, conn: ChannelId, _peer: std::net::SocketAddr) {
         self.conns.push(conn);
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
     }
 
     fn disconnected(&mut self, conn: ChannelId, _reason: crate::net::DisconnectReason) {

@@ -209,6 +209,7 @@ impl SaslServerConfig {
 
 /// Kafka's message for a failed SCRAM exchange (no detail that would tell users from passwords).
 fn scram_failure(_hash: ScramHash, e: &ScramError) -> String {
+    log::debug!("SCRAM exchange refused: {e}");
     match e {
         ScramError::Malformed(why) => format!("Authentication failed: {why}"),
         _ => "Authentication failed during authentication due to invalid credentials with SASL \

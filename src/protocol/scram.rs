@@ -506,7 +506,10 @@ impl ScramServer {
         if cb != "biws" && cb != "eSws" {
             return Err(malformed("channel binding data"));
         }
-        if r != nonce {
+        // Kafka's server rule: the final nonce must end with the combined one. librdkafka (up to
+        // at least 2.0) sends its own nonce in front of the combined nonce again; the proof
+        // covers the message as sent, so this leniency weakens nothing.
+        if !r.ends_with(&nonce) {
             return Err(ScramError::NonceMismatch);
         }
         let proof = unb64(proof)?;
@@ -687,6 +690,14 @@ mod tests {
         assert_eq!(
             s.handle_client_final(b"c=biws,r=as,p=AAAA"),
             Err(ScramError::OutOfOrder)
+        );
+        // librdkafka's final nonce (its own nonce again in front) is accepted, as Kafka does;
+        // the proof decides.
+        let mut s = ScramServer::new(h, "s".into());
+        s.handle_client_first(b"n,,n=u,r=a", lookup).unwrap();
+        assert_eq!(
+            s.handle_client_final(b"c=biws,r=aas,p=AAAA"),
+            Err(ScramError::InvalidProof)
         );
     }
 }

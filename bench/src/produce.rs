@@ -198,6 +198,14 @@ pub struct ProduceArgs {
     /// same value for both); default: each one's own default (5, and librdkafka's 1,000,000).
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// compression.type for both producers: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, value_name = "TYPE", value_parser = parse_compression, default_value = "none")]
+    pub compression_type: mqnet::protocol::Compression,
+}
+
+fn parse_compression(s: &str) -> Result<mqnet::protocol::Compression, String> {
+    mqnet::protocol::Compression::from_name(s)
+        .ok_or_else(|| format!("{s:?}: expected none, gzip, snappy, lz4 or zstd"))
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).
@@ -224,6 +232,8 @@ pub struct Settings {
     pub broker_rtt_ms: u64,
     /// Requests in flight per connection for both peers (`None`: each one's default).
     pub max_in_flight: Option<usize>,
+    /// compression.type of both peers.
+    pub compression: mqnet::protocol::Compression,
 }
 
 impl Settings {
@@ -239,6 +249,7 @@ impl Settings {
             buffer_memory: DEFAULT_BUFFER_MEMORY,
             broker_rtt_ms: 0,
             max_in_flight: None,
+            compression: mqnet::protocol::Compression::None,
         }
     }
 
@@ -285,6 +296,7 @@ impl Settings {
             buffer_memory: a.buffer_memory,
             broker_rtt_ms: a.broker_rtt_ms,
             max_in_flight: a.max_in_flight,
+            compression: a.compression_type,
         })
     }
 
@@ -297,6 +309,9 @@ impl Settings {
         };
         if let Some(n) = self.max_in_flight {
             rtt.push_str(&format!(" max.in.flight {n}"));
+        }
+        if self.compression != mqnet::protocol::Compression::None {
+            rtt.push_str(&format!(" compression.type={}", self.compression));
         }
         format!(
             "{} × {} acks={} linger.ms={} batch.size={} buffer {}{rtt}",
@@ -364,6 +379,14 @@ pub struct ProduceResult {
     /// The first error seen, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// compression.type.
+    #[serde(default)]
+    pub compression: String,
+    /// Bytes the producer sent to the brokers: mqnet's Produce requests (length prefixes
+    /// included); librdkafka's `txbytes` over all brokers (its few Metadata and ApiVersions
+    /// requests included).
+    #[serde(default)]
+    pub wire_bytes: u64,
 }
 
 /// Delivery results of one run: latencies and counts.
@@ -445,6 +468,8 @@ struct Measured {
     /// Records rejected at send (never handed to the producer).
     rejected: u64,
     first_error: Option<String>,
+    /// Bytes sent to the brokers (see [`ProduceResult::wire_bytes`]).
+    wire_bytes: u64,
 }
 
 fn summarize(
@@ -494,6 +519,8 @@ fn summarize(
         cores: sys::cores(),
         broker_rtt_ms: s.broker_rtt_ms,
         first_error: m.first_error.or_else(|| t.first_error.clone()),
+        compression: s.compression.name().to_string(),
+        wire_bytes: m.wire_bytes,
     }
 }
 
@@ -515,7 +542,8 @@ fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Str
         .idempotence(s.acks.idempotence())
         .linger_ms(s.linger_ms)
         .batch_size(s.batch_size)
-        .buffer_memory(s.buffer_memory);
+        .buffer_memory(s.buffer_memory)
+        .compression(s.compression, None);
     let cfg = match s.max_in_flight {
         Some(n) => {
             let client = cfg.client.clone().max_in_flight(n);
@@ -571,6 +599,7 @@ fn run_mqnet(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Str
         start,
         rejected: 0,
         first_error: None,
+        wire_bytes: producer.produce_request_bytes(),
     })
 }
 
@@ -602,9 +631,14 @@ mod rd {
 
     /// The producer's context: delivery callbacks (served in `poll`, on this thread) record
     /// send → callback latency; the opaque is the send time in ns since `base`.
+    /// `statistics.interval.ms`: how often librdkafka reports its byte counts.
+    const STATS_INTERVAL_MS: u64 = 100;
+
     struct Ctx {
         base: Instant,
         tally: Mutex<Tally>,
+        /// The latest statistics' `txbytes` over all brokers.
+        txbytes: std::sync::atomic::AtomicU64,
     }
 
     impl Ctx {
@@ -613,7 +647,13 @@ mod rd {
         }
     }
 
-    impl ClientContext for Ctx {}
+    impl ClientContext for Ctx {
+        fn stats(&self, statistics: rdkafka::Statistics) {
+            let tx: u64 = statistics.brokers.values().map(|b| b.txbytes).sum();
+            self.txbytes
+                .fetch_max(tx, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 
     impl ProducerContext for Ctx {
         type DeliveryOpaque = usize;
@@ -635,6 +675,7 @@ mod rd {
         let ctx = Ctx {
             base,
             tally: Mutex::new(Tally::new()),
+            txbytes: std::sync::atomic::AtomicU64::new(0),
         };
         let max_messages = (s.records + 1000).min(i32::MAX as u64);
         let max_kbytes = (s.buffer_memory / 1024).clamp(1, i32::MAX as usize);
@@ -651,6 +692,8 @@ mod rd {
             .set("queue.buffering.max.messages", max_messages.to_string())
             .set("queue.buffering.max.kbytes", max_kbytes.to_string())
             .set("partitioner", "murmur2_random")
+            .set("compression.type", s.compression.name())
+            .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
             .create_with_context(ctx)
             .map_err(|e| format!("rdkafka producer: {e}"))?;
         let value = super::value_bytes(s.size);
@@ -717,12 +760,34 @@ mod rd {
             first_error.get_or_insert_with(|| format!("flush: {e}"));
         }
         let tally = std::mem::replace(&mut *producer.context().tally(), Tally::new());
+        // Statistics come every interval: poll until two have arrived since the flush, so the
+        // last one counts every byte sent.
+        let mut seen = producer
+            .context()
+            .txbytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut steady = 0;
+        let stats_deadline = Instant::now() + Duration::from_millis(20 * STATS_INTERVAL_MS);
+        while steady < 2 && Instant::now() < stats_deadline {
+            producer.poll(Duration::from_millis(STATS_INTERVAL_MS));
+            let now_seen = producer
+                .context()
+                .txbytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if now_seen == seen && now_seen > 0 {
+                steady += 1;
+            } else {
+                steady = 0;
+                seen = now_seen;
+            }
+        }
         drop(producer);
         Ok(Measured {
             tally,
             start,
             rejected,
             first_error,
+            wire_bytes: seen,
         })
     }
 }

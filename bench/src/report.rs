@@ -480,6 +480,8 @@ mod tests {
             cores: 2,
             broker_rtt_ms: 0,
             first_error: None,
+            compression: "none".into(),
+            wire_bytes: 0,
         }
     }
 

@@ -165,6 +165,9 @@ pub(crate) struct Accumulator {
     /// Set (after the append) when an append wants the network thread to look; the network thread
     /// clears it before each look and checks it again before it sleeps.
     pub changed: AtomicBool,
+    /// Bytes of Produce requests handed to the network (length prefix included), for
+    /// [`Producer::produce_request_bytes`](super::Producer::produce_request_bytes).
+    pub request_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> i64 {
@@ -195,6 +198,7 @@ impl Accumulator {
                 tx,
             }),
             changed: AtomicBool::new(false),
+            request_bytes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

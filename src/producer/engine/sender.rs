@@ -173,6 +173,9 @@ impl<T: Transport> Engine<T> {
         };
         protocol::write_produce_request_unprefixed(&mut self.send_buf, &header, &topics);
         let frame = self.send_buf.split().freeze();
+        self.acc
+            .request_bytes
+            .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
         let expect = self.cfg.acks != Acks::None;
         self.client.send(
             ClientRequest::new(node, corr, frame).expect_response(expect),

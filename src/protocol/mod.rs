@@ -45,6 +45,8 @@ mod wire;
 
 #[cfg(test)]
 mod robustness;
+#[cfg(test)]
+mod sasl_tests;
 
 pub use compression::{decompress, Compression, CompressionError, Compressor};
 pub use error::{KafkaError, ProtocolError};

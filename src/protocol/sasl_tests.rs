@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::sasl::*;
-use super::scram::{ScramCredentials, ScramHash, ScramServer, MIN_ITERATIONS};
+use super::scram::{ScramCredentials, ScramServer, MIN_ITERATIONS};
 use super::ApiVersionsHandshake;
 use crate::client::{Handshake, HandshakeStep, NodeId};
 

@@ -234,3 +234,54 @@ fn a_wrong_password_fails_the_records_with_the_brokers_message_and_no_reconnect_
         producer.close(Duration::from_secs(5));
     }
 }
+
+#[test]
+fn a_session_with_a_lifetime_is_renewed_by_reconnecting_and_records_keep_flowing() {
+    common::init_log();
+    let topic = "renewed";
+    let sasl = SaslServerConfig::new([(USER, PASSWORD)], &[])
+        .unwrap()
+        .session_lifetime_ms(1_500);
+    let broker = Broker::start(BrokerConfig {
+        sasl: Some(sasl),
+        ..BrokerConfig::default()
+    })
+    .expect("broker");
+    broker.create_topic(topic, 1).expect("topic");
+    let bootstrap = broker.bootstrap_servers();
+    let cfg = producer_config(
+        &bootstrap,
+        SecurityProtocol::SaslPlaintext,
+        "SCRAM-SHA-512",
+        PASSWORD,
+    );
+    let producer = Producer::new(cfg).expect("producer");
+    producer
+        .send(ProducerRecord::new(topic, "first"))
+        .wait_timeout(WAIT)
+        .expect("completed")
+        .expect("delivered");
+    let baseline = broker.stats().connections_accepted;
+    // Keep producing until a connection was renewed (bounded): each record must be delivered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 1;
+    while broker.stats().connections_accepted == baseline {
+        assert!(Instant::now() < deadline, "no renewal within 30 s");
+        producer
+            .send(ProducerRecord::new(topic, format!("v{sent}")))
+            .wait_timeout(WAIT)
+            .expect("completed")
+            .expect("delivered");
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    producer
+        .send(ProducerRecord::new(topic, "after"))
+        .wait_timeout(WAIT)
+        .expect("completed")
+        .expect("delivered after the renewal");
+    sent += 1;
+    producer.close(Duration::from_secs(5));
+    assert_eq!(broker.high_watermark(topic, 0), Some(sent));
+    assert_eq!(broker.stats().authentication_failures, 0);
+}

@@ -443,7 +443,12 @@ mod tests {
              send.buffer.bytes=-1\n\
              receive.buffer.bytes=4096\n\
              mqnet.response.order=unordered\n\
-             mqnet.pipeline.unsent=true\n",
+             mqnet.pipeline.unsent=true\n\
+             security.protocol=sasl_plaintext\n\
+             sasl.mechanism=SCRAM-SHA-512\n\
+             sasl.mechanisms=SCRAM-SHA-256\n\
+             sasl.username=u\n\
+             sasl.password=p\n",
         )
         .unwrap();
         assert_eq!(c.reconnect_backoff, Duration::from_millis(10));
@@ -457,7 +462,23 @@ mod tests {
         assert_eq!(c.receive_buffer_bytes, Some(4096));
         assert_eq!(c.response_order, ResponseOrder::Unordered);
         assert!(c.pipeline_unsent);
-        assert_eq!(ClientConfig::KEYS.len(), 11);
+        assert_eq!(
+            c.security_protocol,
+            super::super::SecurityProtocol::SaslPlaintext
+        );
+        assert_eq!(c.sasl.mechanism.as_deref(), Some("SCRAM-SHA-256"));
+        assert_eq!(
+            (c.sasl.username.as_str(), c.sasl.password.as_str()),
+            ("u", "p")
+        );
+        assert_eq!(ClientConfig::KEYS.len(), 16);
+        for bad in [
+            "security.protocol=SSL",
+            "security.protocol=TLS",
+            "sasl.mechanism=GSSAPI",
+        ] {
+            assert!(ClientConfig::from_properties(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

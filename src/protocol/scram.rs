@@ -216,10 +216,10 @@ enum ClientState {
 /// let mut server = ScramServer::new(ScramHash::Sha512, "snonce".into());
 /// let mut client = ScramClient::new(ScramHash::Sha512, "alice", "secret", "cnonce".into());
 /// let first = client.first();
-/// let server_first = server.handle_client_first(&first, |_user| Some(creds.clone())).unwrap();
-/// let client_final = client.handle_server_first(&server_first).unwrap();
-/// let server_final = server.handle_client_final(&client_final).unwrap();
-/// client.handle_server_final(&server_final).unwrap();
+/// let server_first = server.handle_client_first(first.as_bytes(), |_user| Some(creds.clone())).unwrap();
+/// let client_final = client.handle_server_first(server_first.as_bytes()).unwrap();
+/// let server_final = server.handle_client_final(client_final.as_bytes()).unwrap();
+/// client.handle_server_final(server_final.as_bytes()).unwrap();
 /// assert_eq!(server.user(), Some("alice"));
 /// ```
 #[derive(Clone)]

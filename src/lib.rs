@@ -40,7 +40,10 @@
 //! # Cargo features
 //!
 //! - `kafka` (default): [`protocol`] and [`producer`] (pulls in `kafka-protocol`, `crc32c`,
-//!   `crossbeam-channel`).
+//!   `crossbeam-channel`, and `sha2`, `hmac`, `pbkdf2`, `base64` for SASL SCRAM).
+//! - `compression` (default): `gzip`, `snappy`, `lz4` and `zstd`, the record batch codecs of
+//!   `compression.type` (pulls in `flate2`, `snap`, `lz4_flex`, `zstd`); each is a feature of its
+//!   own.
 //! - `broker` (off): the `broker` module; implies `kafka`.
 //! - `metrics-facade` (off): publishes [`metrics`] through the `metrics` crate (0.24), so any of
 //!   its exporters (Prometheus, StatsD, ...) can serve them.

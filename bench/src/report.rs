@@ -490,6 +490,8 @@ mod tests {
             rate: None,
             first_error: None,
             metrics: None,
+            compression: "none".into(),
+            wire_bytes: 0,
         }
     }
 

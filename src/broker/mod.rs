@@ -44,6 +44,7 @@
 pub mod batch;
 pub mod ha;
 mod node;
+pub mod sasl;
 pub mod state;
 pub mod storage;
 
@@ -51,7 +52,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -102,6 +103,8 @@ pub mod codes {
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     /// The client's leader epoch is newer than the partition's.
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+    /// UNSUPPORTED_COMPRESSION_TYPE: a batch's codec is not compiled into this broker.
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     /// A batch breaks a rule other than the CRC (several batches, a transactional batch, ...).
     pub const INVALID_RECORD: i16 = 87;
 }
@@ -113,7 +116,12 @@ pub const API_VERSIONS: &[(i16, i16, i16)] = &[
     (2, 1, 6),  // ListOffsets
     (3, 1, 12), // Metadata
     (18, 0, 3), // ApiVersions
+    // SaslHandshake: v0 and v1 have the same request and response; librdkafka enables SASL only
+    // with a broker that lists v0. The tokens must then come in SaslAuthenticate (v1's rule): a
+    // v0 client's raw tokens are not Kafka requests and close the connection.
+    (17, 0, 1),
     (22, 0, 4), // InitProducerId
+    (36, 0, 2), // SaslAuthenticate
 ];
 
 /// Kafka's default `message.max.bytes`.
@@ -146,6 +154,9 @@ pub struct BrokerConfig {
     pub server: ServerConfig,
     /// Master/slave replication ([`ha`]); `None`: none.
     pub ha: Option<ha::HaConfig>,
+    /// SASL users and mechanisms (`None`: no authentication, PLAINTEXT). With them every
+    /// connection must authenticate (SASL_PLAINTEXT).
+    pub sasl: Option<sasl::SaslServerConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -162,6 +173,7 @@ impl Default for BrokerConfig {
             retention_check_interval: Duration::from_secs(30),
             server: ServerConfig::default(),
             ha: None,
+            sasl: None,
         }
     }
 }
@@ -209,6 +221,10 @@ pub struct BrokerStats {
     pub duplicates: u64,
     /// Bytes of torn or corrupt tail truncated by recovery at start-up.
     pub recovered_truncated_bytes: u64,
+    /// Connections accepted by all nodes since start-up.
+    pub connections_accepted: u64,
+    /// SASL authentications refused since start-up.
+    pub authentication_failures: u64,
 }
 
 /// A running broker; see the [module docs](self). Dropping it stops its nodes.
@@ -276,6 +292,9 @@ impl Broker {
             parked: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             down: (0..n).map(|_| AtomicBool::new(false)).collect(),
             ha: ha_parts.as_ref().map(|p| Arc::clone(&p.0)),
+            sasl: config.sasl.clone(),
+            connections: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let host = config
@@ -400,6 +419,8 @@ impl Broker {
             appended_bytes: c.appended_bytes,
             duplicates: c.duplicates,
             recovered_truncated_bytes: self.truncated,
+            connections_accepted: self.shared.connections.load(Ordering::Relaxed),
+            authentication_failures: self.shared.auth_failures.load(Ordering::Relaxed),
         }
     }
 

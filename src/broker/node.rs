@@ -7,7 +7,7 @@
 //! with parked fetches) or `max.wait.ms` passes; the node's loop calls [`NodeHandler::tick`] after
 //! every poll and polls no longer than the nearest deadline.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,11 @@ use crate::server::{DeferredHandler, Responder};
 use super::codes;
 use super::ha::master::{SyncOutcome, SyncWaiters};
 use super::ha::Role;
+use super::sasl::{AuthOutcome, ConnAuth, SaslServerConfig};
 use super::state::{valid_topic_name, Cluster};
 use super::API_VERSIONS;
+use crate::protocol::sasl as psasl;
+use std::collections::HashMap;
 
 /// Kafka's broker default `fetch.max.bytes` (55 MiB): the most record bytes one Fetch response
 /// reads, whatever the request asks for.
@@ -59,6 +62,12 @@ pub(crate) struct Shared {
     pub down: Vec<AtomicBool>,
     /// The HA state, when the broker replicates.
     pub ha: Option<Arc<super::ha::HaShared>>,
+    /// SASL users and mechanisms: when set, every connection must authenticate.
+    pub sasl: Option<SaslServerConfig>,
+    /// Connections accepted (all nodes).
+    pub connections: AtomicU64,
+    /// SASL authentications refused (all nodes).
+    pub auth_failures: AtomicU64,
 }
 
 impl Shared {
@@ -107,6 +116,8 @@ pub(crate) struct NodeHandler {
     seen_generation: u64,
     held: SyncWaiters<HeldProduce>,
     released: Vec<(HeldProduce, SyncOutcome)>,
+    /// Each connection's SASL state (with SASL enabled).
+    auth: HashMap<ChannelId, ConnAuth>,
 }
 
 impl std::fmt::Debug for NodeHandler {
@@ -155,6 +166,7 @@ impl NodeHandler {
             seen_generation: 0,
             held: SyncWaiters::default(),
             released: Vec::new(),
+            auth: HashMap::new(),
         }
     }
 
@@ -270,7 +282,7 @@ impl NodeHandler {
         }
     }
 
-    fn dispatch(&mut self, frame: Bytes, responder: Responder) {
+    fn dispatch(&mut self, conn: ChannelId, frame: Bytes, responder: Responder) {
         let Ok((api_key, version, correlation_id)) = peek_request_header(&frame) else {
             let _ = responder.close();
             return;
@@ -303,6 +315,17 @@ impl NodeHandler {
             }
             return;
         }
+        if self.shared.sasl.is_some()
+            && !matches!(api_key, 17 | 18 | 36)
+            && !matches!(self.auth.get(&conn), Some(ConnAuth::Authenticated(_)))
+        {
+            log::info!(
+                "node {}: api {api_key} before SASL authentication; closing the connection",
+                self.id
+            );
+            let _ = responder.close();
+            return;
+        }
         let (_, body) = match decode_request_header(&frame) {
             Ok(h) => h,
             Err(e) => {
@@ -313,6 +336,14 @@ impl NodeHandler {
         };
         let body_bytes = &frame[body..];
         let response = match api_key {
+            17 => match psasl::decode_sasl_handshake_request(body_bytes) {
+                Ok(mechanism) => Some(self.sasl_handshake(conn, correlation_id, mechanism)),
+                Err(e) => return self.bad(responder, api_key, e),
+            },
+            36 => match psasl::decode_sasl_authenticate_request(version, body_bytes) {
+                Ok(bytes) => Some(self.sasl_authenticate(conn, version, correlation_id, bytes)),
+                Err(e) => return self.bad(responder, api_key, e),
+            },
             18 => match decode_api_versions_request(body_bytes, version) {
                 Ok(_) => {
                     let resp = self.api_versions(injected.unwrap_or(0));
@@ -416,6 +447,83 @@ impl NodeHandler {
             _ => None,
         };
         self.answer(responder, response);
+    }
+
+    /// SaslHandshake: the mechanism is enabled (the connection moves on to SaslAuthenticate) or
+    /// UNSUPPORTED_SASL_MECHANISM with the enabled ones (none without SASL).
+    fn sasl_handshake(&mut self, conn: ChannelId, correlation_id: i32, mechanism: &str) -> Bytes {
+        let Some(sasl) = &self.shared.sasl else {
+            return psasl::encode_sasl_handshake_response(
+                correlation_id,
+                psasl::UNSUPPORTED_SASL_MECHANISM,
+                &[],
+            );
+        };
+        let enabled = sasl.mechanism_names();
+        let state = self.auth.entry(conn).or_default();
+        match (sasl.handshake(mechanism), &*state) {
+            (Some(m), ConnAuth::Start) => {
+                *state = ConnAuth::Handshaken(m);
+                psasl::encode_sasl_handshake_response(correlation_id, 0, &enabled)
+            }
+            (Some(_), _) => psasl::encode_sasl_handshake_response(
+                correlation_id,
+                psasl::ILLEGAL_SASL_STATE,
+                &enabled,
+            ),
+            (None, _) => psasl::encode_sasl_handshake_response(
+                correlation_id,
+                psasl::UNSUPPORTED_SASL_MECHANISM,
+                &enabled,
+            ),
+        }
+    }
+
+    /// SaslAuthenticate: the mechanism's next message, or SASL_AUTHENTICATION_FAILED with a
+    /// message (the connection must start over).
+    fn sasl_authenticate(
+        &mut self,
+        conn: ChannelId,
+        version: i16,
+        correlation_id: i32,
+        bytes: &[u8],
+    ) -> Bytes {
+        let (code, message, auth_bytes, lifetime) = match &self.shared.sasl {
+            None => (
+                psasl::ILLEGAL_SASL_STATE,
+                Some("SASL is not enabled".to_owned()),
+                Vec::new(),
+                0,
+            ),
+            Some(sasl) => {
+                let state = self.auth.entry(conn).or_default();
+                match sasl.authenticate(state, bytes) {
+                    AuthOutcome::Continue(b) => (0, None, b, 0),
+                    AuthOutcome::Done(b) => {
+                        if let ConnAuth::Authenticated(user) = &*state {
+                            log::info!("node {}: {conn:?} authenticated as {user}", self.id);
+                        }
+                        (0, None, b, sasl.lifetime_ms())
+                    }
+                    AuthOutcome::Failed(why) => {
+                        log::info!("node {}: {conn:?}: {why}", self.id);
+                        *state = ConnAuth::Start;
+                        self.shared.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        (psasl::SASL_AUTHENTICATION_FAILED, Some(why), Vec::new(), 0)
+                    }
+                }
+            }
+        };
+        psasl::encode_sasl_authenticate_response(
+            version,
+            correlation_id,
+            &psasl::SaslAuthenticateResponse {
+                error_code: code,
+                error_message: message,
+                auth_bytes,
+                session_lifetime_ms: lifetime,
+            },
+        )
     }
 
     fn bad(&self, responder: Responder, api_key: i16, e: crate::protocol::ProtocolError) {
@@ -731,17 +839,19 @@ fn fetch_error(req: &FetchRequest, code: i16) -> km::FetchResponse {
 }
 
 impl DeferredHandler for NodeHandler {
-    fn handle(&mut self, _conn: ChannelId, request: Bytes, responder: Responder) {
-        self.dispatch(request, responder);
+    fn handle(&mut self, conn: ChannelId, request: Bytes, responder: Responder) {
+        self.dispatch(conn, request, responder);
     }
 
     fn connected(&mut self, conn: ChannelId, _peer: std::net::SocketAddr) {
         self.conns.push(conn);
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
     }
 
     fn disconnected(&mut self, conn: ChannelId, _reason: crate::net::DisconnectReason) {
         if let Some(i) = self.conns.iter().position(|c| *c == conn) {
             self.conns.swap_remove(i);
         }
+        self.auth.remove(&conn);
     }
 }

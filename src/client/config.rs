@@ -66,6 +66,9 @@ pub struct ClientConfig {
     pub pipeline_unsent: bool,
     /// `security.protocol` and the `ssl.*` keys: see [`SecurityConfig`](super::SecurityConfig).
     pub security: super::security::SecurityConfig,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password` (used with `SASL_PLAINTEXT` and
+    /// `SASL_SSL`).
+    pub sasl: super::SaslSettings,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +86,7 @@ impl Default for ClientConfig {
             response_order: ResponseOrder::Ordered,
             pipeline_unsent: false,
             security: super::security::SecurityConfig::new(),
+            sasl: super::SaslSettings::default(),
         }
     }
 }
@@ -232,6 +236,11 @@ impl ClientConfig {
         "receive.buffer.bytes",
         "mqnet.response.order",
         "mqnet.pipeline.unsent",
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
     ];
 
     /// Sets one key from its string value.
@@ -269,6 +278,15 @@ impl ClientConfig {
                 }
             }
             "mqnet.pipeline.unsent" => self.pipeline_unsent = parse_bool(key, value)?,
+            "sasl.mechanism" | "sasl.mechanisms" => {
+                let m = value.trim();
+                if !super::SASL_MECHANISMS.contains(&m) {
+                    return Err(invalid(key, value, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"));
+                }
+                self.sasl.mechanism = Some(m.to_owned());
+            }
+            "sasl.username" => self.sasl.username = value.to_owned(),
+            "sasl.password" => self.sasl.password = value.to_owned(),
             _ if self.security.set(key, value)? => {}
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
@@ -366,6 +384,18 @@ impl ClientConfig {
         self
     }
 
+    /// Sets `security.protocol`.
+    pub fn security_protocol(mut self, protocol: super::SecurityProtocol) -> Self {
+        self.security.protocol = protocol;
+        self
+    }
+
+    /// Sets the SASL keys (`sasl.mechanism`, `sasl.username`, `sasl.password`).
+    pub fn sasl(mut self, sasl: super::SaslSettings) -> Self {
+        self.sasl = sasl;
+        self
+    }
+
     /// The socket options a connection made with this configuration uses.
     pub fn socket_options(&self) -> SocketOptions {
         SocketOptions {
@@ -408,7 +438,12 @@ mod tests {
              send.buffer.bytes=-1\n\
              receive.buffer.bytes=4096\n\
              mqnet.response.order=unordered\n\
-             mqnet.pipeline.unsent=true\n",
+             mqnet.pipeline.unsent=true\n\
+             security.protocol=sasl_plaintext\n\
+             sasl.mechanism=SCRAM-SHA-512\n\
+             sasl.mechanisms=SCRAM-SHA-256\n\
+             sasl.username=u\n\
+             sasl.password=p\n",
         )
         .unwrap();
         assert_eq!(c.reconnect_backoff, Duration::from_millis(10));
@@ -422,7 +457,19 @@ mod tests {
         assert_eq!(c.receive_buffer_bytes, Some(4096));
         assert_eq!(c.response_order, ResponseOrder::Unordered);
         assert!(c.pipeline_unsent);
-        assert_eq!(ClientConfig::KEYS.len(), 11);
+        assert_eq!(
+            c.security.protocol,
+            super::super::SecurityProtocol::SaslPlaintext
+        );
+        assert_eq!(c.sasl.mechanism.as_deref(), Some("SCRAM-SHA-256"));
+        assert_eq!(
+            (c.sasl.username.as_str(), c.sasl.password.as_str()),
+            ("u", "p")
+        );
+        assert_eq!(ClientConfig::KEYS.len(), 16);
+        for bad in ["security.protocol=TLS", "sasl.mechanism=GSSAPI"] {
+            assert!(ClientConfig::from_properties(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod metrics;
 mod network_client;
 mod node;
 mod request;
+mod sasl;
 mod security;
 
 pub use backoff::{ExponentialBackoff, JitterSource, SplitMix64};
@@ -26,4 +27,5 @@ pub use metrics::{ClientMetrics, NodeMetrics, NodeSnapshot};
 pub use network_client::{kafka_correlation_id, CorrelationReader, NetworkClient};
 pub use node::{split_host_port, NodeId, Resolver, SystemResolver};
 pub use request::{Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome};
+pub use sasl::{SaslSettings, SASL_MECHANISMS};
 pub use security::{SecurityConfig, SecurityProtocol};

@@ -39,6 +39,21 @@ impl SecurityProtocol {
         }
     }
 
+    /// The Kafka name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    /// The protocol named `name` (case-insensitive, as Kafka's clients accept it).
+    pub fn from_name(name: &str) -> Option<SecurityProtocol> {
+        Self::parse(name).ok()
+    }
+
     /// Whether connections run inside TLS (`SSL`, `SASL_SSL`).
     pub fn uses_tls(self) -> bool {
         matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)

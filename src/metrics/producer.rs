@@ -165,13 +165,15 @@ impl ProducerStats {
     }
 
     /// `n` records of `topic` failed for good.
-    pub(crate) fn records_failed(&mut self, now: Instant, topic: &str, n: usize) {
+    pub(crate) fn records_failed(&mut self, now: Instant, topic: Option<&str>, n: usize) {
         if n == 0 {
             return;
         }
         let n = n as u64;
         self.record_error.record_n(now, n as f64, n, 1.0);
-        self.topic(topic).error.record_n(now, n as f64, n, 1.0);
+        if let Some(topic) = topic {
+            self.topic(topic).error.record_n(now, n as f64, n, 1.0);
+        }
     }
 
     /// `n` records of `topic` will be sent again.

@@ -32,8 +32,6 @@ use crate::protocol::{self, RecordBatchWriter};
 /// Overhead of a produce request around its batches, for `max.request.size` (header, topic and
 /// partition framing; generous).
 pub(crate) const REQUEST_OVERHEAD: usize = 256;
-/// Size of the record batch v2 header.
-const BATCH_HEADER: usize = 61;
 
 /// FNV-1a, for the topic maps. The map is looked up for every record; topic names are short and
 /// come from the application, so SipHash's resistance to flooding buys nothing here, and it cost
@@ -167,6 +165,9 @@ pub(crate) struct Accumulator {
     /// Set (after the append) when an append wants the network thread to look; the network thread
     /// clears it before each look and checks it again before it sleeps.
     pub changed: AtomicBool,
+    /// Bytes of Produce requests handed to the network (length prefix included), for
+    /// [`Producer::produce_request_bytes`](super::Producer::produce_request_bytes).
+    pub request_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> i64 {
@@ -197,6 +198,7 @@ impl Accumulator {
                 tx,
             }),
             changed: AtomicBool::new(false),
+            request_bytes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -375,7 +377,10 @@ impl AccTopic {
                     value,
                     &headers,
                 );
-                b.buf.len() + size <= batch_size.max(BATCH_HEADER + size).min(max_request)
+                b.buf.len() + size
+                    <= batch_size
+                        .max(protocol::RECORD_BATCH_OVERHEAD + size)
+                        .min(max_request)
                     && b.buf.len() + size + REQUEST_OVERHEAD <= max_request
             })
         };
@@ -402,18 +407,19 @@ impl AccTopic {
             // (A record that fits the open batch is never too large on its own: its size there is
             // at least `single`, and the batch already holds a header.)
             let single = RecordBatchWriter::record_size(0, 0, key, value, &headers);
-            if BATCH_HEADER + single + REQUEST_OVERHEAD > max_request {
+            if protocol::RECORD_BATCH_OVERHEAD + single + REQUEST_OVERHEAD > max_request {
                 return Err(Rejected {
                     completion: p.completion,
                     reserved: p.reserved,
                     error: ProduceError::RecordTooLarge {
-                        size: BATCH_HEADER + single + REQUEST_OVERHEAD,
+                        size: protocol::RECORD_BATCH_OVERHEAD + single + REQUEST_OVERHEAD,
                         limit: max_request,
                     },
                 });
             }
             // Open a new batch; the one before it (if any) is sealed, ready to send.
-            let mut buf = BytesMut::with_capacity(batch_size.max(BATCH_HEADER + single));
+            let mut buf =
+                BytesMut::with_capacity(batch_size.max(protocol::RECORD_BATCH_OVERHEAD + single));
             let writer = RecordBatchWriter::begin(&mut buf, ts);
             let fresh = Batch {
                 buf,

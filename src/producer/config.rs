@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::client::{
     parse_bool, parse_ms, parse_properties, parse_usize, ClientConfig, ConfigError,
 };
+use crate::protocol::Compression;
 
 /// The largest `*.ms` value accepted: `i32::MAX` ms (about 24.8 days, Kafka's int configs). Any
 /// deadline the producer computes from the clock and these stays far from `Instant`'s range, so
@@ -84,6 +85,13 @@ pub struct ProducerConfig {
     /// `metrics.sample.window.ms` (30000) and `metrics.num.samples` (2): the windows of the
     /// metrics' rates, averages and maxima.
     pub metrics: crate::metrics::MetricConfig,
+    /// `compression.type` (none): the codec of the record batches (gzip, snappy, lz4 or zstd,
+    /// each behind its cargo feature).
+    pub compression: Compression,
+    /// `compression.level` (the codec's default): gzip 1-9, lz4 1-17, zstd -131072-22; ignored by
+    /// snappy and none. Also read as `compression.gzip.level`, `compression.lz4.level` and
+    /// `compression.zstd.level` (Kafka's per-codec keys).
+    pub compression_level: Option<i32>,
     /// The transport keys (`request.timeout.ms`, `reconnect.backoff.ms`, ...,
     /// `max.in.flight.requests.per.connection`).
     pub client: ClientConfig,
@@ -109,6 +117,8 @@ impl Default for ProducerConfig {
             statistics_interval: Duration::ZERO,
             stats_callback: None,
             metrics: crate::metrics::MetricConfig::default(),
+            compression: Compression::None,
+            compression_level: None,
             client: ClientConfig::default(),
         }
     }
@@ -134,6 +144,11 @@ impl ProducerConfig {
         "statistics.interval.ms",
         "metrics.sample.window.ms",
         "metrics.num.samples",
+        "compression.type",
+        "compression.level",
+        "compression.gzip.level",
+        "compression.lz4.level",
+        "compression.zstd.level",
     ];
 
     /// Defaults with `bootstrap.servers` set from a comma-separated list.
@@ -201,6 +216,17 @@ impl ProducerConfig {
                 self.metrics.sample_window = w;
             }
             "metrics.num.samples" => self.metrics.num_samples = parse_usize(key, v, 1)?,
+            "compression.type" => {
+                self.compression =
+                    Compression::from_name(v).ok_or(bad("none, gzip, snappy, lz4 or zstd"))?
+            }
+            "compression.level"
+            | "compression.gzip.level"
+            | "compression.lz4.level"
+            | "compression.zstd.level" => {
+                self.compression_level =
+                    Some(v.parse::<i32>().map_err(|_| bad("an integer level"))?)
+            }
             _ => self.client.set(key, value)?,
         }
         Ok(())
@@ -321,6 +347,32 @@ impl ProducerConfig {
                 expected: "at least linger.ms + request.timeout.ms (Kafka's rule)",
             });
         }
+        if self.client.security.protocol.uses_sasl() && self.client.sasl.mechanism.is_none() {
+            return Err(ConfigError::InvalidValue {
+                key: "sasl.mechanism".into(),
+                value: String::new(),
+                expected: "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with a SASL_* security.protocol",
+            });
+        }
+        if !self.compression.available() {
+            return Err(ConfigError::InvalidValue {
+                key: "compression.type".into(),
+                value: self.compression.name().into(),
+                expected:
+                    "a codec compiled into this build (cargo features gzip, snappy, lz4, zstd)",
+            });
+        }
+        if let (Some(level), Some((lo, hi))) =
+            (self.compression_level, self.compression.level_range())
+        {
+            if !(lo..=hi).contains(&level) {
+                return Err(ConfigError::InvalidValue {
+                    key: "compression.level".into(),
+                    value: level.to_string(),
+                    expected: "within the codec's range (gzip 1-9, lz4 1-17, zstd -131072-22)",
+                });
+            }
+        }
         if self.enable_idempotence && self.acks != Acks::All {
             return Err(ConfigError::InvalidValue {
                 key: "acks".into(),
@@ -347,6 +399,13 @@ impl ProducerConfig {
         if acks != Acks::All {
             self.enable_idempotence = false;
         }
+        self
+    }
+
+    /// Sets `compression.type` (and `compression.level`, `None` for the codec's default).
+    pub fn compression(mut self, codec: Compression, level: Option<i32>) -> Self {
+        self.compression = codec;
+        self.compression_level = level;
         self
     }
 

@@ -460,6 +460,13 @@ impl Producer {
             .expect("the engine stores a snapshot when it is created")
     }
 
+    /// Bytes of Produce requests handed to the network since the producer started, length
+    /// prefixes included: the record batches as sent (compressed, with `compression.type`) and
+    /// their request framing, resends counted again.
+    pub fn produce_request_bytes(&self) -> u64 {
+        self.inner.acc.request_bytes.load(Ordering::Relaxed)
+    }
+
     /// Bytes of records accepted and not yet completed.
     pub fn buffered_bytes(&self) -> usize {
         self.inner.pool.used()

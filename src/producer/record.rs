@@ -126,6 +126,13 @@ pub enum ProduceError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// SASL authentication failed (Kafka's `AuthenticationException`): the broker refused the
+    /// credentials or the mechanism, or did not prove it knows the password. Not retriable: the
+    /// producer fails every record with it and stops connecting.
+    Authentication {
+        /// What failed, with the broker's message when it sent one.
+        message: String,
+    },
 }
 
 /// A retriable failure of a batch: the `last` of [`ProduceError::DeliveryTimeout`] and
@@ -242,6 +249,9 @@ impl fmt::Display for ProduceError {
             ProduceError::Protocol(e) => write!(f, "protocol error: {e}"),
             ProduceError::Closed => write!(f, "producer closed"),
             ProduceError::InvalidTopic { reason } => write!(f, "invalid topic: {reason}"),
+            ProduceError::Authentication { message } => {
+                write!(f, "authentication failed: {message}")
+            }
         }
     }
 }

@@ -12,6 +12,9 @@
 //! - **Handshake** — [`ApiVersionsHandshake`] is the [`Handshake`](crate::client::Handshake) hook
 //!   that runs ApiVersions on each new connection and keeps each node's versions for
 //!   [`ApiVersions::negotiate`].
+//! - **Compression** — [`Compressor`] and [`decompress`]: the record batch codecs of
+//!   `compression.type` (gzip, snappy, lz4, zstd), each behind its cargo feature, framed as Kafka's
+//!   clients frame them.
 //! - **Partitioner** — [`murmur2`] and [`partition_for_key`], bit-compatible with the Java client.
 //!
 //! Frames here are without the 4-byte length prefix (the [`Selector`](crate::net::Selector) adds
@@ -24,6 +27,7 @@
 //!
 //! Nothing here panics on input from the wire: decoders return [`ProtocolError`].
 
+mod compression;
 mod error;
 mod init_producer_id;
 mod kp;
@@ -33,12 +37,18 @@ mod produce;
 mod record_batch;
 #[cfg(feature = "broker")]
 pub mod requests;
+pub mod sasl;
+pub mod scram;
+mod topic_partition;
 mod versions;
 mod wire;
 
 #[cfg(test)]
 mod robustness;
+#[cfg(test)]
+mod sasl_tests;
 
+pub use compression::{decompress, Compression, CompressionError, Compressor};
 pub use error::{KafkaError, ProtocolError};
 pub use init_producer_id::{
     decode_init_producer_id_response, encode_init_producer_id_request, InitProducerIdResponse,
@@ -51,13 +61,14 @@ pub use metadata::{
 pub use murmur::{murmur2, partition_for_key};
 pub use produce::{
     decode_produce_response, produce_request_size, write_produce_request,
-    write_produce_request_unprefixed, PartitionProduceResult, ProduceRequestWriter,
-    ProduceResponse, ProduceTopics,
+    write_produce_request_unprefixed, PartitionProduceResult, ProduceHeader, ProduceRequestWriter,
+    ProduceResponse, ProduceTopics, RequestHeader,
 };
 pub use record_batch::{
     restamp_batch, BatchHeader, RecordBatchWriter, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
     RECORD_BATCH_OVERHEAD,
 };
+pub use topic_partition::TopicPartition;
 pub use versions::{
     decode_api_versions_response, encode_api_versions_request, ApiVersions, ApiVersionsHandshake,
     CLIENT_SOFTWARE_NAME, CLIENT_SOFTWARE_VERSION,

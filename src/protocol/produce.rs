@@ -12,6 +12,43 @@ use super::PRODUCE_VERSIONS;
 /// The topic-partition batches of one produce request: `(topic, [(partition, batch bytes)])`.
 pub type ProduceTopics<'a> = [(&'a str, &'a [(i32, &'a [u8])])];
 
+/// The request header fields a hand-written request writer puts first (request header v1, or v2
+/// for flexible versions; the API key comes from the writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader<'a> {
+    /// The negotiated version of the request.
+    pub api_version: i16,
+    /// The correlation id the response will carry.
+    pub correlation_id: i32,
+    /// The client id (never longer than `i16::MAX` bytes).
+    pub client_id: &'a str,
+}
+
+/// Everything of a Produce request ahead of its topics: the request header, `acks` (0, 1 or -1)
+/// and the broker-side `timeout_ms`. The transactional id is always null.
+///
+/// # Example
+///
+/// ```
+/// use mqnet::protocol::{ProduceHeader, RequestHeader};
+///
+/// let header = ProduceHeader {
+///     request: RequestHeader { api_version: 9, correlation_id: 1, client_id: "client" },
+///     acks: -1,
+///     timeout_ms: 30_000,
+/// };
+/// assert_eq!(header.request.api_version, 9);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceHeader<'a> {
+    /// The request header.
+    pub request: RequestHeader<'a>,
+    /// The acknowledgements the broker waits for: 0, 1 or -1 (all in-sync replicas).
+    pub acks: i16,
+    /// How long the broker may wait for the acknowledgements, ms.
+    pub timeout_ms: i32,
+}
+
 fn check_version(version: i16) {
     assert!(
         (PRODUCE_VERSIONS.0..=PRODUCE_VERSIONS.1).contains(&version),
@@ -69,7 +106,9 @@ fn put_array_header(buf: &mut BytesMut, flexible: bool, n: usize) {
 /// # Panics
 ///
 /// As [`write_produce_request`].
-pub fn produce_request_size(version: i16, client_id: &str, topics: &ProduceTopics<'_>) -> usize {
+pub fn produce_request_size(header: &ProduceHeader<'_>, topics: &ProduceTopics<'_>) -> usize {
+    let version = header.request.api_version;
+    let client_id = header.request.client_id;
     check_version(version);
     check_i16_len("client id", client_id.len());
     let flexible = version >= 9;
@@ -100,35 +139,22 @@ pub fn produce_request_size(version: i16, client_id: &str, topics: &ProduceTopic
 /// produce v9) and the body — at the end of `buf`, for `Selector::send_prefixed`-style sending
 /// (`buf.split().freeze()`).
 ///
-/// `version` is the negotiated version (3..=12; flexible from v9: compact strings and arrays,
-/// tagged fields); `acks` is 0, 1 or -1; `transactional_id` is null. `topics` gives each topic's
+/// The header's `api_version` is the negotiated version (3..=12; flexible from v9: compact strings
+/// and arrays, tagged fields). `topics` gives each topic's
 /// `(partition, record batch)` pairs, the batches as [`RecordBatchWriter`](super::RecordBatchWriter)
 /// finished them. Reserves the exact size first: nothing is allocated if `buf` has the capacity.
 ///
 /// # Panics
 ///
-/// If `version` is outside [`PRODUCE_VERSIONS`], or `client_id` or a topic name is longer than
+/// If the version is outside [`PRODUCE_VERSIONS`], or the client id or a topic name is longer than
 /// `i16::MAX` bytes (both are programming errors: versions come from
 /// [`ApiVersions::negotiate`](super::ApiVersions::negotiate)).
 pub fn write_produce_request(
     buf: &mut BytesMut,
-    version: i16,
-    correlation_id: i32,
-    client_id: &str,
-    acks: i16,
-    timeout_ms: i32,
+    header: &ProduceHeader<'_>,
     topics: &ProduceTopics<'_>,
 ) {
-    write_request(
-        buf,
-        true,
-        version,
-        correlation_id,
-        client_id,
-        acks,
-        timeout_ms,
-        topics,
-    );
+    write_request(buf, true, header, topics);
 }
 
 /// As [`write_produce_request`], without the length prefix: the frame `Transport::send` and
@@ -139,23 +165,10 @@ pub fn write_produce_request(
 /// As [`write_produce_request`].
 pub fn write_produce_request_unprefixed(
     buf: &mut BytesMut,
-    version: i16,
-    correlation_id: i32,
-    client_id: &str,
-    acks: i16,
-    timeout_ms: i32,
+    header: &ProduceHeader<'_>,
     topics: &ProduceTopics<'_>,
 ) {
-    write_request(
-        buf,
-        false,
-        version,
-        correlation_id,
-        client_id,
-        acks,
-        timeout_ms,
-        topics,
-    );
+    write_request(buf, false, header, topics);
 }
 
 /// A Produce request written incrementally, for a caller that does not want to build the
@@ -171,7 +184,7 @@ pub fn write_produce_request_unprefixed(
 ///
 /// ```
 /// use bytes::BytesMut;
-/// use mqnet::protocol::{ProduceRequestWriter, RecordBatchWriter};
+/// use mqnet::protocol::{ProduceHeader, ProduceRequestWriter, RecordBatchWriter, RequestHeader};
 ///
 /// let mut batch = BytesMut::new();
 /// let mut w = RecordBatchWriter::begin(&mut batch, 0);
@@ -179,7 +192,12 @@ pub fn write_produce_request_unprefixed(
 /// w.finish(&mut batch, -1, -1, -1);
 ///
 /// let mut buf = BytesMut::with_capacity(1024);
-/// let mut req = ProduceRequestWriter::begin(&mut buf, true, 9, 1, "client", -1, 30_000, 1);
+/// let header = ProduceHeader {
+///     request: RequestHeader { api_version: 9, correlation_id: 1, client_id: "client" },
+///     acks: -1,
+///     timeout_ms: 30_000,
+/// };
+/// let mut req = ProduceRequestWriter::begin(&mut buf, true, &header, 1);
 /// req.topic(&mut buf, "events", 1);
 /// req.partition(&mut buf, 0, &batch);
 /// req.finish(&mut buf);
@@ -203,17 +221,17 @@ impl ProduceRequestWriter {
     /// # Panics
     ///
     /// As [`write_produce_request`].
-    #[allow(clippy::too_many_arguments)]
     pub fn begin(
         buf: &mut BytesMut,
         prefixed: bool,
-        version: i16,
-        correlation_id: i32,
-        client_id: &str,
-        acks: i16,
-        timeout_ms: i32,
+        header: &ProduceHeader<'_>,
         topic_count: usize,
     ) -> Self {
+        let RequestHeader {
+            api_version: version,
+            correlation_id,
+            client_id,
+        } = header.request;
         check_version(version);
         check_i16_len("client id", client_id.len());
         let flexible = version >= 9;
@@ -233,8 +251,8 @@ impl ProduceRequestWriter {
         } else {
             buf.put_i16(-1); // transactional_id: null
         }
-        buf.put_i16(acks);
-        buf.put_i32(timeout_ms);
+        buf.put_i16(header.acks);
+        buf.put_i32(header.timeout_ms);
         put_array_header(buf, flexible, topic_count);
         ProduceRequestWriter {
             prefix_at,
@@ -322,29 +340,15 @@ impl ProduceRequestWriter {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_request(
     buf: &mut BytesMut,
     prefixed: bool,
-    version: i16,
-    correlation_id: i32,
-    client_id: &str,
-    acks: i16,
-    timeout_ms: i32,
+    header: &ProduceHeader<'_>,
     topics: &ProduceTopics<'_>,
 ) {
-    let size = produce_request_size(version, client_id, topics);
+    let size = produce_request_size(header, topics);
     buf.reserve(size + if prefixed { 4 } else { 0 });
-    let mut w = ProduceRequestWriter::begin(
-        buf,
-        prefixed,
-        version,
-        correlation_id,
-        client_id,
-        acks,
-        timeout_ms,
-        topics.len(),
-    );
+    let mut w = ProduceRequestWriter::begin(buf, prefixed, header, topics.len());
     for (topic, partitions) in topics {
         w.topic(buf, topic, partitions.len());
         for (partition, batch) in partitions.iter() {
@@ -514,6 +518,24 @@ fn decode_node_endpoints(data: &[u8]) -> Result<Vec<BrokerMeta>, ProtocolError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hdr(
+        version: i16,
+        corr: i32,
+        client_id: &str,
+        acks: i16,
+        timeout_ms: i32,
+    ) -> ProduceHeader<'_> {
+        ProduceHeader {
+            request: super::RequestHeader {
+                api_version: version,
+                correlation_id: corr,
+                client_id,
+            },
+            acks,
+            timeout_ms,
+        }
+    }
     use crate::protocol::RecordBatchWriter;
     use bytes::Bytes;
     use kafka_protocol::messages::produce_response::{
@@ -558,12 +580,19 @@ mod tests {
             let mut buf = BytesMut::with_capacity(8192);
             let cap = buf.capacity();
             buf.put_slice(b"xx");
-            write_produce_request(&mut buf, version, 77, "mqnet-test", -1, 30_000, &topics);
+            write_produce_request(
+                &mut buf,
+                &hdr(version, 77, "mqnet-test", -1, 30_000),
+                &topics,
+            );
             assert_eq!(buf.capacity(), cap, "v{version}: no reallocation");
             let mut frame = buf.freeze().slice(2..);
             let len = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
             assert_eq!(len, frame.len() - 4, "v{version}: length prefix");
-            assert_eq!(len, produce_request_size(version, "mqnet-test", &topics));
+            assert_eq!(
+                len,
+                produce_request_size(&hdr(version, 77, "mqnet-test", -1, 30_000), &topics)
+            );
             let mut body = frame.split_off(4);
 
             let hv = ProduceRequest::header_version(version);
@@ -607,9 +636,9 @@ mod tests {
         let topics = [("t", &parts[..])];
         for version in [3, 7, 9, 12] {
             let mut p = BytesMut::new();
-            write_produce_request(&mut p, version, 1, "c", 1, 100, &topics);
+            write_produce_request(&mut p, &hdr(version, 1, "c", 1, 100), &topics);
             let mut u = BytesMut::new();
-            write_produce_request_unprefixed(&mut u, version, 1, "c", 1, 100, &topics);
+            write_produce_request_unprefixed(&mut u, &hdr(version, 1, "c", 1, 100), &topics);
             assert_eq!(&p[4..], &u[..]);
         }
     }
@@ -625,14 +654,18 @@ mod tests {
             for prefixed in [false, true] {
                 let mut expect = BytesMut::new();
                 if prefixed {
-                    write_produce_request(&mut expect, version, 4, "c", 1, 9, &topics);
+                    write_produce_request(&mut expect, &hdr(version, 4, "c", 1, 9), &topics);
                 } else {
-                    write_produce_request_unprefixed(&mut expect, version, 4, "c", 1, 9, &topics);
+                    write_produce_request_unprefixed(
+                        &mut expect,
+                        &hdr(version, 4, "c", 1, 9),
+                        &topics,
+                    );
                 }
                 let mut buf = BytesMut::new();
                 buf.put_slice(b"junk");
                 let mut w =
-                    ProduceRequestWriter::begin(&mut buf, prefixed, version, 4, "c", 1, 9, 2);
+                    ProduceRequestWriter::begin(&mut buf, prefixed, &hdr(version, 4, "c", 1, 9), 2);
                 for (t, parts) in &topics {
                     w.topic(&mut buf, t, parts.len());
                     for (p, records) in parts.iter() {
@@ -649,7 +682,7 @@ mod tests {
     #[should_panic(expected = "fewer partitions than announced")]
     fn streaming_writer_checks_counts() {
         let mut buf = BytesMut::new();
-        let mut w = ProduceRequestWriter::begin(&mut buf, true, 9, 1, "c", 1, 1, 2);
+        let mut w = ProduceRequestWriter::begin(&mut buf, true, &hdr(9, 1, "c", 1, 1), 2);
         w.topic(&mut buf, "a", 2);
         w.partition(&mut buf, 0, b"");
         w.topic(&mut buf, "b", 0);
@@ -659,7 +692,7 @@ mod tests {
     fn empty_request_and_empty_client_id() {
         for version in [3, 9] {
             let mut buf = BytesMut::new();
-            write_produce_request_unprefixed(&mut buf, version, 5, "", 0, 1, &[]);
+            write_produce_request_unprefixed(&mut buf, &hdr(version, 5, "", 0, 1), &[]);
             let mut body = buf.freeze();
             let header =
                 RequestHeader::decode(&mut body, ProduceRequest::header_version(version)).unwrap();
@@ -672,7 +705,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "outside the supported")]
     fn version_13_panics() {
-        write_produce_request(&mut BytesMut::new(), 13, 0, "c", 1, 1, &[]);
+        write_produce_request(&mut BytesMut::new(), &hdr(13, 0, "c", 1, 1), &[]);
     }
 
     fn kp_response(version: i16) -> KpResponse {

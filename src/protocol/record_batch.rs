@@ -264,13 +264,57 @@ impl RecordBatchWriter {
         producer_epoch: i16,
         base_sequence: i32,
     ) {
+        self.finish_with_attributes(buf, 0, producer_id, producer_epoch, base_sequence);
+    }
+
+    /// As [`finish`](Self::finish), with the records compressed by `compressor` (its codec goes
+    /// in the attributes; [`Compression::None`](super::Compression::None) writes the same bytes
+    /// as `finish`). The records written so far are replaced by their compressed form in `buf`;
+    /// the header stays uncompressed and the CRC covers the compressed batch, as Kafka's clients
+    /// write it.
+    ///
+    /// # Errors
+    /// [`CompressionError`](super::CompressionError) from the codec; `buf` is then unchanged and
+    /// the batch can still be finished uncompressed with [`finish`](Self::finish) — nothing is
+    /// sent half-written.
+    pub fn finish_compressed(
+        self,
+        buf: &mut BytesMut,
+        compressor: &mut super::Compressor,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> Result<(), (Self, super::CompressionError)> {
+        let codec = compressor.codec();
+        if codec != super::Compression::None {
+            let body = self.start + RECORD_BATCH_OVERHEAD;
+            match compressor.compress(&buf[body..]) {
+                Ok(packed) => {
+                    buf.truncate(body);
+                    buf.extend_from_slice(packed);
+                }
+                Err(e) => return Err((self, e)),
+            }
+        }
+        self.finish_with_attributes(buf, codec.id(), producer_id, producer_epoch, base_sequence);
+        Ok(())
+    }
+
+    fn finish_with_attributes(
+        self,
+        buf: &mut BytesMut,
+        attributes: i16,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) {
         let batch = &mut buf[self.start..];
         let batch_length = (batch.len() - LEADER_EPOCH) as i32;
         batch[..8].copy_from_slice(&0i64.to_be_bytes());
         batch[BATCH_LENGTH..LEADER_EPOCH].copy_from_slice(&batch_length.to_be_bytes());
         batch[LEADER_EPOCH..MAGIC].copy_from_slice(&(-1i32).to_be_bytes());
         batch[MAGIC] = 2;
-        batch[ATTRIBUTES..LAST_OFFSET_DELTA].copy_from_slice(&0i16.to_be_bytes());
+        batch[ATTRIBUTES..LAST_OFFSET_DELTA].copy_from_slice(&attributes.to_be_bytes());
         batch[LAST_OFFSET_DELTA..BASE_TIMESTAMP].copy_from_slice(&(self.count - 1).to_be_bytes());
         batch[BASE_TIMESTAMP..MAX_TIMESTAMP].copy_from_slice(&self.base_timestamp.to_be_bytes());
         batch[MAX_TIMESTAMP..PRODUCER_ID].copy_from_slice(&self.max_timestamp.to_be_bytes());

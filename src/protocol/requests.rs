@@ -38,6 +38,7 @@ pub const fn request_is_flexible(api_key: i16, version: i16) -> bool {
         3 => version >= 9,  // Metadata
         18 => version >= 3, // ApiVersions
         22 => version >= 2, // InitProducerId
+        36 => version >= 2, // SaslAuthenticate
         _ => false,
     }
 }

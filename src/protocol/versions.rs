@@ -1,6 +1,10 @@
 //! ApiVersions: the versions a broker supports, version negotiation, and the handshake hook that
 //! runs the exchange on every new connection.
 
+use super::sasl::{
+    SaslClient, SaslCredentials, SaslError, SaslStep, SASL_AUTHENTICATE,
+    SASL_AUTHENTICATE_VERSIONS, SASL_HANDSHAKE,
+};
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -275,6 +279,15 @@ pub struct ApiVersionsHandshake {
     /// The version of the ApiVersions request in flight, per node.
     pending: HashMap<NodeId, i16>,
     versions: HashMap<NodeId, ApiVersions>,
+    /// SASL credentials: when set, every connection authenticates after ApiVersions
+    /// (`SASL_PLAINTEXT`): CHECKING_API_VERSIONS → AUTHENTICATING → READY.
+    sasl: Option<SaslCredentials>,
+    /// Connections authenticating: their SASL exchange and the versions learnt before it.
+    authenticating: HashMap<NodeId, (SaslClient, ApiVersions)>,
+    /// SASL failures not yet taken by the owner ([`take_auth_failures`](Self::take_auth_failures)).
+    auth_failures: Vec<(NodeId, SaslError)>,
+    /// The broker's session lifetime per authenticated connection, ms (KIP-368; absent: none).
+    session_lifetimes: HashMap<NodeId, i64>,
 }
 
 impl ApiVersionsHandshake {
@@ -285,7 +298,74 @@ impl ApiVersionsHandshake {
             max_version: API_VERSIONS_VERSIONS.1,
             pending: HashMap::new(),
             versions: HashMap::new(),
+            sasl: None,
+            authenticating: HashMap::new(),
+            auth_failures: Vec::new(),
+            session_lifetimes: HashMap::new(),
         }
+    }
+
+    /// Authenticates every connection with SASL (`creds`) after ApiVersions: SaslHandshake v1,
+    /// then SaslAuthenticate rounds; a connection is Ready only once authenticated. A failure
+    /// fails the handshake (the node goes to `HandshakeFailed`) and is kept for
+    /// [`take_auth_failures`](Self::take_auth_failures).
+    pub fn with_sasl(mut self, creds: SaslCredentials) -> Self {
+        self.sasl = Some(creds);
+        self
+    }
+
+    /// The SASL failures since the last call, oldest first (Kafka's `AuthenticationException`s:
+    /// the owner should fail its requests rather than reconnect and retry).
+    pub fn take_auth_failures(&mut self) -> Vec<(NodeId, SaslError)> {
+        std::mem::take(&mut self.auth_failures)
+    }
+
+    /// The session lifetime the broker gave `node`'s authenticated connection, ms (KIP-368): the
+    /// connection must re-authenticate (here: be closed and reconnected) before it ends. `None`
+    /// when unlimited or not authenticated.
+    pub fn session_lifetime_ms(&self, node: NodeId) -> Option<i64> {
+        self.session_lifetimes.get(&node).copied()
+    }
+
+    /// ApiVersions is done: Ready, or (with SASL) the SaslHandshake request.
+    fn api_versions_done(
+        &mut self,
+        node: NodeId,
+        v: ApiVersions,
+        correlation_id: i32,
+    ) -> HandshakeStep {
+        let Some(creds) = &self.sasl else {
+            self.versions.insert(node, v);
+            return HandshakeStep::Done;
+        };
+        let authenticate = v.negotiate(
+            SASL_AUTHENTICATE,
+            SASL_AUTHENTICATE_VERSIONS.0,
+            SASL_AUTHENTICATE_VERSIONS.1,
+        );
+        let (Ok(1), Ok(authenticate)) = (v.negotiate(SASL_HANDSHAKE, 1, 1), authenticate) else {
+            return self.sasl_failed(node, SaslError::NotServed);
+        };
+        let mut client = SaslClient::new(creds.clone(), &self.client_id, authenticate);
+        match client.start(correlation_id) {
+            SaslStep::Send(frame) => {
+                log::debug!("{node}: authenticating with {}", creds.mechanism);
+                self.authenticating.insert(node, (client, v));
+                HandshakeStep::Send(frame)
+            }
+            SaslStep::Done { .. } => {
+                self.versions.insert(node, v);
+                HandshakeStep::Done
+            }
+            SaslStep::Fail(e) => self.sasl_failed(node, e),
+        }
+    }
+
+    fn sasl_failed(&mut self, node: NodeId, e: SaslError) -> HandshakeStep {
+        let why = e.to_string();
+        log::warn!("{node}: {why}");
+        self.auth_failures.push((node, e));
+        HandshakeStep::Fail(why)
     }
 
     /// Starts at ApiVersions `version` instead of the highest we support (clamped to
@@ -324,14 +404,34 @@ impl Handshake for ApiVersionsHandshake {
     }
 
     fn on_response(&mut self, node: NodeId, response: Bytes, correlation_id: i32) -> HandshakeStep {
+        if let Some((mut client, v)) = self.authenticating.remove(&node) {
+            return match client.on_response(&response, correlation_id) {
+                SaslStep::Send(frame) => {
+                    self.authenticating.insert(node, (client, v));
+                    HandshakeStep::Send(frame)
+                }
+                SaslStep::Done {
+                    session_lifetime_ms,
+                } => {
+                    log::debug!(
+                        "{node}: authenticated (session lifetime {session_lifetime_ms} ms)"
+                    );
+                    if session_lifetime_ms > 0 {
+                        self.session_lifetimes.insert(node, session_lifetime_ms);
+                    }
+                    self.versions.insert(node, v);
+                    HandshakeStep::Done
+                }
+                SaslStep::Fail(e) => self.sasl_failed(node, e),
+            };
+        }
         let Some(sent) = self.pending.remove(&node) else {
             return HandshakeStep::Fail("ApiVersions response without a request".to_owned());
         };
         match interpret(sent, &response) {
             Next::Ready(v) => {
                 log::debug!("{node}: ApiVersions v{sent}: {} api keys", v.len());
-                self.versions.insert(node, v);
-                HandshakeStep::Done
+                self.api_versions_done(node, v, correlation_id)
             }
             Next::Retry(version) => {
                 log::debug!("{node}: ApiVersions v{sent} unsupported; retrying at v{version}");
@@ -344,6 +444,8 @@ impl Handshake for ApiVersionsHandshake {
     fn on_disconnect(&mut self, node: NodeId) {
         self.pending.remove(&node);
         self.versions.remove(&node);
+        self.authenticating.remove(&node);
+        self.session_lifetimes.remove(&node);
     }
 }
 

@@ -219,6 +219,15 @@ pub struct ProduceArgs {
     /// result's `metrics` field.
     #[arg(long)]
     pub stats: bool,
+    /// compression.type for both producers: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, value_name = "TYPE", value_parser = parse_compression, default_value = "none")]
+    pub compression_type: mqnet::protocol::Compression,
+}
+
+fn parse_compression(s: &str) -> Result<mqnet::protocol::Compression, BenchError> {
+    mqnet::protocol::Compression::from_name(s).ok_or_else(|| {
+        BenchError::usage(format!("{s:?}: expected none, gzip, snappy, lz4 or zstd"))
+    })
 }
 
 /// Kafka's default `buffer.memory` (32 MiB).

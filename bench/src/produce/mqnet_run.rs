@@ -25,7 +25,8 @@ pub(super) fn run_mqnet(
         .idempotence(s.acks.idempotence())
         .linger_ms(s.linger_ms)
         .batch_size(s.batch_size)
-        .buffer_memory(s.buffer_memory);
+        .buffer_memory(s.buffer_memory)
+        .compression(s.compression, None);
     let cfg = match s.max_in_flight {
         Some(n) => {
             let client = cfg.client.clone().max_in_flight(n);
@@ -94,5 +95,6 @@ pub(super) fn run_mqnet(
         rejected: 0,
         first_error: None,
         metrics,
+        wire_bytes: producer.produce_request_bytes(),
     })
 }

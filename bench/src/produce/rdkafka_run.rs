@@ -29,9 +29,14 @@ pub fn mock(brokers: i32) -> Result<Mock, BenchError> {
 
 /// The producer's context: delivery callbacks (served in `poll`, on this thread) record
 /// send → callback latency; the opaque is the send time in ns since `base`.
+/// `statistics.interval.ms`: how often librdkafka reports its byte counts.
+const STATS_INTERVAL_MS: u64 = 100;
+
 struct Ctx {
     base: Instant,
     tally: Mutex<Tally>,
+    /// The latest statistics' `txbytes` over all brokers.
+    txbytes: std::sync::atomic::AtomicU64,
 }
 
 impl Ctx {
@@ -40,7 +45,13 @@ impl Ctx {
     }
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let tx: u64 = statistics.brokers.values().map(|b| b.txbytes).sum();
+        self.txbytes
+            .fetch_max(tx, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
@@ -62,6 +73,7 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
     let ctx = Ctx {
         base,
         tally: Mutex::new(Tally::new()),
+        txbytes: std::sync::atomic::AtomicU64::new(0),
     };
     let max_messages = (s.records + 1000).min(i32::MAX as u64);
     let max_kbytes = (s.buffer_memory / 1024).clamp(1, i32::MAX as usize);
@@ -78,6 +90,8 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
         .set("queue.buffering.max.messages", max_messages.to_string())
         .set("queue.buffering.max.kbytes", max_kbytes.to_string())
         .set("partitioner", "murmur2_random")
+        .set("compression.type", s.compression.name())
+        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
         .create_with_context(ctx)
         .context("rdkafka producer")?;
     let value = super::tally::value_bytes(s.size);
@@ -151,6 +165,27 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
         first_error.get_or_insert_with(|| format!("flush: {e}"));
     }
     let tally = std::mem::replace(&mut *producer.context().tally(), Tally::new());
+    // Statistics come every interval: poll until two have arrived since the flush, so the last
+    // one counts every byte sent.
+    let mut seen = producer
+        .context()
+        .txbytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut steady = 0;
+    let stats_deadline = Instant::now() + Duration::from_millis(20 * STATS_INTERVAL_MS);
+    while steady < 2 && Instant::now() < stats_deadline {
+        producer.poll(Duration::from_millis(STATS_INTERVAL_MS));
+        let now_seen = producer
+            .context()
+            .txbytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now_seen == seen && now_seen > 0 {
+            steady += 1;
+        } else {
+            steady = 0;
+            seen = now_seen;
+        }
+    }
     drop(producer);
     Ok(Measured {
         tally,
@@ -158,5 +193,6 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
         rejected,
         first_error,
         metrics: None,
+        wire_bytes: seen,
     })
 }

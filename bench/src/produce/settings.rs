@@ -34,6 +34,8 @@ pub struct Settings {
     pub rate: Option<u64>,
     /// Collect mqnet's producer metrics (`--stats`).
     pub stats: bool,
+    /// compression.type of both peers.
+    pub compression: mqnet::protocol::Compression,
 }
 
 impl Settings {
@@ -51,6 +53,7 @@ impl Settings {
             max_in_flight: None,
             rate: None,
             stats: false,
+            compression: mqnet::protocol::Compression::None,
         }
     }
 
@@ -110,6 +113,7 @@ impl Settings {
             max_in_flight: a.max_in_flight,
             rate: a.rate,
             stats: a.stats,
+            compression: a.compression_type,
         })
     }
 
@@ -122,6 +126,9 @@ impl Settings {
         };
         if let Some(n) = self.max_in_flight {
             rtt.push_str(&format!(" max.in.flight {n}"));
+        }
+        if self.compression != mqnet::protocol::Compression::None {
+            rtt.push_str(&format!(" compression.type={}", self.compression));
         }
         if let Some(r) = self.rate {
             rtt.push_str(&format!(" at {} rec/s", report::thousands(r as f64)));
@@ -203,4 +210,12 @@ pub struct ProduceResult {
     /// mqnet's producer metrics at the end of its run (`--stats`): `group:name{tags}` → value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<std::collections::BTreeMap<String, f64>>,
+    /// compression.type.
+    #[serde(default)]
+    pub compression: String,
+    /// Bytes the producer sent to the brokers: mqnet's Produce requests (length prefixes
+    /// included); librdkafka's `txbytes` over all brokers (its few Metadata and ApiVersions
+    /// requests included).
+    #[serde(default)]
+    pub wire_bytes: u64,
 }

@@ -91,6 +91,8 @@ pub(super) struct Measured {
     pub(super) first_error: Option<String>,
     /// mqnet's producer metrics at the end (`--stats`).
     pub(super) metrics: Option<std::collections::BTreeMap<String, f64>>,
+    /// Bytes sent to the brokers (see [`ProduceResult::wire_bytes`]).
+    pub(super) wire_bytes: u64,
 }
 
 pub(super) fn summarize(
@@ -142,5 +144,7 @@ pub(super) fn summarize(
         rate: s.rate,
         first_error: m.first_error.or_else(|| t.first_error.clone()),
         metrics: m.metrics,
+        compression: s.compression.name().to_string(),
+        wire_bytes: m.wire_bytes,
     }
 }

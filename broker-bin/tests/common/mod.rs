@@ -110,9 +110,16 @@ pub fn produce_frame(corr: i32, topic: &str, partition: i32, batch: &[u8]) -> By
     let mut buf = BytesMut::new();
     let parts = [(partition, batch)];
     let topics = [(topic, &parts[..])];
-    mqnet::protocol::write_produce_request_unprefixed(
-        &mut buf, 7, corr, "raw", -1, 10_000, &topics,
-    );
+    let header = mqnet::protocol::ProduceHeader {
+        request: mqnet::protocol::RequestHeader {
+            api_version: 7,
+            correlation_id: corr,
+            client_id: "raw",
+        },
+        acks: -1,
+        timeout_ms: 10_000,
+    };
+    mqnet::protocol::write_produce_request_unprefixed(&mut buf, &header, &topics);
     buf.freeze()
 }
 

@@ -103,7 +103,7 @@ impl<T: Transport> Engine<T> {
         let Some(err) = self.fatal.clone() else {
             return;
         };
-        let mut failed: Vec<(String, i32, Batch)> = Vec::new();
+        let mut failed: Vec<Batch> = Vec::new();
         let mut waiting = Vec::new();
         {
             let acc = self.acc.clone();
@@ -111,24 +111,24 @@ impl<T: Transport> Engine<T> {
             if st.fatal.is_none() {
                 st.fatal = Some(err.clone());
             }
-            for (name, t) in st.topics.iter_mut() {
+            for t in st.topics.values_mut() {
                 waiting.extend(t.waiting.drain(..));
-                for (i, p) in t.partitions.iter_mut().enumerate() {
+                for p in t.partitions.iter_mut() {
                     if let Some(b) = p.open.take() {
-                        failed.push((name.clone(), i as i32, b));
+                        failed.push(b);
                     }
                 }
             }
         }
-        for (name, t) in self.topics.iter_mut() {
-            for (i, p) in t.partitions.iter_mut().enumerate() {
+        for t in self.topics.values_mut() {
+            for p in t.partitions.iter_mut() {
                 while let Some(b) = p.batches.pop_front() {
-                    failed.push((name.clone(), i as i32, b));
+                    failed.push(b);
                 }
             }
         }
-        for (t, p, b) in failed {
-            self.fail_batch(&t, p, b, err.clone());
+        for b in failed {
+            self.fail_batch(None, b, err.clone());
         }
         for p in waiting {
             self.pool.release(p.reserved);
@@ -144,13 +144,13 @@ impl<T: Transport> Engine<T> {
     /// queued or in flight, moves down by the refused batch's record count and is re-stamped
     /// before it is next sent; those in flight come back OUT_OF_ORDER_SEQUENCE_NUMBER and are
     /// resent in order.
-    pub(super) fn release_sequence(&mut self, topic: &str, part: i32, b: &Batch) {
+    pub(super) fn release_sequence(&mut self, tp: &TopicPartition, b: &Batch) {
         let Some(seq) = b.base_sequence else {
             return;
         };
         let n = b.records;
         let after = |s: i32| s.wrapping_sub(seq) > 0;
-        let Some(p) = self.partition_mut(topic, part) else {
+        let Some(p) = self.partition_mut(&tp.topic, tp.partition) else {
             return;
         };
         for s in p.in_flight.iter_mut() {
@@ -168,8 +168,8 @@ impl<T: Transport> Engine<T> {
             p.next_sequence = p.next_sequence.wrapping_sub(n);
         }
         for inflight in self.produce_in_flight.values_mut() {
-            for (t, i, q) in inflight.batches.iter_mut() {
-                if *i != part || t != topic {
+            for (qtp, q) in inflight.batches.iter_mut() {
+                if qtp != tp {
                     continue;
                 }
                 if let Some(s) = q.base_sequence.filter(|&s| after(s)) {

@@ -76,7 +76,7 @@ impl<T: Transport> Engine<T> {
     }
 
     pub(super) fn maybe_request_metadata(&mut self, now: Instant) {
-        if self.meta.in_flight {
+        if self.meta.in_flight || self.fatal.is_some() {
             return;
         }
         let stale = self

@@ -145,8 +145,10 @@ impl<T: Transport> Engine<T> {
         // Records in flight per partition.
         let mut inflight: HashMap<(&str, i32), (u64, u64)> = HashMap::new();
         for f in self.produce_in_flight.values() {
-            for (t, p, b) in &f.batches {
-                let e = inflight.entry((t.as_str(), *p)).or_default();
+            for (tp, b) in &f.batches {
+                let e = inflight
+                    .entry((tp.topic.as_str(), tp.partition))
+                    .or_default();
                 e.0 += b.completions.len() as u64;
                 e.1 += b.size() as u64;
             }

@@ -39,7 +39,7 @@ use crate::client::{
 };
 use crate::failover::BootstrapFailover;
 use crate::net::{Selector, Transport};
-use crate::protocol::{self, api, ApiVersionsHandshake, KafkaError, ProtocolError};
+use crate::protocol::{self, api, ApiVersionsHandshake, KafkaError, ProtocolError, TopicPartition};
 
 #[derive(Default)]
 struct PartitionState {
@@ -59,10 +59,14 @@ struct TopicState {
     last_error: Option<KafkaError>,
 }
 
+/// A batch with the partition it belongs to, once it has left the partition's queue (in flight,
+/// or on its way to a retry or a failure).
+type PartitionBatch = (TopicPartition, Batch);
+
 struct InFlightProduce {
     node: NodeId,
     version: i16,
-    batches: Vec<(String, i32, Batch)>,
+    batches: Vec<PartitionBatch>,
 }
 
 enum Control {
@@ -103,9 +107,14 @@ pub(crate) struct Engine<T: Transport = Selector> {
     rng: SplitMix64,
     responses: Vec<ClientResponse>,
     send_buf: BytesMut,
+    /// `compression.type`'s compressor, its buffers reused batch after batch.
+    compressor: protocol::Compressor,
+    /// When each node's current SASL session (one with a lifetime, KIP-368) was first seen
+    /// Ready.
+    auth_since: HashMap<NodeId, Instant>,
     disconnected_rx: bool,
     /// Batches that arrived for a partition not known here (never, by construction).
-    strays: Vec<(String, i32, Batch)>,
+    strays: Vec<Batch>,
     /// Metrics, snapshots and statistics (see `metrics.rs`).
     report: metrics::Reporting,
 }
@@ -174,7 +183,20 @@ impl<T: Transport> Engine<T> {
         sleeping: Arc<AtomicBool>,
         transport: T,
     ) -> std::io::Result<Self> {
-        let handshake = ApiVersionsHandshake::new(&cfg.client_id);
+        let mut handshake = ApiVersionsHandshake::new(&cfg.client_id);
+        if cfg.client.security.protocol.uses_sasl() {
+            let sasl = &cfg.client.sasl;
+            let mechanism = sasl
+                .mechanism
+                .as_deref()
+                .and_then(protocol::sasl::Mechanism::from_name)
+                .ok_or_else(|| std::io::Error::other("sasl.mechanism is not set or not served"))?;
+            handshake = handshake.with_sasl(protocol::sasl::SaslCredentials {
+                mechanism,
+                username: sasl.username.clone(),
+                password: sasl.password.clone(),
+            });
+        }
         let mut client = NetworkClient::with_transport(transport, cfg.client.clone(), handshake)
             .with_metric_config(cfg.metrics);
         let report = metrics::Reporting::new(&cfg, client.transport().now());
@@ -186,7 +208,11 @@ impl<T: Transport> Engine<T> {
         let mut rng = SplitMix64::from_entropy();
         let bootstrap = BootstrapFailover::new(cfg.bootstrap_servers.iter().cloned(), &mut rng);
         let retry = ExponentialBackoff::new(cfg.retry_backoff, cfg.retry_backoff_max, 0.2);
+        let compressor = protocol::Compressor::new(cfg.compression, cfg.compression_level)
+            .map_err(std::io::Error::other)?;
         Ok(Engine {
+            compressor,
+            auth_since: HashMap::new(),
             bootstrap,
             partition_limit: partition_limit(&cfg),
             client,
@@ -257,6 +283,8 @@ impl<T: Transport> Engine<T> {
         if self.finished(now) {
             return None;
         }
+        self.check_authentication();
+        self.reauthenticate(now);
         self.maybe_request_metadata(now);
         self.maybe_init_producer_id(now);
         self.fail_fatally();
@@ -267,8 +295,49 @@ impl<T: Transport> Engine<T> {
         Some(self.next_wake(now))
     }
 
-    /// Polls the network for at most `timeout` (the turn began at `now`); what it brought is
-    /// settled by [`handle_responses`](Self::handle_responses).
+    /// A SASL failure on any connection is fatal (Kafka's `AuthenticationException` is not
+    /// retriable): every record fails with it and the producer stops connecting, instead of
+    /// reconnecting in a loop with credentials the broker refuses.
+    fn check_authentication(&mut self) {
+        let failures = self.client.handshake_mut().take_auth_failures();
+        if let Some((node, e)) = failures.into_iter().next() {
+            if self.fatal.is_none() {
+                log::error!("{node}: {e}: the producer fails every record");
+                self.fatal = Some(ProduceError::Authentication {
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// KIP-368: a SASL session the broker gave a lifetime must be renewed before it ends. Kafka's
+    /// clients re-authenticate on the same connection; here the connection is closed — once idle
+    /// past 85 % of the lifetime, or in any case past 95 % (requests in flight then come back
+    /// disconnected and are retried) — and the next request reconnects and authenticates anew.
+    fn reauthenticate(&mut self, now: Instant) {
+        if !self.cfg.client.security.protocol.uses_sasl() {
+            return;
+        }
+        for i in 0..self.client.nodes().len() {
+            let node = self.client.nodes()[i];
+            let lifetime = self.client.handshake().session_lifetime_ms(node);
+            let (Some(lifetime), true) = (lifetime, self.client.is_ready(node)) else {
+                self.auth_since.remove(&node);
+                continue;
+            };
+            let since = *self.auth_since.entry(node).or_insert(now);
+            let age = now.saturating_duration_since(since).as_millis() as i64;
+            let idle = self.client.in_flight_count(node) == 0;
+            if (idle && age >= lifetime / 100 * 85) || age >= lifetime / 100 * 95 {
+                log::info!("{node}: SASL session at {age} of {lifetime} ms: reconnecting");
+                self.auth_since.remove(&node);
+                self.client.disconnect(node, now);
+            }
+        }
+    }
+
+    /// Polls the network for at most `timeout` (the turn began at `now`); the responses it
+    /// brought are handled by [`handle_responses`](Self::handle_responses).
     pub(crate) fn poll(&mut self, timeout: Duration, now: Instant) {
         if let Err(e) = self.client.poll_io(Some(timeout), now) {
             log::error!("producer poll failed: {e}");
@@ -343,15 +412,15 @@ impl<T: Transport> Engine<T> {
             // by `fail_strays`, outside the accumulator's lock.
             None => {
                 log::error!("a batch for unknown partition {topic}-{partition}");
-                self.strays.push((topic.to_string(), partition, batch));
+                self.strays.push(batch);
             }
         }
     }
 
     /// Fails the batches `queue_batch` had no partition for.
     fn fail_strays(&mut self) {
-        for (topic, partition, batch) in std::mem::take(&mut self.strays) {
-            self.fail_batch(&topic, partition, batch, ProduceError::Closed);
+        for batch in std::mem::take(&mut self.strays) {
+            self.fail_batch(None, batch, ProduceError::Closed);
         }
     }
 
@@ -437,7 +506,7 @@ impl<T: Transport> Engine<T> {
         self.acc_empty = empty;
         self.acc_wake = wake;
         for (name, p) in expired {
-            self.report.stats.records_failed(now, &name, 1);
+            self.report.stats.records_failed(now, Some(&name), 1);
             self.pool.release(p.reserved);
             let last = self
                 .topics
@@ -455,7 +524,7 @@ impl<T: Transport> Engine<T> {
             .and_then(|t| t.partitions.get_mut(part as usize))
     }
 
-    fn complete_batch(&mut self, _topic: &str, part: i32, b: Batch, base_offset: i64) {
+    fn complete_batch(&mut self, tp: &TopicPartition, b: Batch, base_offset: i64) {
         self.pool.release(b.reserved);
         for (i, c) in b.completions.into_iter().enumerate() {
             let offset = if base_offset >= 0 {
@@ -464,13 +533,15 @@ impl<T: Transport> Engine<T> {
                 -1
             };
             c.complete(Ok(RecordMetadata {
-                partition: part,
+                partition: tp.partition,
                 offset,
             }));
         }
     }
 
-    fn fail_batch(&mut self, topic: &str, _part: i32, b: Batch, err: ProduceError) {
+    /// Fails every record of `b` with `err`; `topic` (when the caller knows it) is charged the
+    /// per-topic error count, the producer's total always.
+    fn fail_batch(&mut self, topic: Option<&str>, b: Batch, err: ProduceError) {
         let now = self.client.transport().now();
         self.report
             .stats
@@ -487,29 +558,29 @@ impl<T: Transport> Engine<T> {
     ///
     /// Without idempotence and with more than one batch of a partition in flight, a resent batch
     /// may land after a later one (Kafka's documented behaviour); `max.in.flight = 1` keeps order.
-    fn retry_batches(&mut self, batches: Vec<(String, i32, Batch)>, why: RetryCause, now: Instant) {
-        for (topic, part, mut b) in batches.into_iter().rev() {
+    fn retry_batches(&mut self, batches: Vec<PartitionBatch>, why: RetryCause, now: Instant) {
+        for (tp, mut b) in batches.into_iter().rev() {
             b.attempts += 1;
             b.last_error = Some(why.clone());
             if now >= b.deadline {
                 let last = b.last_error.clone();
                 self.abandon_sequence(&b);
-                self.fail_batch(&topic, part, b, ProduceError::DeliveryTimeout { last });
+                self.fail_batch(Some(&tp.topic), b, ProduceError::DeliveryTimeout { last });
                 continue;
             }
             if b.attempts > self.cfg.retries {
                 let last = b.last_error.clone();
                 self.abandon_sequence(&b);
-                self.fail_batch(&topic, part, b, ProduceError::RetriesExhausted { last });
+                self.fail_batch(Some(&tp.topic), b, ProduceError::RetriesExhausted { last });
                 continue;
             }
             self.report
                 .stats
-                .records_retried(now, &topic, b.completions.len());
+                .records_retried(now, &tp.topic, b.completions.len());
             let backoff = self.retry.backoff(b.attempts - 1, &mut self.rng);
             b.retry_at = Some(now.checked_add(backoff).unwrap_or(now));
-            log::debug!("retrying {topic}-{part} after {backoff:?}: {why}");
-            if let Some(p) = self.partition_mut(&topic, part) {
+            log::debug!("retrying {tp} after {backoff:?}: {why}");
+            if let Some(p) = self.partition_mut(&tp.topic, tp.partition) {
                 match b.base_sequence {
                     Some(seq) => {
                         let at = p
@@ -528,16 +599,16 @@ impl<T: Transport> Engine<T> {
     fn fail_node_batches(&mut self, node: NodeId, err: &ProduceError) {
         let mut failed = Vec::new();
         for (name, t) in self.topics.iter_mut() {
-            for (i, p) in t.partitions.iter_mut().enumerate() {
+            for p in t.partitions.iter_mut() {
                 if p.leader == Some(node.0) && p.in_flight.is_empty() {
                     while let Some(b) = p.batches.pop_front() {
-                        failed.push((name.clone(), i as i32, b));
+                        failed.push((name.clone(), b));
                     }
                 }
             }
         }
-        for (t, p, b) in failed {
-            self.fail_batch(&t, p, b, err.clone());
+        for (name, b) in failed {
+            self.fail_batch(Some(&name), b, err.clone());
         }
     }
 
@@ -546,29 +617,29 @@ impl<T: Transport> Engine<T> {
     fn expire(&mut self, now: Instant) {
         let mut expired = Vec::new();
         for (name, t) in self.topics.iter_mut() {
-            for (i, p) in t.partitions.iter_mut().enumerate() {
+            for p in t.partitions.iter_mut() {
                 while p.batches.front().is_some_and(|b| now >= b.deadline) {
                     if let Some(b) = p.batches.pop_front() {
-                        expired.push((name.clone(), i as i32, b));
+                        expired.push((name.clone(), b));
                     }
                 }
             }
         }
-        for (t, p, b) in expired {
+        for (name, b) in expired {
             let last = b.last_error.clone();
             self.abandon_sequence(&b);
-            self.fail_batch(&t, p, b, ProduceError::DeliveryTimeout { last });
+            self.fail_batch(Some(&name), b, ProduceError::DeliveryTimeout { last });
         }
         // Batches in flight past their deadline: their records fail now, as `delivery.timeout.ms`
         // promises (Kafka's client does the same). The request itself cannot be recalled; when its
         // outcome arrives the batch has no records left to complete, and it is never retried
         // (`retry_batches` fails anything past its deadline).
         for inflight in self.produce_in_flight.values_mut() {
-            for (topic, _, b) in inflight.batches.iter_mut() {
+            for (tp, b) in inflight.batches.iter_mut() {
                 if now >= b.deadline && !b.completions.is_empty() {
                     self.report
                         .stats
-                        .records_failed(now, topic, b.completions.len());
+                        .records_failed(now, Some(&tp.topic), b.completions.len());
                     self.pool.release(b.reserved);
                     b.reserved = 0;
                     let last = b.last_error.clone().or(Some(RetryCause::InFlight));
@@ -588,7 +659,7 @@ impl<T: Transport> Engine<T> {
             }
         };
         for inflight in self.produce_in_flight.values() {
-            for (_, _, b) in &inflight.batches {
+            for (_, b) in &inflight.batches {
                 if !b.completions.is_empty() {
                     at(b.deadline);
                 }
@@ -654,11 +725,11 @@ impl<T: Transport> Engine<T> {
             let mut st = acc.lock();
             st.closed = true;
             self.drain_commands();
-            for (name, t) in st.topics.iter_mut() {
+            for t in st.topics.values_mut() {
                 waiting.extend(t.waiting.drain(..));
-                for (i, p) in t.partitions.iter_mut().enumerate() {
+                for p in t.partitions.iter_mut() {
                     if let Some(b) = p.open.take() {
-                        accumulated.push((name.clone(), i as i32, b));
+                        accumulated.push(b);
                     }
                 }
             }
@@ -666,21 +737,22 @@ impl<T: Transport> Engine<T> {
         self.fail_strays();
         self.acc_empty = true;
         // Oldest first: in flight, queued here, in the accumulator, waiting for metadata.
-        let mut all: Vec<(String, i32, Batch)> = self
+        let mut all: Vec<Batch> = self
             .produce_in_flight
             .drain()
             .flat_map(|(_, inflight)| inflight.batches)
+            .map(|(_, b)| b)
             .collect();
-        for (name, t) in self.topics.iter_mut() {
-            for (i, p) in t.partitions.iter_mut().enumerate() {
+        for t in self.topics.values_mut() {
+            for p in t.partitions.iter_mut() {
                 while let Some(b) = p.batches.pop_front() {
-                    all.push((name.clone(), i as i32, b));
+                    all.push(b);
                 }
             }
         }
         all.extend(accumulated);
-        for (t, p, b) in all {
-            self.fail_batch(&t, p, b, err.clone());
+        for b in all {
+            self.fail_batch(None, b, err.clone());
         }
         for p in waiting {
             self.pool.release(p.reserved);

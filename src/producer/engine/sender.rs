@@ -86,7 +86,7 @@ impl<T: Transport> Engine<T> {
         let limit = self.partition_limit;
         let max_request = self.cfg.max_request_size;
         let mut size = REQUEST_OVERHEAD;
-        let mut taken: Vec<(String, i32, Batch)> = Vec::new();
+        let mut taken: Vec<PartitionBatch> = Vec::new();
         for (name, t) in self.topics.iter_mut() {
             for (i, p) in t.partitions.iter_mut().enumerate() {
                 if p.leader != Some(node.0) || !Self::may_send(p, now, idempotent, limit) {
@@ -103,7 +103,12 @@ impl<T: Transport> Engine<T> {
                 };
                 if let Some(w) = b.writer.take() {
                     let seq = if idempotent { p.next_sequence } else { -1 };
-                    w.finish(&mut b.buf, pid, epoch, seq);
+                    if let Err((w, e)) =
+                        w.finish_compressed(&mut b.buf, &mut self.compressor, pid, epoch, seq)
+                    {
+                        log::warn!("{name}-{i}: {e}: the batch goes uncompressed");
+                        w.finish(&mut b.buf, pid, epoch, seq);
+                    }
                     if idempotent {
                         b.base_sequence = Some(seq);
                         p.next_sequence = p.next_sequence.wrapping_add(b.records);
@@ -131,22 +136,22 @@ impl<T: Transport> Engine<T> {
                 }
                 size += b.size() + 16;
                 p.in_flight.push(b.base_sequence.unwrap_or(-1));
-                taken.push((name.clone(), i as i32, b));
+                taken.push((TopicPartition::new(name.as_str(), i as i32), b));
             }
         }
         if taken.is_empty() {
             return false;
         }
         let mut records = 0u64;
-        for (name, part, b) in &taken {
+        for (tp, b) in &taken {
             let queued = (b.attempts == 0).then(|| now.saturating_duration_since(b.created));
             let n = b.completions.len();
             records += n as u64;
             let n = i32::try_from(n).unwrap_or(i32::MAX);
             let sent = crate::metrics::SentBatch {
                 leader: node.0,
-                topic: name,
-                partition: *part,
+                topic: &tp.topic,
+                partition: tp.partition,
                 records: n,
                 bytes: b.size(),
                 queued,
@@ -158,31 +163,36 @@ impl<T: Transport> Engine<T> {
         type Part<'a> = (i32, &'a [u8]);
         type Parts<'a> = Vec<Part<'a>>;
         let mut grouped: Vec<(&str, Parts<'_>)> = Vec::new();
-        for (name, part, b) in &taken {
+        for (tp, b) in &taken {
             let bytes: &[u8] = b.frozen.as_deref().unwrap_or(&[]);
-            match grouped.iter_mut().find(|(n, _)| *n == name.as_str()) {
-                Some((_, v)) => v.push((*part, bytes)),
-                None => grouped.push((name.as_str(), vec![(*part, bytes)])),
+            match grouped.iter_mut().find(|(n, _)| *n == tp.topic.as_str()) {
+                Some((_, v)) => v.push((tp.partition, bytes)),
+                None => grouped.push((tp.topic.as_str(), vec![(tp.partition, bytes)])),
             }
         }
         let topics: Vec<(&str, &[Part<'_>])> =
             grouped.iter().map(|(n, v)| (*n, v.as_slice())).collect();
         let corr = self.client.next_correlation_id();
         self.send_buf.reserve(size);
-        protocol::write_produce_request_unprefixed(
-            &mut self.send_buf,
-            version,
-            corr,
-            &self.cfg.client_id,
-            self.cfg.acks.wire(),
-            self.cfg
+        let header = protocol::ProduceHeader {
+            request: protocol::RequestHeader {
+                api_version: version,
+                correlation_id: corr,
+                client_id: &self.cfg.client_id,
+            },
+            acks: self.cfg.acks.wire(),
+            timeout_ms: self
+                .cfg
                 .client
                 .request_timeout
                 .as_millis()
                 .min(i32::MAX as u128) as i32,
-            &topics,
-        );
+        };
+        protocol::write_produce_request_unprefixed(&mut self.send_buf, &header, &topics);
         let frame = self.send_buf.split().freeze();
+        self.acc
+            .request_bytes
+            .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
         let expect = self.cfg.acks != Acks::None;
         self.client.send(
             ClientRequest::new(node, corr, frame).expect_response(expect),
@@ -220,8 +230,8 @@ impl<T: Transport> Engine<T> {
         let Some(inflight) = self.produce_in_flight.remove(&r.correlation_id) else {
             return;
         };
-        for (topic, part, b) in &inflight.batches {
-            self.landed(topic, *part, b);
+        for (tp, b) in &inflight.batches {
+            self.landed(tp, b);
         }
         if matches!(r.outcome, Outcome::Response(_)) {
             self.report.stats.response(now, r.latency);
@@ -237,8 +247,8 @@ impl<T: Transport> Engine<T> {
                 }
             }
             Outcome::Sent => {
-                for (topic, part, b) in inflight.batches {
-                    self.complete_batch(&topic, part, b, -1);
+                for (tp, b) in inflight.batches {
+                    self.complete_batch(&tp, b, -1);
                 }
             }
             Outcome::Disconnected(cause) => {
@@ -256,9 +266,9 @@ impl<T: Transport> Engine<T> {
     }
 
     /// A batch's request has its outcome: it is no longer in flight.
-    pub(super) fn landed(&mut self, topic: &str, part: i32, b: &Batch) {
+    pub(super) fn landed(&mut self, tp: &TopicPartition, b: &Batch) {
         let seq = b.base_sequence.unwrap_or(-1);
-        if let Some(p) = self.partition_mut(topic, part) {
+        if let Some(p) = self.partition_mut(&tp.topic, tp.partition) {
             if let Some(i) = p.in_flight.iter().position(|&s| s == seq) {
                 p.in_flight.swap_remove(i);
             } else if !p.in_flight.is_empty() {
@@ -283,17 +293,20 @@ impl<T: Transport> Engine<T> {
         resp: protocol::ProduceResponse,
         now: Instant,
     ) {
-        let mut results: HashMap<(String, i32), (Option<KafkaError>, i64)> = HashMap::new();
+        let mut results: HashMap<TopicPartition, (Option<KafkaError>, i64)> = HashMap::new();
         for (topic, parts) in resp.topics {
             for p in parts {
-                results.insert((topic.clone(), p.partition), (p.error, p.base_offset));
+                results.insert(
+                    TopicPartition::new(topic.as_str(), p.partition),
+                    (p.error, p.base_offset),
+                );
             }
         }
-        for (topic, part, b) in inflight.batches {
-            match results.remove(&(topic.clone(), part)) {
-                Some((None, base)) => self.complete_batch(&topic, part, b, base),
+        for (tp, b) in inflight.batches {
+            match results.remove(&tp) {
+                Some((None, base)) => self.complete_batch(&tp, b, base),
                 Some((Some(KafkaError::DuplicateSequenceNumber), base)) => {
-                    self.complete_batch(&topic, part, b, base)
+                    self.complete_batch(&tp, b, base)
                 }
                 Some((Some(KafkaError::OutOfOrderSequenceNumber), _))
                     if self.cfg.enable_idempotence && b.base_sequence.is_some() =>
@@ -307,31 +320,29 @@ impl<T: Transport> Engine<T> {
                     let expected = b.restamp
                         || self.idem.reset_due
                         || self
-                            .partition_mut(&topic, part)
+                            .partition_mut(&tp.topic, tp.partition)
                             .is_some_and(|p| Self::earlier_unresolved(p, seq));
                     if !expected {
                         log::warn!(
-                            "{topic}-{part}: OUT_OF_ORDER_SEQUENCE_NUMBER at sequence {seq} with \
+                            "{tp}: OUT_OF_ORDER_SEQUENCE_NUMBER at sequence {seq} with \
                              nothing before it: new producer id"
                         );
                         self.idem.reset_due = true;
                     }
                     let why = RetryCause::Broker(KafkaError::OutOfOrderSequenceNumber);
-                    self.retry_batches(vec![(topic, part, b)], why, now);
+                    self.retry_batches(vec![(tp, b)], why, now);
                 }
                 Some((Some(err), _)) if err.is_retriable() => {
                     if err.invalidates_metadata() {
                         self.meta.due = true;
                     }
-                    self.retry_batches(vec![(topic, part, b)], RetryCause::Broker(err), now);
+                    self.retry_batches(vec![(tp, b)], RetryCause::Broker(err), now);
                 }
                 Some((Some(err), _)) => {
-                    self.release_sequence(&topic, part, &b);
-                    self.fail_batch(&topic, part, b, ProduceError::Broker(err));
+                    self.release_sequence(&tp, &b);
+                    self.fail_batch(Some(&tp.topic), b, ProduceError::Broker(err));
                 }
-                None => {
-                    self.retry_batches(vec![(topic, part, b)], RetryCause::PartitionMissing, now)
-                }
+                None => self.retry_batches(vec![(tp, b)], RetryCause::PartitionMissing, now),
             }
         }
     }

@@ -161,17 +161,22 @@ fn librdkafka_batches_of_every_codec_pass_the_brokers_strict_validation() {
         let all = batches(&records);
         assert!(!all.is_empty(), "{codec}: no batch fetched");
         let mut count = 0;
+        let mut compressed = 0;
         for b in all {
-            assert_eq!(
-                i16::from_be_bytes([b[21], b[22]]) & 7,
-                codec.id(),
-                "{codec}"
+            // librdkafka sends a batch uncompressed when compressing would not make it smaller
+            // (a batch of one or two small records): either is valid, and both must validate.
+            let attr = i16::from_be_bytes([b[21], b[22]]) & 7;
+            assert!(
+                attr == codec.id() || attr == 0,
+                "{codec}: codec bits {attr}"
             );
+            compressed += usize::from(attr == codec.id());
             let h = mqnet::broker::batch::validate(b, 1 << 20)
                 .unwrap_or_else(|r| panic!("{codec}: librdkafka's batch refused: {}", r.why));
             count += h.record_count as usize;
         }
         assert_eq!(count, n, "{codec}: records in the fetched batches");
+        assert!(compressed > 0, "{codec}: no batch was compressed");
     }
 }
 

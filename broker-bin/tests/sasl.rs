@@ -73,40 +73,7 @@ fn kcat_read(
     protocol: SecurityProtocol,
     mechanism: &str,
 ) -> Vec<(i32, i64, String, String)> {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            bootstrap,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-        ])
-        .args(["-X", "check.crcs=true", "-f", "%p %o %k %s\\n"])
-        .args(kcat_security(protocol, mechanism))
-        .output()
-        .expect("kcat");
-    assert!(
-        out.status.success(),
-        "kcat failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let w: Vec<&str> = l.splitn(4, ' ').collect();
-            (
-                w[0].parse().unwrap(),
-                w[1].parse().unwrap(),
-                w.get(2).copied().unwrap_or_default().to_owned(),
-                w.get(3).copied().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
+    common::kcat_with(bootstrap, topic, &kcat_security(protocol, mechanism))
 }
 
 fn mqnet_produces_and_kcat_reads_back(protocol: SecurityProtocol, mechanism: &str) {

@@ -55,45 +55,13 @@ fn kcat_args(settings: &[(&str, String)]) -> Vec<String> {
         .collect()
 }
 
-/// kcat over every partition of `topic`; (partition, offset, key, value).
+/// kcat over every partition of `topic` with `settings`; (partition, offset, key, value).
 fn kcat_consume(
     bootstrap: &str,
     topic: &str,
     settings: &[(&str, String)],
 ) -> Vec<(i32, i64, String, String)> {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            bootstrap,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-        ])
-        .args(["-X", "check.crcs=true", "-f", "%p %o %k %s\\n"])
-        .args(kcat_args(settings))
-        .output()
-        .expect("kcat (apt-get install kcat)");
-    assert!(
-        out.status.success(),
-        "kcat failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let mut w = l.splitn(4, ' ');
-            let p = w.next().unwrap().parse().unwrap();
-            let o = w.next().unwrap().parse().unwrap();
-            let k = w.next().unwrap_or_default().to_owned();
-            let v = w.next().unwrap_or_default().to_owned();
-            (p, o, k, v)
-        })
-        .collect()
+    common::kcat_with(bootstrap, topic, &kcat_args(settings))
 }
 
 #[test]

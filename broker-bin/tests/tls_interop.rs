@@ -44,39 +44,7 @@ fn kcat_ssl(pki: &Pki, client: &Leaf) -> Vec<String> {
 
 /// kcat over every partition of `topic`, with `extra` settings; (partition, offset, key, value).
 fn kcat_consume(bootstrap: &str, topic: &str, extra: &[String]) -> Vec<(i32, i64, String, String)> {
-    let out = Command::new("kcat")
-        .args([
-            "-C",
-            "-b",
-            bootstrap,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-            "-q",
-        ])
-        .args(["-X", "check.crcs=true", "-f", "%p %o %k %s\\n"])
-        .args(extra)
-        .output()
-        .expect("kcat (apt-get install kcat)");
-    assert!(
-        out.status.success(),
-        "kcat failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let mut w = l.splitn(4, ' ');
-            let p = w.next().unwrap().parse().unwrap();
-            let o = w.next().unwrap().parse().unwrap();
-            let k = w.next().unwrap_or_default().to_owned();
-            let v = w.next().unwrap_or_default().to_owned();
-            (p, o, k, v)
-        })
-        .collect()
+    common::kcat_with(bootstrap, topic, extra)
 }
 
 #[test]

@@ -240,6 +240,15 @@ pub mod kafka_protocol_frame {
 /// Runs kcat over every partition of `topic` from the beginning to the end, with CRC checks;
 /// returns (partition, offset, key, value).
 pub fn kcat(bootstrap: &str, topic: &str) -> Vec<(i32, i64, String, String)> {
+    kcat_with(bootstrap, topic, &[])
+}
+
+/// [`kcat`] with `extra` arguments (security settings: `-X security.protocol=...`, ...).
+pub fn kcat_with(
+    bootstrap: &str,
+    topic: &str,
+    extra: &[String],
+) -> Vec<(i32, i64, String, String)> {
     let out = Command::new("kcat")
         .args([
             "-C",
@@ -256,6 +265,7 @@ pub fn kcat(bootstrap: &str, topic: &str) -> Vec<(i32, i64, String, String)> {
             "-f",
             "%p %o %k %s\\n",
         ])
+        .args(extra)
         .output()
         .expect("kcat (apt-get install kcat)");
     assert!(

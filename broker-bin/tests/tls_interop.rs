@@ -125,3 +125,51 @@ fn kcat_producer_over_ssl_read_back_by_kcat_over_ssl_and_plaintext_kcat_gets_not
         "plaintext kcat listed metadata of a TLS broker"
     );
 }
+
+#[test]
+fn a_broker_certificate_for_another_host_fails_the_producers_records_at_once() {
+    let pki = Pki::new("interop-wrong-host");
+    let server = pki.leaf("broker", &["broker.other.test"]);
+    let topic = "tls-wrong-host";
+    let broker = tls_broker(&pki, &server, topic, 1);
+    let bootstrap = broker.bootstrap_servers();
+    let mut config = ProducerConfig::new(&bootstrap);
+    for (k, v) in [
+        ("security.protocol", "SSL".to_string()),
+        ("ssl.ca.location", pki.ca_pem.display().to_string()),
+        // Far beyond the bound below: a record failing in time failed on the handshake, not on
+        // its delivery timeout.
+        ("delivery.timeout.ms", "300000".to_string()),
+        ("request.timeout.ms", "10000".to_string()),
+    ] {
+        config.set(k, &v).expect(k);
+    }
+    let producer = Producer::new(config).expect("producer");
+    let started = std::time::Instant::now();
+    let err = producer
+        .send(ProducerRecord::new(topic, "v"))
+        .wait_timeout(WAIT)
+        .expect("the record completed")
+        .expect_err("the record must fail");
+    assert!(
+        matches!(err, mqnet::producer::ProduceError::Authentication { .. }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < WAIT,
+        "failed after {:?}",
+        started.elapsed()
+    );
+    // Later records fail with the same error at once, without new connections.
+    let err = producer
+        .send(ProducerRecord::new(topic, "w"))
+        .wait_timeout(WAIT)
+        .expect("the record completed")
+        .expect_err("the record must fail");
+    assert!(
+        matches!(err, mqnet::producer::ProduceError::Authentication { .. }),
+        "{err:?}"
+    );
+    producer.close(Duration::from_secs(5));
+    assert_eq!(broker.high_watermark(topic, 0).expect("hw"), 0);
+}

@@ -35,10 +35,11 @@ use super::config::{Acks, ProducerConfig};
 use super::memory::BufferPool;
 use super::record::{ProduceError, RecordMetadata, RetryCause};
 use crate::client::{
-    ClientRequest, ClientResponse, ExponentialBackoff, NetworkClient, NodeId, Outcome, SplitMix64,
+    ClientRequest, ClientResponse, DisconnectCause, ExponentialBackoff, NetworkClient, NodeId,
+    Outcome, SplitMix64,
 };
 use crate::failover::BootstrapFailover;
-use crate::net::{Selector, Transport};
+use crate::net::{DisconnectReason, Selector, TlsFailure, Transport};
 use crate::protocol::{self, api, ApiVersionsHandshake, KafkaError, ProtocolError, TopicPartition};
 
 #[derive(Default)]
@@ -298,6 +299,11 @@ impl<T: Transport> Engine<T> {
     /// A SASL failure on any connection is fatal (Kafka's `AuthenticationException` is not
     /// retriable): every record fails with it and the producer stops connecting, instead of
     /// reconnecting in a loop with credentials the broker refuses.
+    ///
+    /// A TLS handshake the broker or this client refused (a certificate expired, untrusted or for
+    /// another host, no client certificate, a peer that does not speak TLS) is fatal the same way
+    /// (Kafka's `SslAuthenticationException`); a connection closed during the handshake is not
+    /// (a broker restarting), and is retried after the reconnect backoff.
     fn check_authentication(&mut self) {
         let failures = self.client.handshake_mut().take_auth_failures();
         if let Some((node, e)) = failures.into_iter().next() {
@@ -306,6 +312,27 @@ impl<T: Transport> Engine<T> {
                 self.fatal = Some(ProduceError::Authentication {
                     message: e.to_string(),
                 });
+            }
+        }
+        if self.fatal.is_some() || !self.cfg.client.security.protocol.uses_tls() {
+            return;
+        }
+        for &node in self.client.nodes() {
+            let Some(m) = self.client.node_metrics(node) else {
+                continue;
+            };
+            if let Some(DisconnectCause::Transport(DisconnectReason::HandshakeFailed(f))) =
+                m.authentication_failure
+            {
+                if f != TlsFailure::ClosedDuringHandshake {
+                    log::error!(
+                        "{node}: TLS handshake failed ({f}): the producer fails every record"
+                    );
+                    self.fatal = Some(ProduceError::Authentication {
+                        message: format!("{node}: TLS handshake failed: {f}"),
+                    });
+                    return;
+                }
             }
         }
     }

@@ -18,9 +18,12 @@
 //! ```
 //!
 //! - [`net`]: length-prefixed frames, channels, send queues and the [`net::Selector`], which owns
-//!   every socket; the [`net::Transport`] trait that the layers above are generic over.
+//!   every socket; a per-channel transport layer (plaintext, or TLS with rustls driven sans-IO,
+//!   feature `tls`); the [`net::Transport`] trait that the layers above are generic over.
 //! - [`client`]: the [`client::NetworkClient`]: per-node connection states, reconnect backoff,
-//!   connection-setup timeouts, in-flight requests with correlation checks, request timeouts.
+//!   connection-setup timeouts, in-flight requests with correlation checks, request timeouts;
+//!   `security.protocol`, the `ssl.*` and `sasl.*` settings. Polling is `poll_io(timeout, now)`
+//!   (I/O) then `handle(now)` with the caller's time after the I/O: one clock, the caller's.
 //! - [`failover`]: policies above the client: bootstrap-server selection
 //!   ([`failover::BootstrapFailover`]) and one logical connection over a list of servers
 //!   ([`failover::FailoverTransport`], ActiveMQ's `failover:` URI).
@@ -33,7 +36,10 @@
 //! - [`server`]: the server role beside the client on [`net`]: accept, read request frames, hand
 //!   them to a handler, write responses back in request order per connection.
 //! - `broker` (feature `broker`): an embedded strict Kafka-subset broker on the server role, with
-//!   an on-disk log and Kafka's idempotence checks.
+//!   an on-disk log, Kafka's idempotence checks, SASL, TLS listeners, and RocketMQ-style
+//!   master/slave replication (`broker::ha`).
+//! - [`metrics`]: Kafka-named metrics (sampled windows, HDR latencies), the librdkafka-shaped
+//!   statistics document, and the optional `metrics`-crate facade.
 //! - `sim` (feature `sim`, and the crate's own unit tests): a simulated network implementing
 //!   [`net::Transport`], with scripted servers and injected faults, on simulated time.
 //!
@@ -45,6 +51,8 @@
 //!   `compression.type` (pulls in `flate2`, `snap`, `lz4_flex`, `zstd`); each is a feature of its
 //!   own.
 //! - `broker` (off): the `broker` module; implies `kafka`.
+//! - `tls` (off): TLS in the transport layer (`rustls` with `ring`); `security.protocol=SSL` and
+//!   `SASL_SSL` need it. The harness and the broker binary turn it on.
 //! - `metrics-facade` (off): publishes [`metrics`] through the `metrics` crate (0.24), so any of
 //!   its exporters (Prometheus, StatsD, ...) can serve them.
 //! - `sim` (off): the `sim` module, for tests of code built on mqnet. A default build does not

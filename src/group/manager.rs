@@ -292,7 +292,7 @@ struct Group {
 ///   client's setup timeout is aborted and its socket closed before the next one starts: a member
 ///   never has two sockets.
 ///
-/// Sans-IO like the client: every method takes the caller's `now`; [`poll`](Self::poll) does the
+/// Sans-IO like the client: every method takes the caller's `now`; [`poll_io`](Self::poll_io) does the
 /// I/O through the client's transport.
 ///
 /// # Example
@@ -624,7 +624,7 @@ impl<T: Transport, H: Handshake, B: Heartbeat> GroupClient<T, H, B> {
 
     /// Sends `request` on a member of `group` chosen by the selection policy (its `node` field is
     /// replaced) and returns that member's node; the request then completes exactly once through
-    /// [`poll`](Self::poll), like any client request.
+    /// [`poll_io`](Self::poll_io), like any client request.
     ///
     /// Members whose connection is ready and whose heartbeats are answered come first, in policy
     /// order, and among them those with an in-flight slot free; a suspect member (heartbeat

@@ -4,8 +4,8 @@
 //!   `metrics.num.samples`): rate, avg, max, plus all-time total and count. Recording is O(1) and
 //!   allocation-free; only the owner of the state records, on its own thread, so no lock is held
 //!   on any hot path.
-//! - Snapshots: [`ClientMetrics`](crate::client::ClientMetrics) and its
-//!   [`NodeSnapshot`](crate::client::NodeSnapshot)s from
+//! - Snapshots: [`crate::client::ClientMetrics`] and its
+//!   [`crate::client::NodeSnapshot`]s from
 //!   [`NetworkClient::metrics`](crate::client::NetworkClient::metrics) (Kafka's client-wide and
 //!   `node` groups, the Selector's names), and, with the `kafka` feature, `ProducerMetrics` from
 //!   `Producer::metrics` (the `producer-metrics` and `producer-topic-metrics` groups).

@@ -65,7 +65,7 @@ impl Sample {
 }
 
 /// One windowed statistic: rate, average and maximum of the values recorded, over the live
-/// samples, plus an all-time total and count. See the [module docs](self) for the arithmetic.
+/// samples, plus an all-time total and count. See the `metrics::window` module docs for the arithmetic.
 #[derive(Debug, Clone)]
 pub struct Sampled {
     cfg: MetricConfig,

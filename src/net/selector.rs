@@ -457,7 +457,7 @@ impl Selector {
     }
 
     /// As [`connect`](Selector::connect), naming the host `addr` was resolved from: with TLS
-    /// (see [`set_tls_client`](Selector::set_tls_client)) the server's certificate is verified
+    /// (see `Selector::set_tls_client`, feature `tls`) the server's certificate is verified
     /// against `host` (server name indication too) rather than against the IP address.
     ///
     /// # Errors

@@ -222,6 +222,18 @@ pub struct ProduceArgs {
     /// compression.type for both producers: none, gzip, snappy, lz4 or zstd.
     #[arg(long, value_name = "TYPE", value_parser = parse_compression, default_value = "none")]
     pub compression_type: mqnet::protocol::Compression,
+    /// A producer setting by its Kafka name, passed to both producers (repeatable), e.g.
+    /// `-X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512 -X ssl.ca.location=ca.pem`
+    /// (use librdkafka's spelling where the two differ, e.g. `sasl.mechanisms`; mqnet reads both).
+    #[arg(short = 'X', long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    pub set: Vec<(String, String)>,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), BenchError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(BenchError::usage(format!("{s:?}: expected KEY=VALUE"))),
+    }
 }
 
 fn parse_compression(s: &str) -> Result<mqnet::protocol::Compression, BenchError> {
@@ -380,6 +392,16 @@ mod tests {
         assert!(parse_acks("2").is_err());
         assert!(!AcksArg::One.idempotence());
         assert!(AcksArg::All.idempotence());
+    }
+
+    #[test]
+    fn settings_by_kafka_name_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_setting("sasl.password=a=b").ok(),
+            Some(("sasl.password".to_string(), "a=b".to_string()))
+        );
+        assert!(parse_setting("no-equals-sign").is_err());
+        assert!(parse_setting("=value").is_err());
     }
 
     #[test]

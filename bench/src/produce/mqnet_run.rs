@@ -34,6 +34,11 @@ pub(super) fn run_mqnet(
         }
         None => cfg,
     };
+    let mut cfg = cfg;
+    for (k, v) in &s.extra {
+        cfg.set(k, v)
+            .with_context(|| format!("mqnet producer: -X {k}"))?;
+    }
     let producer = Producer::new(cfg).context("mqnet producer")?;
     let value = value_bytes(s.size);
     let mut key = [0u8; 20];

@@ -81,7 +81,7 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
     if let Some(n) = s.max_in_flight {
         config.set("max.in.flight", n.to_string());
     }
-    let producer: BaseProducer<Ctx> = config
+    config
         .set("bootstrap.servers", bootstrap)
         .set("acks", s.acks.name())
         .set("enable.idempotence", s.acks.idempotence().to_string())
@@ -91,7 +91,11 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
         .set("queue.buffering.max.kbytes", max_kbytes.to_string())
         .set("partitioner", "murmur2_random")
         .set("compression.type", s.compression.name())
-        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
+        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string());
+    for (k, v) in &s.extra {
+        config.set(k, v);
+    }
+    let producer: BaseProducer<Ctx> = config
         .create_with_context(ctx)
         .context("rdkafka producer")?;
     let value = super::tally::value_bytes(s.size);

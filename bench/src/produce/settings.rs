@@ -36,6 +36,8 @@ pub struct Settings {
     pub stats: bool,
     /// compression.type of both peers.
     pub compression: mqnet::protocol::Compression,
+    /// Settings by Kafka name for both peers (`-X KEY=VALUE`), applied after the others.
+    pub extra: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
             rate: None,
             stats: false,
             compression: mqnet::protocol::Compression::None,
+            extra: Vec::new(),
         }
     }
 
@@ -114,6 +117,7 @@ impl Settings {
             rate: a.rate,
             stats: a.stats,
             compression: a.compression_type,
+            extra: a.set.clone(),
         })
     }
 

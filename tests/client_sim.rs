@@ -47,16 +47,21 @@ fn connect(c: &mut Client, node: NodeId) -> Vec<ClientResponse> {
         if c.ready(node, now) {
             return out;
         }
-        out.extend(
-            c.poll_io(Some(ms(1)), now)
-                .map(|()| {
-                    let now = c.transport().now();
-                    c.handle(now)
-                })
-                .unwrap(),
-        );
+        out.extend(io_round(c, Some(ms(1)), now));
     }
     panic!("{node} never became ready: {:?}", c.connection_state(node));
+}
+
+/// One client round on simulated time: the I/O (waiting at most `timeout` from `now`), then the
+/// completions settled at the transport's time after it (the caller's clock, read after the I/O).
+fn io_round<H: Handshake>(
+    c: &mut NetworkClient<SimNetwork, H>,
+    timeout: Option<Duration>,
+    now: Instant,
+) -> Vec<ClientResponse> {
+    c.poll_io(timeout, now).expect("poll");
+    let after = c.transport().now();
+    c.handle(after)
 }
 
 #[test]
@@ -79,12 +84,7 @@ fn reconnect_backoff_attempt_times_are_exact() {
         if attempts.len() == 8 {
             break;
         }
-        c.poll_io(Some(ms(1)), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(ms(1)), now);
     }
     // Each refusal takes 2 ms (one simulated RTT); then backoff(n) = 50 ms × 2^n, capped at 1 s.
     assert_eq!(attempts, vec![0, 52, 154, 356, 758, 1560, 2562, 3564]);
@@ -97,12 +97,7 @@ fn reconnect_backoff_attempt_times_are_exact() {
     assert_eq!(c.connection_state(node), Some(ConnectionState::Ready));
     c.transport_mut().close_peer(addr(9000));
     let now = c.transport().now();
-    c.poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    io_round(&mut c, Some(ms(1)), now);
     assert_eq!(
         c.connection_state(node),
         Some(ConnectionState::Disconnected)
@@ -140,12 +135,7 @@ fn setup_timeout_aborts_the_socket_and_grows_to_the_max() {
         }
         let state = c.connection_state(node);
         let delay = c.connection_delay(node, now).min(Duration::from_secs(60));
-        c.poll_io(Some(delay), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(delay), now);
         if state == Some(ConnectionState::Connecting)
             && c.connection_state(node) == Some(ConnectionState::Disconnected)
         {
@@ -176,14 +166,7 @@ fn request_timeout_closes_the_connection_and_fails_the_others_as_disconnected() 
         if now - t_first >= ms(1000) {
             break;
         }
-        done.extend(
-            c.poll_io(Some(ms(1000)), now)
-                .map(|()| {
-                    let now = c.transport().now();
-                    c.handle(now)
-                })
-                .unwrap(),
-        );
+        done.extend(io_round(&mut c, Some(ms(1000)), now));
     }
     let now = c.transport().now();
     assert_eq!(now - t_first, ms(1000));
@@ -194,14 +177,7 @@ fn request_timeout_closes_the_connection_and_fails_the_others_as_disconnected() 
             break;
         }
         let now = c.transport().now();
-        done.extend(
-            c.poll_io(None, now)
-                .map(|()| {
-                    let now = c.transport().now();
-                    c.handle(now)
-                })
-                .unwrap(),
-        );
+        done.extend(io_round(&mut c, None, now));
     }
     assert_eq!(done.len(), 2, "{done:?}");
     let first = done.iter().find(|r| r.correlation_id == c1).unwrap();
@@ -243,14 +219,7 @@ fn in_flight_cap_makes_the_sixth_request_wait() {
     let mut max_in_flight = 0;
     for _ in 0..5_000 {
         let now = c.transport().now();
-        done.extend(
-            c.poll_io(Some(ms(1)), now)
-                .map(|()| {
-                    let now = c.transport().now();
-                    c.handle(now)
-                })
-                .unwrap(),
-        );
+        done.extend(io_round(&mut c, Some(ms(1)), now));
         max_in_flight = max_in_flight.max(c.in_flight_count(node));
         if c.in_flight_count(node) == 5 {
             assert_eq!(c.waiting_count(node), 1, "the sixth waits");
@@ -287,14 +256,7 @@ fn correlation_mismatch_closes_and_fails_every_in_flight_request() {
     let mut done = Vec::new();
     for _ in 0..20 {
         let now = c.transport().now();
-        done.extend(
-            c.poll_io(Some(ms(1)), now)
-                .map(|()| {
-                    let now = c.transport().now();
-                    c.handle(now)
-                })
-                .unwrap(),
-        );
+        done.extend(io_round(&mut c, Some(ms(1)), now));
         if done.len() == 3 {
             break;
         }
@@ -338,14 +300,7 @@ fn unordered_mode_matches_by_correlation_id() {
     let mut done = Vec::new();
     for _ in 0..50 {
         let now = c.transport().now();
-        done.extend(
-            c.poll_io(None, now)
-                .map(|()| {
-                    let now = c.transport().now();
-                    c.handle(now)
-                })
-                .unwrap(),
-        );
+        done.extend(io_round(&mut c, None, now));
         if done.len() == 2 {
             break;
         }
@@ -369,13 +324,7 @@ fn request_without_response_completes_when_sent() {
     let now = c.transport().now();
     let r = request(&mut c, node).expect_response(false);
     let corr = c.send(r, now);
-    let done = c
-        .poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    let done = io_round(&mut c, Some(ms(1)), now);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].correlation_id, corr);
     assert_eq!(done[0].outcome, Outcome::Sent);
@@ -395,21 +344,10 @@ fn peer_close_fails_in_flight_once_and_grows_backoff() {
         let r = request(&mut c, node);
         c.send(r, now);
     }
-    c.poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    io_round(&mut c, Some(ms(1)), now);
     c.transport_mut().reset_peer(addr(9007));
     let now = c.transport().now();
-    let done = c
-        .poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    let done = io_round(&mut c, Some(ms(1)), now);
     assert_eq!(done.len(), 3);
     assert!(done.iter().all(|r| matches!(
         r.outcome,
@@ -423,14 +361,7 @@ fn peer_close_fails_in_flight_once_and_grows_backoff() {
     // Nothing more ever completes for them.
     for _ in 0..5 {
         let now = c.transport().now();
-        assert!(c
-            .poll_io(Some(ms(100)), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap()
-            .is_empty());
+        assert!(io_round(&mut c, Some(ms(100)), now).is_empty());
     }
 }
 
@@ -444,13 +375,7 @@ fn local_errors_never_touch_the_network() {
     c.send(r, now);
     let r = request(&mut c, node);
     c.send(r, now);
-    let done = c
-        .poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    let done = io_round(&mut c, Some(ms(1)), now);
     assert_eq!(done.len(), 2);
     assert_eq!(
         done[0].outcome,
@@ -483,12 +408,7 @@ fn callbacks_run_once_with_the_response() {
     c.send(r, now);
     for _ in 0..20 {
         let now = c.transport().now();
-        c.poll_io(Some(ms(1)), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(ms(1)), now);
     }
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
@@ -547,12 +467,7 @@ fn least_loaded_prefers_ready_then_connecting_then_oldest_attempt() {
     );
     for _ in 0..100 {
         let t = c.transport().now();
-        c.poll_io(Some(ms(1)), t)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(ms(1)), t);
         if c.connection_state(y) == Some(ConnectionState::Disconnected) {
             break;
         }
@@ -586,12 +501,7 @@ fn bootstrap_failover_moves_round_robin_and_stays_on_a_healthy_server() {
             ready = Some(n);
             break;
         }
-        c.poll_io(Some(ms(1)), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(ms(1)), now);
     }
     // 9202 fails, 9203 (next round robin) is healthy.
     assert_eq!(chosen_trace, vec!["127.0.0.1:9202", "127.0.0.1:9203"]);
@@ -600,12 +510,7 @@ fn bootstrap_failover_moves_round_robin_and_stays_on_a_healthy_server() {
     for _ in 0..50 {
         let now = c.transport().now();
         assert_eq!(f.poll(&mut c, now).unwrap(), Some(node));
-        c.poll_io(Some(ms(10)), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(ms(10)), now);
     }
     // It leaves the list: reselect among the new list.
     f.update(["127.0.0.1:9201"]);
@@ -961,7 +866,7 @@ proptest! {
                     script.log.push((step, n, Fault::Disconnect));
                 }
                 Op::Advance(d) => {
-                    let done = c.poll_io(Some(ms(d)), now).map(|()| { let now = c.transport().now(); c.handle(now) }).unwrap();
+                    let done = io_round(&mut c, Some(ms(d)), now);
                     last_poll = step;
                     completions.extend(done.into_iter().map(|r| (r, step)));
                 }
@@ -970,7 +875,7 @@ proptest! {
         // Settle: no new requests; every deadline passes within a bounded number of polls.
         for _ in 0..1_000 {
             let now = c.transport().now();
-            let done = c.poll_io(Some(Duration::from_secs(1)), now).map(|()| { let now = c.transport().now(); c.handle(now) }).unwrap();
+            let done = io_round(&mut c, Some(Duration::from_secs(1)), now);
             step += 1;
             completions.extend(done.into_iter().map(|r| (r, step)));
             if completions.len() >= sent.len() && nodes.iter().all(|n| c.in_flight_count(*n) + c.waiting_count(*n) == 0) {
@@ -1068,12 +973,7 @@ fn all_addresses_are_tried_round_robin_and_re_resolved_on_wrap_and_after_a_drop(
         if tried.len() == 7 {
             break;
         }
-        c.poll_io(Some(ms(1)), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(ms(1)), now);
     }
     // One address per attempt, round robin; resolved once per pass over the list.
     assert_eq!(
@@ -1091,12 +991,7 @@ fn all_addresses_are_tried_round_robin_and_re_resolved_on_wrap_and_after_a_drop(
     c.transport_mut().close_peer(ips[1]);
     c.transport_mut().close_peer(ips[0]);
     let now = c.transport().now();
-    c.poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    io_round(&mut c, Some(ms(1)), now);
     assert_eq!(
         c.connection_state(node),
         Some(ConnectionState::Disconnected)
@@ -1123,14 +1018,7 @@ fn node_metrics_count_requests_latency_and_connections() {
         let mut done = Vec::new();
         for _ in 0..100 {
             let now = c.transport().now();
-            done.extend(
-                c.poll_io(Some(ms(1)), now)
-                    .map(|()| {
-                        let now = c.transport().now();
-                        c.handle(now)
-                    })
-                    .unwrap(),
-            );
+            done.extend(io_round(&mut c, Some(ms(1)), now));
             if !done.is_empty() {
                 break;
             }
@@ -1139,12 +1027,7 @@ fn node_metrics_count_requests_latency_and_connections() {
     }
     c.transport_mut().close_peer(addr(9500));
     let now = c.transport().now();
-    c.poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    io_round(&mut c, Some(ms(1)), now);
     let m = c.node_metrics(node).unwrap();
     assert_eq!(m.requests_sent, 10);
     assert_eq!(m.responses, 10);
@@ -1179,14 +1062,7 @@ fn answers_to_no_response_requests_are_dropped_not_taken_for_desync() {
     let mut done = Vec::new();
     for _ in 0..50 {
         let now = c.transport().now();
-        done.extend(
-            c.poll_io(Some(ms(1)), now)
-                .map(|()| {
-                    let now = c.transport().now();
-                    c.handle(now)
-                })
-                .unwrap(),
-        );
+        done.extend(io_round(&mut c, Some(ms(1)), now));
         if done.len() == 2 {
             break;
         }
@@ -1207,12 +1083,7 @@ fn answers_to_no_response_requests_are_dropped_not_taken_for_desync() {
     c.send(r, now);
     for _ in 0..50 {
         let now = c.transport().now();
-        c.poll_io(Some(ms(1)), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(ms(1)), now);
     }
     assert_eq!(
         c.connection_state(node),

@@ -4,12 +4,12 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mqnet::client::{
-    ClientConfig, ClientRequest, ConnectionState, DisconnectCause, LocalError, NetworkClient,
-    NoHandshake, NodeId, Outcome, SplitMix64,
+    ClientConfig, ClientRequest, ClientResponse, ConnectionState, DisconnectCause, LocalError,
+    NetworkClient, NoHandshake, NodeId, Outcome, SplitMix64,
 };
 use mqnet::failover::BootstrapFailover;
 use mqnet::net::Transport;
@@ -35,14 +35,17 @@ fn client(net: SimNetwork) -> Client {
 fn round(f: &mut BootstrapFailover, c: &mut Client, gap: Duration) -> Option<NodeId> {
     let now = c.transport().now();
     let ready = f.poll(c, now).unwrap();
-    c.poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    io_round(c, Some(ms(1)), now);
     c.transport_mut().advance(gap);
     ready
+}
+
+/// One client round on simulated time: the I/O (waiting at most `timeout` from `now`), then the
+/// completions settled at the transport's time after it (the caller's clock, read after the I/O).
+fn io_round(c: &mut Client, timeout: Option<Duration>, now: Instant) -> Vec<ClientResponse> {
+    c.poll_io(timeout, now).expect("poll");
+    let after = c.transport().now();
+    c.handle(after)
 }
 
 #[test]
@@ -153,12 +156,7 @@ fn removed_addresses_leave_the_client() {
         sent.push(corr);
     }
     let now = c.transport().now();
-    c.poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    io_round(&mut c, Some(ms(1)), now);
     assert_eq!(c.in_flight_count(node) + c.waiting_count(node), 3);
     f.update(["127.0.0.1:9323"]);
     let now = c.transport().now();
@@ -169,13 +167,7 @@ fn removed_addresses_leave_the_client() {
         0,
         "its channel closed"
     );
-    let out = c
-        .poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    let out = io_round(&mut c, Some(ms(1)), now);
     let got: Vec<i32> = out.iter().map(|r| r.correlation_id).collect();
     assert_eq!(got, sent, "each completed once, in order");
     assert!(out
@@ -187,13 +179,7 @@ fn removed_addresses_leave_the_client() {
         ClientRequest::new(node, corr, Bytes::from_static(b"xxxx")),
         now,
     );
-    let out = c
-        .poll_io(Some(ms(10)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    let out = io_round(&mut c, Some(ms(10)), now);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].outcome, Outcome::LocalError(LocalError::UnknownNode));
     assert_eq!(c.nodes().len(), 1);
@@ -217,22 +203,12 @@ fn remove_node_keeps_the_other_nodes_working() {
         if all {
             break;
         }
-        c.poll_io(Some(ms(1)), now)
-            .map(|()| {
-                let now = c.transport().now();
-                c.handle(now)
-            })
-            .unwrap();
+        io_round(&mut c, Some(ms(1)), now);
     }
     let now = c.transport().now();
     assert!(c.remove_node(NodeId(1), now));
     assert!(!c.remove_node(NodeId(1), now));
-    c.poll_io(Some(ms(1)), now)
-        .map(|()| {
-            let now = c.transport().now();
-            c.handle(now)
-        })
-        .unwrap();
+    io_round(&mut c, Some(ms(1)), now);
     // The others (indices after the removed one included) still answer, by their own ids.
     for k in [0, 2, 3] {
         let corr = c.next_correlation_id();
@@ -242,14 +218,7 @@ fn remove_node_keeps_the_other_nodes_working() {
         let mut answered = false;
         for _ in 0..10 {
             let now = c.transport().now();
-            for r in c
-                .poll_io(Some(ms(5)), now)
-                .map(|()| {
-                    let now = c.transport().now();
-                    c.handle(now)
-                })
-                .unwrap()
-            {
+            for r in io_round(&mut c, Some(ms(5)), now) {
                 assert_eq!(r.node, NodeId(k));
                 assert!(matches!(r.outcome, Outcome::Response(_)));
                 answered = true;

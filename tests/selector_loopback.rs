@@ -820,3 +820,85 @@ fn metrics_are_consistent_after_an_echo_exchange() {
     assert_eq!((c.frames_in, s.frames_out), (n, n));
     assert_eq!(s.bytes_in, expected_bytes, "EOF adds no bytes");
 }
+
+/// A Selector connected to a std peer that accepts and then only reads when told: returns the
+/// Selector, its ready channel and the peer's socket.
+fn connected_to_silent_peer() -> (Selector, ChannelId, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind(localhost()).expect("bind");
+    let mut sel = Selector::new().expect("selector");
+    let ch = sel
+        .connect(
+            listener.local_addr().expect("addr"),
+            &SocketOptions::default(),
+        )
+        .expect("connect");
+    let (peer, _) = listener.accept().expect("accept");
+    poll_until(&mut sel, "connected", |sel| sel.connected().contains(&ch));
+    (sel, ch, peer)
+}
+
+#[test]
+fn completed_sends_wake_the_poll_only_while_asked_to() {
+    init_log();
+    let (mut sel, ch, _peer) = connected_to_silent_peer();
+
+    // On (the default): the pre-select write completes the frame, so the poll reports it at once
+    // instead of waiting out its timeout for an event that will not come.
+    let long = Duration::from_secs(10);
+    sel.send(ch, Bytes::from_static(b"first")).expect("send");
+    let started = Instant::now();
+    sel.poll(Some(long)).expect("poll");
+    assert!(
+        started.elapsed() < long,
+        "the poll waited despite a completion"
+    );
+    assert_eq!(sel.completed_sends().len(), 1);
+
+    // Off: the completion is still reported, but the poll waits for its timeout (nothing else
+    // happens: the peer is silent).
+    sel.set_wake_on_sends(false);
+    let short = Duration::from_millis(150);
+    sel.send(ch, Bytes::from_static(b"second")).expect("send");
+    let started = Instant::now();
+    sel.poll(Some(short)).expect("poll");
+    assert!(
+        started.elapsed() >= short,
+        "the poll returned early with only a completion to report"
+    );
+    assert_eq!(sel.completed_sends().len(), 1);
+    assert_eq!(sel.completed_sends()[0].seq, 1);
+}
+
+#[test]
+fn sends_unreported_still_leave_in_order() {
+    use std::io::Read;
+    init_log();
+    let (mut sel, ch, mut peer) = connected_to_silent_peer();
+    sel.set_report_sends(false);
+    sel.set_wake_on_sends(false);
+    let frames: Vec<Bytes> = (0..50u32)
+        .map(|i| indexed_payload(i, 64 + i as usize))
+        .collect();
+    for f in &frames {
+        sel.send(ch, f.clone()).expect("send");
+    }
+    let want: usize = frames.iter().map(|f| 4 + f.len()).sum();
+    poll_until(&mut sel, "staged bytes written", |sel| {
+        assert!(sel.completed_sends().is_empty(), "a send was reported");
+        sel.staged_bytes(ch) == 0
+    });
+    peer.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut got = vec![0u8; want];
+    peer.read_exact(&mut got).expect("peer reads every frame");
+    let mut at = 0;
+    for (i, f) in frames.iter().enumerate() {
+        let len = u32::from_be_bytes(got[at..at + 4].try_into().expect("4 bytes")) as usize;
+        assert_eq!(len, f.len(), "frame {i} length");
+        assert_same(
+            &Bytes::copy_from_slice(&got[at + 4..at + 4 + len]),
+            f,
+            "frame",
+        );
+        at += 4 + len;
+    }
+}

@@ -135,6 +135,21 @@ impl NodeRequests {
         self.waiting.iter().any(|(e, _)| e.deadline <= now)
     }
 
+    /// Whether a send completing on this node changes what the owner may do next: a waiting
+    /// request can be staged, a no-response request completes, or (without `pipeline_unsent`)
+    /// the node becomes ready for another request.
+    fn reacts_to_sends(&self, pipeline_unsent: bool, max_in_flight: usize) -> bool {
+        let unsent = self.in_flight.len() - self.sent.min(self.in_flight.len());
+        unsent > 0
+            && (!self.waiting.is_empty()
+                || (!pipeline_unsent && self.in_flight.len() < max_in_flight)
+                || self
+                    .in_flight
+                    .iter()
+                    .skip(self.sent)
+                    .any(|e| !e.expect_response))
+    }
+
     fn settle(&mut self) {
         if self.in_flight.is_empty() && self.waiting.is_empty() {
             self.mixed_deadlines = false;
@@ -994,6 +1009,15 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             let until = d.saturating_duration_since(now);
             timeout = Some(timeout.map_or(until, |t| t.min(until)));
         }
+        let (pipeline, max) = (
+            self.config.pipeline_unsent,
+            self.config.max_in_flight_requests_per_connection,
+        );
+        let wake = self
+            .requests
+            .iter()
+            .any(|r| r.reacts_to_sends(pipeline, max));
+        self.transport.set_wake_on_sends(wake);
         let res = self.transport.poll(timeout);
         self.io_pending = res.is_ok();
         res

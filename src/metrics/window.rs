@@ -48,15 +48,19 @@ impl MetricConfig {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     start: Instant,
+    /// `start + sample_window` (`None` past the clock's range: the sample never completes), so
+    /// that recording compares two instants instead of subtracting them.
+    end: Option<Instant>,
     sum: f64,
     max: f64,
     count: u64,
 }
 
 impl Sample {
-    fn new(start: Instant) -> Self {
+    fn new(start: Instant, window: Duration) -> Self {
         Sample {
             start,
+            end: start.checked_add(window),
             sum: 0.0,
             max: f64::NEG_INFINITY,
             count: 0,
@@ -112,14 +116,14 @@ impl Sampled {
         let window = self.cfg.sample_window;
         let n = self.cfg.num_samples;
         if self.samples.is_empty() {
-            self.samples.push(Sample::new(now));
+            self.samples.push(Sample::new(now, window));
             self.current = 0;
-        } else if now.saturating_duration_since(self.samples[self.current].start) >= window {
+        } else if self.samples[self.current].end.is_some_and(|end| now >= end) {
             self.current = (self.current + 1) % n;
             if self.current >= self.samples.len() {
-                self.samples.push(Sample::new(now));
+                self.samples.push(Sample::new(now, window));
             } else {
-                self.samples[self.current] = Sample::new(now);
+                self.samples[self.current] = Sample::new(now, window);
             }
         }
         let s = &mut self.samples[self.current];

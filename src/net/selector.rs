@@ -242,6 +242,8 @@ struct Outputs {
     frames: Vec<FrameRef>,
     /// Borrowed-receive mode: read buffers of channels closed while they held reported frames.
     graveyard: Vec<(ChannelId, bytes::BytesMut)>,
+    /// Some frame fully left during this poll (reported in `completed_sends` or not).
+    sent: bool,
     woken: bool,
 }
 
@@ -254,16 +256,18 @@ impl Outputs {
         self.completed_receives.clear();
         self.frames.clear();
         self.graveyard.clear();
+        self.sent = false;
         self.woken = false;
     }
 
-    fn is_empty(&self) -> bool {
-        self.connected.is_empty()
+    /// Whether the poll has something to report; completed sends count only with `sends`.
+    fn has_reports(&self, sends: bool) -> bool {
+        !(self.connected.is_empty()
             && self.accepted.is_empty()
             && self.disconnected.is_empty()
-            && self.completed_sends.is_empty()
+            && (!sends || !self.sent)
             && self.completed_receives.is_empty()
-            && self.frames.is_empty()
+            && self.frames.is_empty())
     }
 }
 
@@ -283,8 +287,9 @@ impl Outputs {
 ///    run of them is written as one slice.
 /// 3. **Select**: wait in `epoll_wait` for at most the caller's timeout, shortened to the next idle
 ///    expiry, graceful-close deadline or accept retry, and to zero when step 1, 2 or 4 has
-///    something to report or a channel is left with work from the previous poll (read budget
-///    spent, unmuted with data buffered, accept budget spent).
+///    something to report (sends completed in step 2 only while
+///    [`set_wake_on_sends`](Selector::set_wake_on_sends) is on) or a channel is left with work
+///    from the previous poll (read budget spent, unmuted with data buffered, accept budget spent).
 /// 4. **Handle readiness**: first channels carried over from the previous poll, then each event.
 ///    Connecting sockets finish the non-blocking connect (`take_error`, then `peer_addr`; a spurious
 ///    event leaves them connecting). Listeners accept up to `accept_budget` connections. A listener
@@ -365,6 +370,13 @@ pub struct Selector {
     accept_failures_unlogged: u64,
     /// Borrowed-receive mode is on (see [`Selector::set_borrowed_receives`]).
     borrowed: bool,
+    /// Sends completed by the pre-select write shorten the select to zero (see
+    /// [`Selector::set_wake_on_sends`]).
+    wake_on_sends: bool,
+    /// Completed sends are reported (see [`Selector::set_report_sends`]).
+    report_sends: bool,
+    /// When the last poll finished (see [`Selector::finished_at`]).
+    finished_at: Option<Instant>,
     /// Channels holding bytes of frames reported by the last poll; dropped when the next starts.
     consumed_list: Vec<ChannelId>,
     /// Scratch list swapped with the work lists, so iterating them allocates nothing.
@@ -413,6 +425,9 @@ impl Selector {
             accept_warned_at: None,
             accept_failures_unlogged: 0,
             borrowed: false,
+            wake_on_sends: true,
+            report_sends: true,
+            finished_at: None,
             consumed_list: Vec::new(),
             scratch: Vec::new(),
             carried_connected: Vec::new(),
@@ -903,6 +918,31 @@ impl Selector {
         std::mem::swap(out, &mut self.out.completed_receives);
     }
 
+    /// Whether sends completed by a poll's pre-select write make that poll's select return at once
+    /// (on by default). With it on, a caller that reacts to a completion (stages the next frame
+    /// once the previous one left, completes a request that expects no response) sees it without
+    /// waiting for the next event. A caller that does not react to completions turns it off: the
+    /// completions are still reported, with whatever the select brings, and a request-response
+    /// round trip costs one poll instead of two. It may be switched before any poll.
+    pub fn set_wake_on_sends(&mut self, on: bool) {
+        self.wake_on_sends = on;
+    }
+
+    /// The time the last successful [`poll`](Selector::poll) finished its work (read from the clock
+    /// as it returned; `None` before the first). A driver loop that needs a recent time right
+    /// after a poll can take this instead of reading the clock again.
+    pub fn finished_at(&self) -> Option<Instant> {
+        self.finished_at
+    }
+
+    /// Whether [`completed_sends`](Selector::completed_sends) reports each frame that fully left
+    /// (on by default). A caller that never reads the reports (a server answering requests, whose
+    /// only interest is that responses leave) turns it off and saves the per-frame report; sends
+    /// are written, bounded and closed exactly as before.
+    pub fn set_report_sends(&mut self, on: bool) {
+        self.report_sends = on;
+    }
+
     /// Switches borrowed-receive mode on or off (off by default). When on, received frames are not
     /// split off the read buffer as [`Bytes`] (so [`completed_receives`](Selector::completed_receives)
     /// stays empty): they stay where they were read and are handed out as borrowed slices by
@@ -1093,7 +1133,7 @@ impl Selector {
         // 3. Select.
         let mut timeout = timeout;
         let carried_work = !self.read_list.is_empty() || !self.accept_list.is_empty();
-        if carried_work || !self.out.is_empty() {
+        if carried_work || self.out.has_reports(self.wake_on_sends) {
             timeout = Some(Duration::ZERO);
         } else if let Some(deadline) = self.next_deadline() {
             let until = deadline.saturating_duration_since(started);
@@ -1151,7 +1191,9 @@ impl Selector {
         self.expire_idle(now);
         self.finish_closing(now);
 
-        let total = Instant::now().saturating_duration_since(started);
+        let finished = Instant::now();
+        self.finished_at = Some(finished);
+        let total = finished.saturating_duration_since(started);
         self.metrics.io_time += total.saturating_sub(selecting);
         Ok(())
     }
@@ -1419,13 +1461,18 @@ impl Selector {
             return;
         }
         let sends = &mut self.out.completed_sends;
+        let sent = &mut self.out.sent;
+        let report = self.report_sends;
         let metrics = &mut self.metrics;
         let mut writer = LayerWriter::new(&mut ch.layer, &ch.stream);
         let res = ch
             .sends
             .write_to(&mut writer, |seq| {
                 metrics.frames_out += 1;
-                sends.push(CompletedSend { channel: id, seq });
+                *sent = true;
+                if report {
+                    sends.push(CompletedSend { channel: id, seq });
+                }
             })
             .and_then(|mut progress| {
                 progress.blocked |= writer.flush_layer()?;

@@ -86,6 +86,10 @@ pub trait Transport {
     fn completed_sends(&self) -> &[CompletedSend];
     /// Moves the last poll's receives into `out` (cleared first).
     fn swap_completed_receives(&mut self, out: &mut Vec<Received>);
+    /// Whether sends completed before the select make the poll return at once (see
+    /// [`Selector::set_wake_on_sends`]); the default ignores it (a transport that reports every
+    /// completion at once).
+    fn set_wake_on_sends(&mut self, _on: bool) {}
     /// The transport's own I/O counters (the Selector's [`SelectorMetrics`]), for the client's
     /// `io-wait-ratio` and friends; `None` (the default) for a transport without them.
     fn io_metrics(&self) -> Option<SelectorMetrics> {
@@ -145,6 +149,10 @@ impl Transport for Selector {
 
     fn swap_completed_receives(&mut self, out: &mut Vec<Received>) {
         Selector::swap_completed_receives(self, out)
+    }
+
+    fn set_wake_on_sends(&mut self, on: bool) {
+        Selector::set_wake_on_sends(self, on)
     }
 
     fn io_metrics(&self) -> Option<SelectorMetrics> {

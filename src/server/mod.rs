@@ -437,6 +437,8 @@ impl<M: Mode> Server<M> {
     fn with_mode(mode: M, config: ServerConfig) -> io::Result<Self> {
         let mut sel = Selector::with_config(config.selector)?;
         sel.set_borrowed_receives(M::DIRECT);
+        // Only the deferred mode paces a connection's replies by their completions.
+        sel.set_report_sends(M::DEFERRED);
         let replies = ReplyPath::new(sel.waker());
         Ok(Server {
             sel,
@@ -519,17 +521,20 @@ impl<M: Mode> Server<M> {
     /// # Errors
     /// The first error of [`poll`](Server::poll).
     pub fn run_until(&mut self, stop: &AtomicBool, deadline: Option<Instant>) -> io::Result<()> {
+        let mut now = Instant::now();
         loop {
             if stop.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let now = Instant::now();
             let timeout = match deadline {
                 Some(d) if now >= d => return Ok(()),
                 Some(d) => (d - now).min(RUN_TICK),
                 None => RUN_TICK,
             };
             self.poll(Some(timeout))?;
+            // The Selector read the clock as its poll finished; the handlers ran after that, so
+            // the deadline is checked at most one round late.
+            now = self.sel.finished_at().unwrap_or_else(Instant::now);
         }
     }
 
@@ -544,6 +549,11 @@ impl<M: Mode> Server<M> {
         if M::DEFERRED {
             self.take_replies();
         }
+        // Sends completed before the select matter to the deferred mode (it stages a connection's
+        // next reply once the previous one left) and to muted connections (unmuted once their
+        // backlog drained), not to a server that only answers.
+        self.sel
+            .set_wake_on_sends(M::DEFERRED || !self.backlogged.is_empty());
         self.sel.poll(timeout)?;
 
         for i in 0..self.sel.accepted().len() {

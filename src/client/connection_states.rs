@@ -46,6 +46,19 @@ impl ConnectionState {
     }
 }
 
+/// Where a Ready connection stands in renewing its authenticated session (KIP-368).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Reauth {
+    /// Nothing to do before `reauth_at` (if any).
+    #[default]
+    Idle,
+    /// Past `reauth_at`: no new request is staged; re-authentication starts once nothing of the
+    /// caller's is in flight.
+    Due,
+    /// The re-authentication exchange is on the wire.
+    Running,
+}
+
 /// Everything the client tracks about one node's connection.
 #[derive(Debug, Clone)]
 pub struct NodeConnection {
@@ -75,6 +88,12 @@ pub struct NodeConnection {
     pub(crate) setup_timeout: Duration,
     /// Deadline of the attempt in progress.
     pub(crate) setup_deadline: Option<Instant>,
+    /// When the Ready connection's session is to be re-authenticated (KIP-368).
+    pub(crate) reauth_at: Option<Instant>,
+    /// When the Ready connection's session ends.
+    pub(crate) session_end: Option<Instant>,
+    /// Re-authentication progress.
+    pub(crate) reauth: Reauth,
 }
 
 impl NodeConnection {
@@ -157,6 +176,9 @@ impl ClusterConnectionStates {
             reconnect_backoff: Duration::ZERO,
             setup_timeout,
             setup_deadline: None,
+            reauth_at: None,
+            session_end: None,
+            reauth: Reauth::Idle,
         });
         self.nodes.len() - 1
     }
@@ -264,6 +286,9 @@ impl ClusterConnectionStates {
         n.last_attempt = Some(now);
         n.channel = None;
         n.setup_deadline = None;
+        n.reauth_at = None;
+        n.session_end = None;
+        n.reauth = Reauth::Idle;
         n.state = if handshake_failed {
             ConnectionState::HandshakeFailed
         } else {
@@ -284,6 +309,45 @@ impl ClusterConnectionStates {
     pub fn attempt_failed(&mut self, index: usize, now: Instant, rng: &mut dyn JitterSource) {
         self.nodes[index].state = ConnectionState::Connecting;
         self.disconnected(index, false, now, rng);
+    }
+
+    /// The (re-)authenticated session of the Ready node at `index` may last `lifetime` from
+    /// `now`: re-authenticate at a uniformly drawn point between 85 % and 95 % of it (Kafka's
+    /// client: a margin for latency and clock drift, and jitter so that connections authenticated
+    /// together do not renew together); `None`: the session never ends.
+    pub(crate) fn session_started(
+        &mut self,
+        index: usize,
+        lifetime: Option<Duration>,
+        now: Instant,
+        rng: &mut dyn JitterSource,
+    ) {
+        let n = &mut self.nodes[index];
+        n.reauth = Reauth::Idle;
+        match lifetime.filter(|l| !l.is_zero()) {
+            Some(l) => {
+                let share = 0.85 + 0.10 * rng.next_f64().clamp(0.0, 1.0);
+                n.reauth_at = Some(now + l.mul_f64(share));
+                n.session_end = Some(now + l);
+            }
+            None => {
+                n.reauth_at = None;
+                n.session_end = None;
+            }
+        }
+    }
+
+    /// The earliest session event among Ready nodes: a re-authentication to start, or the end of a
+    /// session still being renewed.
+    pub(crate) fn next_session_deadline(&self) -> Option<Instant> {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == ConnectionState::Ready)
+            .filter_map(|n| match n.reauth {
+                Reauth::Idle => n.reauth_at,
+                Reauth::Due | Reauth::Running => n.session_end,
+            })
+            .min()
     }
 
     /// The earliest setup deadline among nodes being set up.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::backoff::{JitterSource, SplitMix64};
 use super::config::{ClientConfig, ResponseOrder};
-use super::connection_states::{ClusterConnectionStates, ConnectionState};
+use super::connection_states::{ClusterConnectionStates, ConnectionState, Reauth};
 use super::handshake::{Handshake, HandshakeStep, NoHandshake};
 use super::metrics::{ClientMetrics, ClientWindow, Delta, NodeMetrics};
 use super::node::{split_host_port, NodeId, Resolver, SystemResolver};
@@ -584,9 +584,12 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             .map(|i| self.ids[i])
     }
 
+    /// Whether a caller's request may be staged on the node now: the in-flight rules allow one
+    /// more, and no re-authentication is due or running (KIP-368: requests wait meanwhile).
     fn can_stage(&self, i: usize) -> bool {
         let r = &self.requests[i];
-        r.in_flight.len() < self.config.max_in_flight_requests_per_connection
+        self.states.get(i).reauth == Reauth::Idle
+            && r.in_flight.len() < self.config.max_in_flight_requests_per_connection
             && (self.config.pipeline_unsent || r.sent == r.in_flight.len())
     }
 
@@ -957,10 +960,14 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     // ----- polling -------------------------------------------------------------------------------
 
-    /// The earliest instant at which the client has work of its own: a request deadline or a
-    /// connection-setup deadline. Poll no later than this.
+    /// The earliest instant at which the client has work of its own: a request deadline, a
+    /// connection-setup deadline, or an authenticated session to renew or that ends (KIP-368).
+    /// Poll no later than this.
     pub fn poll_deadline(&self) -> Option<Instant> {
         let mut d = self.states.next_setup_deadline();
+        if let Some(s) = self.states.next_session_deadline() {
+            d = Some(d.map_or(s, |x: Instant| x.min(s)));
+        }
         for r in &self.requests {
             if let Some(e) = r.earliest_deadline() {
                 d = Some(d.map_or(e, |x: Instant| x.min(e)));
@@ -1019,6 +1026,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.handle_disconnected(now);
         }
         self.handle_timeouts(now);
+        self.handle_reauthentication(now);
         let mut moved = Delta::default();
         for i in 0..self.requests.len() {
             if !self.requests[i].waiting.is_empty() {
@@ -1059,10 +1067,22 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     fn handshake_step(&mut self, i: usize, step: HandshakeStep, corr: i32, now: Instant) {
         match step {
             HandshakeStep::Done => {
-                self.states.ready(i, self.rng.as_mut());
-                self.metrics[i].connections_created += 1;
-                self.metrics[i].authentication_failure = None;
-                log::debug!("{}: ready", self.ids[i]);
+                let node = self.ids[i];
+                let lifetime = self.handshake.session_lifetime(node);
+                if self.states.get(i).reauth == Reauth::Running {
+                    self.metrics[i].reauthentications += 1;
+                    log::info!(
+                        "{node}: re-authenticated on the same connection (next session: {})",
+                        lifetime.map_or("unlimited".to_owned(), |l| format!("{l:?}"))
+                    );
+                } else {
+                    self.states.ready(i, self.rng.as_mut());
+                    self.metrics[i].connections_created += 1;
+                    self.metrics[i].authentication_failure = None;
+                    log::debug!("{node}: ready");
+                }
+                self.states
+                    .session_started(i, lifetime, now, self.rng.as_mut());
             }
             HandshakeStep::Send(frame) => {
                 self.requests[i].mixed_deadlines = true;
@@ -1084,6 +1104,44 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             HandshakeStep::Fail(why) => {
                 log::warn!("{}: handshake failed: {why}", self.ids[i]);
                 self.close_node(i, DisconnectCause::HandshakeFailed, None, now);
+            }
+        }
+    }
+
+    /// KIP-368, in band: a Ready connection past its re-authentication point stops taking new
+    /// requests; once nothing of the caller's is in flight on it, the hook's re-authentication
+    /// runs on the same connection (its requests are internal, as during the first handshake). A
+    /// session that ends before it has been renewed closes the connection.
+    fn handle_reauthentication(&mut self, now: Instant) {
+        for i in 0..self.ids.len() {
+            let n = self.states.get(i);
+            if n.state != ConnectionState::Ready || n.session_end.is_none() {
+                continue;
+            }
+            if n.reauth == Reauth::Idle {
+                if n.reauth_at.is_none_or(|t| t > now) {
+                    continue;
+                }
+                log::debug!(
+                    "{}: session due for re-authentication; holding new requests",
+                    self.ids[i]
+                );
+                self.states.get_mut(i).reauth = Reauth::Due;
+            }
+            let n = self.states.get(i);
+            if n.session_end.is_some_and(|t| t <= now) {
+                log::warn!(
+                    "{}: the session ended before it was re-authenticated; closing",
+                    self.ids[i]
+                );
+                self.close_node(i, DisconnectCause::SessionExpired, None, now);
+                continue;
+            }
+            if n.reauth == Reauth::Due && self.requests[i].in_flight.is_empty() {
+                self.states.get_mut(i).reauth = Reauth::Running;
+                let corr = self.next_correlation_id();
+                let step = self.handshake.reauthenticate(self.ids[i], corr);
+                self.handshake_step(i, step, corr, now);
             }
         }
     }

@@ -112,6 +112,9 @@ pub enum DisconnectCause {
     Local,
     /// [`NetworkClient::remove_node`](super::NetworkClient::remove_node) removed the node.
     NodeRemoved,
+    /// The connection's authenticated session ended before it was re-authenticated (KIP-368:
+    /// the broker would close it at its next request).
+    SessionExpired,
 }
 
 impl fmt::Display for DisconnectCause {
@@ -129,6 +132,12 @@ impl fmt::Display for DisconnectCause {
             DisconnectCause::HandshakeFailed => write!(f, "handshake failed"),
             DisconnectCause::Local => write!(f, "disconnected locally"),
             DisconnectCause::NodeRemoved => write!(f, "the node was removed"),
+            DisconnectCause::SessionExpired => {
+                write!(
+                    f,
+                    "the authenticated session expired before re-authentication"
+                )
+            }
         }
     }
 }

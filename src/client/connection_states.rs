@@ -338,14 +338,15 @@ impl ClusterConnectionStates {
     }
 
     /// The earliest session event among Ready nodes: a re-authentication to start, or the end of a
-    /// session still being renewed.
+    /// session whose re-authentication waits for requests in flight.
     pub(crate) fn next_session_deadline(&self) -> Option<Instant> {
         self.nodes
             .iter()
             .filter(|n| n.state == ConnectionState::Ready)
             .filter_map(|n| match n.reauth {
                 Reauth::Idle => n.reauth_at,
-                Reauth::Due | Reauth::Running => n.session_end,
+                Reauth::Due => n.session_end,
+                Reauth::Running => None,
             })
             .min()
     }

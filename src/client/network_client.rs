@@ -1059,12 +1059,22 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.states.handshaking(i);
             let corr = self.next_correlation_id();
             let step = self.handshake.start(self.ids[i], corr);
-            self.handshake_step(i, step, corr, now);
+            self.handshake_step(i, step, corr, now, now);
         }
         self.scratch_channels = chans;
     }
 
-    fn handshake_step(&mut self, i: usize, step: HandshakeStep, corr: i32, now: Instant) {
+    /// Applies the hook's step. `sent` is when the request this step answers was staged: a
+    /// session the step completes is counted from then, an instant no later than the broker's
+    /// start of it (however long the answer then waited to be handled).
+    fn handshake_step(
+        &mut self,
+        i: usize,
+        step: HandshakeStep,
+        corr: i32,
+        now: Instant,
+        sent: Instant,
+    ) {
         match step {
             HandshakeStep::Done => {
                 let node = self.ids[i];
@@ -1082,7 +1092,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                     log::debug!("{node}: ready");
                 }
                 self.states
-                    .session_started(i, lifetime, now, self.rng.as_mut());
+                    .session_started(i, lifetime, sent, self.rng.as_mut());
             }
             HandshakeStep::Send(frame) => {
                 self.requests[i].mixed_deadlines = true;
@@ -1110,8 +1120,12 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     /// KIP-368, in band: a Ready connection past its re-authentication point stops taking new
     /// requests; once nothing of the caller's is in flight on it, the hook's re-authentication
-    /// runs on the same connection (its requests are internal, as during the first handshake). A
-    /// session that ends before it has been renewed closes the connection.
+    /// runs on the same connection (its requests are internal, as during the first handshake).
+    /// A session that ends while requests in flight still hold its re-authentication back closes
+    /// the connection: the broker would close it at the next request anyway. A re-authentication
+    /// under way when the session ends goes on (a broker serves SaslHandshake and SaslAuthenticate
+    /// after expiry), bounded by the request timeout like any request. Sessions are counted from
+    /// when the exchange's last request was staged, never later than the broker counts them.
     fn handle_reauthentication(&mut self, now: Instant) {
         for i in 0..self.ids.len() {
             let n = self.states.get(i);
@@ -1128,20 +1142,21 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 );
                 self.states.get_mut(i).reauth = Reauth::Due;
             }
+            if self.states.get(i).reauth == Reauth::Due && self.requests[i].in_flight.is_empty() {
+                self.states.get_mut(i).reauth = Reauth::Running;
+                log::debug!("{}: re-authenticating", self.ids[i]);
+                let corr = self.next_correlation_id();
+                let step = self.handshake.reauthenticate(self.ids[i], corr);
+                self.handshake_step(i, step, corr, now, now);
+                continue;
+            }
             let n = self.states.get(i);
-            if n.session_end.is_some_and(|t| t <= now) {
+            if n.reauth == Reauth::Due && n.session_end.is_some_and(|t| t <= now) {
                 log::warn!(
-                    "{}: the session ended before it was re-authenticated; closing",
+                    "{}: the session ended before its re-authentication could start; closing",
                     self.ids[i]
                 );
                 self.close_node(i, DisconnectCause::SessionExpired, None, now);
-                continue;
-            }
-            if n.reauth == Reauth::Due && self.requests[i].in_flight.is_empty() {
-                self.states.get_mut(i).reauth = Reauth::Running;
-                let corr = self.next_correlation_id();
-                let step = self.handshake.reauthenticate(self.ids[i], corr);
-                self.handshake_step(i, step, corr, now);
             }
         }
     }
@@ -1235,7 +1250,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             if entry.internal {
                 let corr = self.next_correlation_id();
                 let step = self.handshake.on_response(node, rec.frame, corr);
-                self.handshake_step(i, step, corr, now);
+                self.handshake_step(i, step, corr, now, entry.created);
             } else {
                 self.finish(node, i, entry, Outcome::Response(rec.frame), Some(now));
             }

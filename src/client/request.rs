@@ -112,8 +112,8 @@ pub enum DisconnectCause {
     Local,
     /// [`NetworkClient::remove_node`](super::NetworkClient::remove_node) removed the node.
     NodeRemoved,
-    /// The connection's authenticated session ended before it was re-authenticated (KIP-368:
-    /// the broker would close it at its next request).
+    /// The connection's authenticated session ended before its re-authentication could start
+    /// (requests stayed in flight; KIP-368: the broker would close it at its next request).
     SessionExpired,
 }
 
@@ -135,7 +135,7 @@ impl fmt::Display for DisconnectCause {
             DisconnectCause::SessionExpired => {
                 write!(
                     f,
-                    "the authenticated session expired before re-authentication"
+                    "the authenticated session expired before re-authentication began"
                 )
             }
         }

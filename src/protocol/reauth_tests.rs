@@ -21,6 +21,9 @@ use crate::net::{ChannelId, Transport};
 use crate::sim::{SimNetwork, SimServer};
 
 const ADDR: &str = "127.0.0.1:9092";
+/// The simulated round trip (1 ms each way): a session counts from when the exchange's last
+/// request was staged, one round trip before its answer made the connection Ready.
+const RTT: Duration = Duration::from_millis(2);
 /// The api key of the caller's requests here (Produce; the scripted server echoes them).
 const APP: i16 = 0;
 
@@ -31,8 +34,9 @@ struct State {
     /// Hold the caller's requests instead of answering them.
     hold_app: bool,
     held: Vec<(ChannelId, i32)>,
-    /// Leave every SaslHandshake after the first unanswered.
+    /// Leave every SaslHandshake after the first unanswered (kept in `stalled`).
     stall_reauth: bool,
+    stalled: Option<(ChannelId, Bytes)>,
 }
 
 #[derive(Clone)]
@@ -69,6 +73,7 @@ impl SimServer for Sim {
                 if s.stall_reauth
                     && s.log.iter().filter(|(k, _)| *k == SASL_HANDSHAKE).count() > 1 =>
             {
+                s.stalled = Some((channel, frame));
                 Vec::new()
             }
             SASL_HANDSHAKE | SASL_AUTHENTICATE | 18 => vec![s.broker.answer(&frame)],
@@ -100,6 +105,7 @@ fn setup(mechanism: &str, lifetime_ms: i64, rng: Option<f64>) -> (Client, Sim) {
         hold_app: false,
         held: Vec::new(),
         stall_reauth: false,
+        stalled: None,
     })));
     let mut net = SimNetwork::new();
     net.set_server(ADDR.parse().expect("addr"), Box::new(sim.clone()));
@@ -121,15 +127,16 @@ fn round(c: &mut Client, timeout: Option<Duration>) -> Vec<ClientResponse> {
     c.handle(after)
 }
 
-/// Rounds with no timeout of the caller's (the client's own deadlines only) until the simulated
-/// clock reaches `t` (bounded).
+/// Rounds until the simulated clock reaches `t` (bounded), each waiting at most until `t` or the
+/// client's own next deadline.
 fn until(c: &mut Client, t: Instant) -> Vec<ClientResponse> {
     let mut done = Vec::new();
     for _ in 0..50 {
-        if c.transport().now() >= t {
+        let now = c.transport().now();
+        if now >= t {
             return done;
         }
-        done.extend(round(c, None));
+        done.extend(round(c, Some(t - now)));
     }
     panic!(
         "the clock never reached {t:?}: at {:?}",
@@ -194,7 +201,7 @@ fn an_idle_connection_wakes_and_re_authenticates_in_band_within_85_to_95_percent
     ] {
         let lifetime = Duration::from_secs(10);
         let (mut c, sim) = setup(mechanism, 10_000, jitter);
-        let mut session_start = connect(&mut c);
+        let mut session_start = connect(&mut c) - RTT;
         assert_eq!(sim.handshakes(), 1);
         for k in 1..=3u64 {
             // Idle: the client's own deadline is the re-authentication point, and a poll with no
@@ -227,7 +234,7 @@ fn an_idle_connection_wakes_and_re_authenticates_in_band_within_85_to_95_percent
                 );
                 round(&mut c, Some(Duration::from_millis(1)));
             }
-            session_start = c.transport().now();
+            session_start = c.transport().now() - RTT;
             assert!(c.is_ready(NODE), "{mechanism}");
             assert_eq!(sim.handshakes() as u64, k + 1, "{mechanism}");
         }
@@ -244,7 +251,7 @@ fn an_idle_connection_wakes_and_re_authenticates_in_band_within_85_to_95_percent
 #[test]
 fn in_flight_requests_complete_and_requests_sent_meanwhile_wait_then_go_in_order() {
     let (mut c, sim) = setup("SCRAM-SHA-512", 10_000, Some(0.5));
-    let t0 = connect(&mut c);
+    let t0 = connect(&mut c) - RTT;
     let mut done = round(&mut c, Some(Duration::from_secs(8)));
     // Two requests in flight (held by the broker) when the session is due (9 s).
     sim.lock().hold_app = true;
@@ -370,36 +377,64 @@ fn without_a_session_lifetime_the_connection_never_re_authenticates() {
 }
 
 #[test]
-fn a_re_authentication_not_done_when_the_session_ends_closes_the_connection() {
+fn a_re_authentication_under_way_when_the_session_ends_goes_on_and_a_stalled_one_times_out() {
     let (mut c, sim) = setup("SCRAM-SHA-512", 10_000, Some(0.5));
-    let t0 = connect(&mut c);
+    let t0 = connect(&mut c) - RTT;
     sim.lock().stall_reauth = true;
-    let mut done = round(&mut c, None);
+    let mut done = until(&mut c, t0 + Duration::from_secs(9));
     let waiting = send(&mut c);
-    // The client's next deadline is the end of the session.
-    assert_eq!(c.poll_deadline(), Some(t0 + Duration::from_secs(10)));
-    done.extend(until(&mut c, t0 + Duration::from_secs(10)));
-    assert_eq!(c.transport().now() - t0, Duration::from_secs(10));
-    assert_eq!(sim.handshakes(), 2);
+    done.extend(rounds(&mut c, 5));
+    assert_eq!(sim.handshakes(), 2, "under way");
+    // The session ends (10 s); the exchange goes on, bounded by the request timeout only.
+    done.extend(until(&mut c, t0 + Duration::from_secs(11)));
     assert_eq!(
         c.connection_state(NODE),
-        Some(ConnectionState::Disconnected),
-        "closed, and not an authentication failure"
+        Some(ConnectionState::Ready),
+        "{done:?}"
+    );
+    assert_eq!(c.transport().open_channels(), 1);
+    assert!(done.is_empty(), "{done:?}");
+    // The broker answers late: the session is renewed on the same connection, then the waiting
+    // request goes.
+    let (ch, frame) = sim
+        .lock()
+        .stalled
+        .take()
+        .expect("the stalled SaslHandshake");
+    let answer = sim.lock().broker.answer(&frame);
+    c.transport_mut().deliver(ch, answer);
+    done.extend(rounds(&mut c, 20));
+    assert_eq!(reauths(&c), 1);
+    assert_eq!(responses(&done), vec![waiting]);
+    assert_eq!(c.transport().connect_attempts(), 1);
+
+    // The next one stalls for good: the request timeout (30 s from its start) closes the
+    // connection, and the request waiting meanwhile completes with it.
+    let started = c.poll_deadline().expect("the next re-authentication");
+    let mut done = until(&mut c, started + Duration::from_secs(1));
+    let waiting = send(&mut c);
+    done.extend(until(
+        &mut c,
+        started + ClientConfig::default().request_timeout,
+    ));
+    assert_eq!(sim.handshakes(), 3);
+    assert_eq!(
+        c.connection_state(NODE),
+        Some(ConnectionState::Disconnected)
     );
     assert_eq!(c.transport().open_channels(), 0);
     assert!(c.handshake_mut().take_auth_failures().is_empty());
     assert!(
         done.iter().any(|r| r.correlation_id == waiting
-            && r.outcome == Outcome::Disconnected(DisconnectCause::SessionExpired)),
+            && r.outcome == Outcome::Disconnected(DisconnectCause::RequestTimeout)),
         "{done:?}"
     );
-    assert_eq!(reauths(&c), 0);
 }
 
 #[test]
 fn requests_still_in_flight_when_the_session_ends_close_it_too() {
     let (mut c, sim) = setup("PLAIN", 10_000, Some(0.5));
-    let t0 = connect(&mut c);
+    let t0 = connect(&mut c) - RTT;
     sim.lock().hold_app = true;
     let held = send(&mut c);
     until(&mut c, t0 + Duration::from_secs(9));

@@ -627,7 +627,6 @@ fn failure_reason(cause: &DisconnectCause) -> String {
         DisconnectCause::HandshakeFailed => "handshake_failed".into(),
         DisconnectCause::Local => "local_disconnect".into(),
         DisconnectCause::NodeRemoved => "node_removed".into(),
-        DisconnectCause::SessionExpired => "session_expired".into(),
     }
 }
 

@@ -90,8 +90,6 @@ pub struct NodeConnection {
     pub(crate) setup_deadline: Option<Instant>,
     /// When the Ready connection's session is to be re-authenticated (KIP-368).
     pub(crate) reauth_at: Option<Instant>,
-    /// When the Ready connection's session ends.
-    pub(crate) session_end: Option<Instant>,
     /// Re-authentication progress.
     pub(crate) reauth: Reauth,
 }
@@ -177,7 +175,6 @@ impl ClusterConnectionStates {
             setup_timeout,
             setup_deadline: None,
             reauth_at: None,
-            session_end: None,
             reauth: Reauth::Idle,
         });
         self.nodes.len() - 1
@@ -287,7 +284,6 @@ impl ClusterConnectionStates {
         n.channel = None;
         n.setup_deadline = None;
         n.reauth_at = None;
-        n.session_end = None;
         n.reauth = Reauth::Idle;
         n.state = if handshake_failed {
             ConnectionState::HandshakeFailed
@@ -324,31 +320,29 @@ impl ClusterConnectionStates {
     ) {
         let n = &mut self.nodes[index];
         n.reauth = Reauth::Idle;
-        match lifetime.filter(|l| !l.is_zero()) {
-            Some(l) => {
-                let share = 0.85 + 0.10 * rng.next_f64().clamp(0.0, 1.0);
-                n.reauth_at = Some(now + l.mul_f64(share));
-                n.session_end = Some(now + l);
-            }
-            None => {
-                n.reauth_at = None;
-                n.session_end = None;
-            }
-        }
+        n.reauth_at = lifetime.filter(|l| !l.is_zero()).map(|l| {
+            let share = 0.85 + 0.10 * rng.next_f64().clamp(0.0, 1.0);
+            now + l.mul_f64(share)
+        });
     }
 
-    /// The earliest session event among Ready nodes: a re-authentication to start, or the end of a
-    /// session whose re-authentication waits for requests in flight.
+    /// The earliest re-authentication to start among Ready nodes (KIP-368).
     pub(crate) fn next_session_deadline(&self) -> Option<Instant> {
         self.nodes
             .iter()
-            .filter(|n| n.state == ConnectionState::Ready)
-            .filter_map(|n| match n.reauth {
-                Reauth::Idle => n.reauth_at,
-                Reauth::Due => n.session_end,
-                Reauth::Running => None,
-            })
+            .filter(|n| n.state == ConnectionState::Ready && n.reauth == Reauth::Idle)
+            .filter_map(|n| n.reauth_at)
             .min()
+    }
+
+    /// Marks the Ready node at `index` due for re-authentication once its point has passed;
+    /// returns whether it is due or re-authenticating (no new request may be staged).
+    pub(crate) fn reauth_pending(&mut self, index: usize, now: Instant) -> bool {
+        let n = &mut self.nodes[index];
+        if n.reauth == Reauth::Idle && n.reauth_at.is_some_and(|t| t <= now) {
+            n.reauth = Reauth::Due;
+        }
+        n.reauth != Reauth::Idle
     }
 
     /// The earliest setup deadline among nodes being set up.

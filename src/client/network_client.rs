@@ -520,6 +520,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let Some(i) = self.node_index(node) else {
             return false;
         };
+        self.states.reauth_pending(i, now);
         if self.is_ready(node) {
             return true;
         }
@@ -669,6 +670,8 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.complete_local(request, LocalError::NotReady(state));
             return corr;
         }
+        // Past its re-authentication point the request waits (KIP-368).
+        self.states.reauth_pending(i, now);
         if self.config.response_order == ResponseOrder::Unordered
             && self.requests[i]
                 .in_flight
@@ -737,6 +740,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             return false;
         };
         if self.states.get(i).state != ConnectionState::Ready
+            || self.states.reauth_pending(i, now)
             || !self.requests[i].waiting.is_empty()
             || !self.can_stage(i)
         {
@@ -1120,44 +1124,29 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     /// KIP-368, in band: a Ready connection past its re-authentication point stops taking new
     /// requests; once nothing of the caller's is in flight on it, the hook's re-authentication
-    /// runs on the same connection (its requests are internal, as during the first handshake).
-    /// A session that ends while requests in flight still hold its re-authentication back closes
-    /// the connection: the broker would close it at the next request anyway. A re-authentication
-    /// under way when the session ends goes on (a broker serves SaslHandshake and SaslAuthenticate
-    /// after expiry), bounded by the request timeout like any request. Sessions are counted from
-    /// when the exchange's last request was staged, never later than the broker counts them.
+    /// runs on the same connection (its requests are internal, as during the first handshake, and
+    /// bounded by the request timeout). Sessions are counted from when the exchange's last
+    /// request was staged, never later than the broker counts them. The client does not close a
+    /// connection whose session ended: requests in flight were sent within it, and the broker
+    /// enforces the end (it closes a connection that sends anything but SaslHandshake or
+    /// SaslAuthenticate after it).
     fn handle_reauthentication(&mut self, now: Instant) {
         for i in 0..self.ids.len() {
             let n = self.states.get(i);
-            if n.state != ConnectionState::Ready || n.session_end.is_none() {
+            if n.state != ConnectionState::Ready
+                || (n.reauth == Reauth::Idle && n.reauth_at.is_none())
+                || n.reauth == Reauth::Running
+            {
                 continue;
             }
-            if n.reauth == Reauth::Idle {
-                if n.reauth_at.is_none_or(|t| t > now) {
-                    continue;
-                }
-                log::debug!(
-                    "{}: session due for re-authentication; holding new requests",
-                    self.ids[i]
-                );
-                self.states.get_mut(i).reauth = Reauth::Due;
-            }
-            if self.states.get(i).reauth == Reauth::Due && self.requests[i].in_flight.is_empty() {
-                self.states.get_mut(i).reauth = Reauth::Running;
-                log::debug!("{}: re-authenticating", self.ids[i]);
-                let corr = self.next_correlation_id();
-                let step = self.handshake.reauthenticate(self.ids[i], corr);
-                self.handshake_step(i, step, corr, now, now);
+            if !self.states.reauth_pending(i, now) || !self.requests[i].in_flight.is_empty() {
                 continue;
             }
-            let n = self.states.get(i);
-            if n.reauth == Reauth::Due && n.session_end.is_some_and(|t| t <= now) {
-                log::warn!(
-                    "{}: the session ended before its re-authentication could start; closing",
-                    self.ids[i]
-                );
-                self.close_node(i, DisconnectCause::SessionExpired, None, now);
-            }
+            self.states.get_mut(i).reauth = Reauth::Running;
+            log::debug!("{}: re-authenticating", self.ids[i]);
+            let corr = self.next_correlation_id();
+            let step = self.handshake.reauthenticate(self.ids[i], corr);
+            self.handshake_step(i, step, corr, now, now);
         }
     }
 

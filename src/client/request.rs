@@ -112,9 +112,6 @@ pub enum DisconnectCause {
     Local,
     /// [`NetworkClient::remove_node`](super::NetworkClient::remove_node) removed the node.
     NodeRemoved,
-    /// The connection's authenticated session ended before its re-authentication could start
-    /// (requests stayed in flight; KIP-368: the broker would close it at its next request).
-    SessionExpired,
 }
 
 impl fmt::Display for DisconnectCause {
@@ -132,12 +129,6 @@ impl fmt::Display for DisconnectCause {
             DisconnectCause::HandshakeFailed => write!(f, "handshake failed"),
             DisconnectCause::Local => write!(f, "disconnected locally"),
             DisconnectCause::NodeRemoved => write!(f, "the node was removed"),
-            DisconnectCause::SessionExpired => {
-                write!(
-                    f,
-                    "the authenticated session expired before re-authentication began"
-                )
-            }
         }
     }
 }

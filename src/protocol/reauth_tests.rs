@@ -432,28 +432,59 @@ fn a_re_authentication_under_way_when_the_session_ends_goes_on_and_a_stalled_one
 }
 
 #[test]
-fn requests_still_in_flight_when_the_session_ends_close_it_too() {
+fn requests_in_flight_past_the_session_end_delay_the_re_authentication_without_closing() {
     let (mut c, sim) = setup("PLAIN", 10_000, Some(0.5));
     let t0 = connect(&mut c) - RTT;
     sim.lock().hold_app = true;
+    let sent_at = c.transport().now();
     let held = send(&mut c);
     until(&mut c, t0 + Duration::from_secs(9));
-    assert_eq!(c.transport().now() - t0, Duration::from_secs(9));
     assert!(!c.is_ready(NODE));
-    let done = until(&mut c, t0 + Duration::from_secs(10));
-    assert_eq!(c.transport().now() - t0, Duration::from_secs(10));
+    // Nothing of the client's own is due while it waits for the request (no busy loop).
     assert_eq!(
-        sim.handshakes(),
+        c.poll_deadline(),
+        Some(sent_at + ClientConfig::default().request_timeout)
+    );
+    let mut done = until(&mut c, t0 + Duration::from_secs(11));
+    assert!(done.is_empty(), "{done:?}");
+    assert_eq!(sim.handshakes(), 1, "not started: a request is in flight");
+    assert_eq!(
+        c.transport().open_channels(),
         1,
-        "never started: a request stayed in flight"
+        "the client does not close it"
     );
+    // The answer comes (it was sent within the session): then the re-authentication.
+    let (ch, corr) = sim.lock().held.pop().expect("held");
+    sim.lock().hold_app = false;
+    c.transport_mut().deliver(ch, app_response(corr));
+    done.extend(rounds(&mut c, 20));
+    assert_eq!(responses(&done), vec![held]);
+    assert_eq!(sim.handshakes(), 2);
+    assert_eq!(reauths(&c), 1);
+    assert_eq!(c.transport().connect_attempts(), 1);
+}
+
+#[test]
+fn a_request_sent_past_the_point_before_the_client_noticed_waits_for_the_re_authentication() {
+    let (mut c, sim) = setup("SCRAM-SHA-256", 10_000, Some(0.5));
+    let t0 = connect(&mut c) - RTT;
+    // The caller's thread was busy: the clock is past the point and no poll has seen it.
+    let gap = t0 + Duration::from_millis(9_500) - c.transport().now();
+    c.transport_mut().advance(gap);
+    assert_eq!(c.transport().now() - t0, Duration::from_millis(9_500));
     assert!(
-        done.iter().any(|r| r.correlation_id == held
-            && r.outcome == Outcome::Disconnected(DisconnectCause::SessionExpired)),
-        "{done:?}"
+        !c.ready(NODE, c.transport().now()),
+        "not ready for new sends"
     );
+    let late = send(&mut c);
+    assert_eq!((c.in_flight_count(NODE), c.waiting_count(NODE)), (0, 1));
+    let done = rounds(&mut c, 20);
+    assert_eq!(responses(&done), vec![late]);
+    assert_eq!(reauths(&c), 1);
+    let keys: Vec<i16> = sim.lock().log.iter().map(|(k, _)| *k).collect();
     assert_eq!(
-        c.connection_state(NODE),
-        Some(ConnectionState::Disconnected)
+        keys[keys.len() - 4..],
+        [SASL_HANDSHAKE, SASL_AUTHENTICATE, SASL_AUTHENTICATE, APP],
+        "the request went after the exchange"
     );
 }

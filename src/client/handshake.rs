@@ -34,9 +34,8 @@ pub trait Handshake {
     /// How long the session the last completed handshake (or re-authentication) of `node`'s
     /// connection established may last (KIP-368's session lifetime). The client asks right after
     /// each `Done`; with `Some`, it re-authenticates the connection in band at a jittered point
-    /// between 85 % and 95 % of it (see [`reauthenticate`](Self::reauthenticate)), and closes the
-    /// connection if the re-authentication could not start (requests still in flight) before the
-    /// session ends. `None` (the default): the session never ends.
+    /// between 85 % and 95 % of it (see [`reauthenticate`](Self::reauthenticate)). `None` (the
+    /// default): the session never ends.
     fn session_lifetime(&self, _node: NodeId) -> Option<std::time::Duration> {
         None
     }

@@ -965,7 +965,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     // ----- polling -------------------------------------------------------------------------------
 
     /// The earliest instant at which the client has work of its own: a request deadline, a
-    /// connection-setup deadline, or an authenticated session to renew or that ends (KIP-368).
+    /// connection-setup deadline, or an authenticated session to renew (KIP-368).
     /// Poll no later than this.
     pub fn poll_deadline(&self) -> Option<Instant> {
         let mut d = self.states.next_setup_deadline();

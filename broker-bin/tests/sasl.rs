@@ -15,6 +15,7 @@ use mqnet::broker::sasl::SaslServerConfig;
 use mqnet::broker::{Broker, BrokerConfig};
 use mqnet::client::{ClientConfig, SaslSettings, SecurityProtocol};
 use mqnet::producer::{DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerRecord};
+use mqnet::protocol::sasl::{Mechanism, SaslClient, SaslCredentials, SaslError, SaslStep};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "alice-secret";
@@ -202,19 +203,28 @@ fn a_wrong_password_fails_the_records_with_the_brokers_message_and_no_reconnect_
     }
 }
 
-#[test]
-fn a_session_with_a_lifetime_is_renewed_by_reconnecting_and_records_keep_flowing() {
+/// A broker of `nodes` nodes whose SASL sessions last `lifetime_ms` (KIP-368), with `topic`.
+fn broker_with_lifetime(nodes: usize, topic: &str, partitions: i32, lifetime_ms: i64) -> Broker {
     common::init_log();
-    let topic = "renewed";
-    let sasl = SaslServerConfig::new([(USER, PASSWORD)], &[])
+    let sasl = SaslServerConfig::new([(USER, PASSWORD), ("bob", "bob-secret")], &[])
         .unwrap()
-        .session_lifetime_ms(1_500);
-    let broker = Broker::start(BrokerConfig {
+        .session_lifetime_ms(lifetime_ms);
+    let b = Broker::start(BrokerConfig {
+        nodes,
         sasl: Some(sasl),
         ..BrokerConfig::default()
     })
     .expect("broker");
-    broker.create_topic(topic, 1).expect("topic");
+    b.create_topic(topic, partitions).expect("topic");
+    b
+}
+
+#[test]
+fn a_session_with_a_lifetime_is_renewed_in_band_on_the_same_connections() {
+    const LIFETIME_MS: u64 = 500;
+    let topic = "renewed";
+    let nodes = 2;
+    let broker = broker_with_lifetime(nodes, topic, 2, LIFETIME_MS as i64);
     let bootstrap = broker.bootstrap_servers();
     let cfg = producer_config(
         &bootstrap,
@@ -223,32 +233,171 @@ fn a_session_with_a_lifetime_is_renewed_by_reconnecting_and_records_keep_flowing
         PASSWORD,
     );
     let producer = Producer::new(cfg).expect("producer");
-    producer
-        .send(ProducerRecord::new(topic, "first"))
-        .wait_timeout(WAIT)
-        .expect("completed")
-        .expect("delivered");
-    let baseline = broker.stats().connections_accepted;
-    // Keep producing until a connection was renewed (bounded): each record must be delivered.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut sent = 1;
-    while broker.stats().connections_accepted == baseline {
-        assert!(Instant::now() < deadline, "no renewal within 30 s");
-        producer
-            .send(ProducerRecord::new(topic, format!("v{sent}")))
-            .wait_timeout(WAIT)
-            .expect("completed")
-            .expect("delivered");
-        sent += 1;
-        std::thread::sleep(Duration::from_millis(100));
+    // Per node of the producer's client that connected (the bootstrap node and each broker
+    // node): (connections made, re-authentications).
+    let per_node = |p: &Producer| -> Vec<(u64, u64)> {
+        p.metrics()
+            .network
+            .nodes
+            .iter()
+            .filter(|n| n.connections_created > 0)
+            .map(|n| (n.connections_created, n.reauthentications))
+            .collect()
+    };
+    let reauths = |p: &Producer| -> Vec<u64> { per_node(p).iter().map(|n| n.1).collect() };
+    // Records keep flowing for at least four lifetimes, and until every connection renewed its
+    // session twice (bounded in count and time).
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    let min_run = Duration::from_millis(4 * LIFETIME_MS);
+    let mut futures: Vec<DeliveryFuture> = Vec::new();
+    loop {
+        let i = futures.len();
+        futures.push(
+            producer.send(ProducerRecord::new(topic, format!("value-{i}")).key(i.to_string())),
+        );
+        if i % 10 == 9 {
+            let r = reauths(&producer);
+            if started.elapsed() >= min_run && !r.is_empty() && r.iter().all(|&n| n >= 2) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline && futures.len() < 20_000,
+            "sessions not renewed twice: {:?} after {} records",
+            reauths(&producer),
+            futures.len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
-    producer
-        .send(ProducerRecord::new(topic, "after"))
-        .wait_timeout(WAIT)
-        .expect("completed")
-        .expect("delivered after the renewal");
-    sent += 1;
+    let n = futures.len();
+    for (i, f) in futures.into_iter().enumerate() {
+        f.wait_timeout(WAIT)
+            .unwrap_or_else(|| panic!("record {i} never completed"))
+            .unwrap_or_else(|e| panic!("record {i} failed: {e}"));
+    }
+    let renewed = reauths(&producer);
+    let connections = per_node(&producer);
     producer.close(Duration::from_secs(5));
-    assert_eq!(broker.high_watermark(topic, 0), Some(sent));
-    assert_eq!(broker.stats().authentication_failures, 0);
+    // Every record is in the logs once (idempotent producer; no resend appended twice).
+    let total: i64 = (0..2)
+        .map(|p| broker.high_watermark(topic, p).unwrap())
+        .sum();
+    assert_eq!(total, n as i64, "records in the logs");
+    let stats = broker.stats();
+    // One connection per broker node, plus the bootstrap connection (a node of its own in the
+    // client, as in Kafka's): each renewed on the wire, none replaced.
+    assert_eq!(connections.len(), nodes + 1, "{connections:?}");
+    assert!(connections.iter().all(|n| n.0 == 1), "{connections:?}");
+    assert_eq!(
+        stats.connections_accepted,
+        nodes as u64 + 1,
+        "connections accepted by the broker ({connections:?})"
+    );
+    assert!(renewed.iter().all(|&r| r >= 2), "{renewed:?}");
+    // The broker accepted at least those (one more may finish between the snapshot and close).
+    assert!(
+        stats.reauthentications >= renewed.iter().sum::<u64>(),
+        "{} < {renewed:?}",
+        stats.reauthentications
+    );
+    assert_eq!(stats.authentication_failures, 0);
+    assert_eq!(stats.expired_sessions_closed, 0);
+}
+
+/// Authenticates a raw connection as `user` with SCRAM-SHA-512 (SaslHandshake v1,
+/// SaslAuthenticate v1); returns the session lifetime, or the broker's refusal.
+fn raw_authenticate(
+    raw: &mut common::Raw,
+    user: &str,
+    password: &str,
+    corr: &mut i32,
+) -> Result<i64, SaslError> {
+    let creds = SaslCredentials {
+        mechanism: Mechanism::from_name("SCRAM-SHA-512").unwrap(),
+        username: user.to_owned(),
+        password: password.to_owned(),
+    };
+    let mut client = SaslClient::new(creds, "raw", 1);
+    *corr += 1;
+    let mut step = client.start(*corr);
+    for _ in 0..5 {
+        match step {
+            SaslStep::Send(frame) => {
+                let resp = raw.call(&frame).expect("a SASL answer");
+                *corr += 1;
+                step = client.on_response(&resp, *corr);
+            }
+            SaslStep::Done {
+                session_lifetime_ms,
+            } => return Ok(session_lifetime_ms),
+            SaslStep::Fail(e) => return Err(e),
+        }
+    }
+    panic!("runaway SASL exchange");
+}
+
+#[test]
+fn the_broker_closes_a_connection_whose_session_expired_and_renews_one_re_authenticated() {
+    const LIFETIME: Duration = Duration::from_millis(1_500);
+    let topic = "lapsed";
+    let broker = broker_with_lifetime(1, topic, 1, LIFETIME.as_millis() as i64);
+    let addr = broker.bootstrap_servers();
+    let addr = addr.split(',').next().unwrap();
+    let one = common::batch(1, -1, -1, -1);
+    let mut corr = 0;
+
+    // Authenticated, served; after the lifetime a Produce closes the connection (KIP-368).
+    let mut lapsing = common::Raw::connect(addr);
+    assert_eq!(
+        raw_authenticate(&mut lapsing, USER, PASSWORD, &mut corr),
+        Ok(LIFETIME.as_millis() as i64)
+    );
+    let authenticated = Instant::now();
+    assert_eq!(common::produce(&mut lapsing, topic, 0, &one), (0, 0));
+
+    // Another connection re-authenticates in band before its session ends.
+    let mut renewing = common::Raw::connect(addr);
+    raw_authenticate(&mut renewing, USER, PASSWORD, &mut corr).expect("authenticated");
+    let renewing_since = Instant::now();
+    assert_eq!(common::produce(&mut renewing, topic, 0, &one), (0, 1));
+    let midway = renewing_since + LIFETIME / 2;
+    std::thread::sleep(midway.saturating_duration_since(Instant::now()));
+    raw_authenticate(&mut renewing, USER, PASSWORD, &mut corr).expect("re-authenticated");
+    let renewed = Instant::now();
+
+    // Past the first sessions' end (counted from when their last answer arrived, so the broker's
+    // own expiry is behind us), well within the renewed one's.
+    let past = authenticated.max(renewing_since) + LIFETIME + Duration::from_millis(50);
+    std::thread::sleep(past.saturating_duration_since(Instant::now()));
+    assert!(
+        renewed.elapsed() < LIFETIME - Duration::from_millis(100),
+        "the machine stalled past the renewed session ({:?}); nothing can be concluded",
+        renewed.elapsed()
+    );
+    assert_eq!(
+        common::produce(&mut renewing, topic, 0, &one),
+        (0, 2),
+        "a renewed session serves"
+    );
+    let frame = common::produce_frame(7, topic, 0, &one);
+    assert_eq!(lapsing.call(&frame), None, "an expired session is closed");
+    let stats = broker.stats();
+    assert_eq!(stats.expired_sessions_closed, 1);
+    assert_eq!(stats.reauthentications, 1);
+    assert_eq!(broker.high_watermark(topic, 0), Some(3));
+
+    // A re-authentication as another user is refused (Kafka: no change of principal), and the
+    // connection serves nothing more.
+    let mut switching = common::Raw::connect(addr);
+    raw_authenticate(&mut switching, USER, PASSWORD, &mut corr).expect("authenticated");
+    let refused = raw_authenticate(&mut switching, "bob", "bob-secret", &mut corr);
+    assert!(
+        matches!(&refused, Err(SaslError::AuthenticationFailed { message: Some(m), .. })
+            if m.contains("Cannot change principals")),
+        "{refused:?}"
+    );
+    assert_eq!(switching.call(&frame), None);
+    assert_eq!(broker.high_watermark(topic, 0), Some(3));
+    assert_eq!(broker.stats().authentication_failures, 1);
 }

@@ -225,6 +225,12 @@ pub struct BrokerStats {
     pub connections_accepted: u64,
     /// SASL authentications refused since start-up.
     pub authentication_failures: u64,
+    /// SASL re-authentications (KIP-368) accepted on already authenticated connections since
+    /// start-up.
+    pub reauthentications: u64,
+    /// Connections closed because a request other than SaslHandshake/SaslAuthenticate came after
+    /// their session had expired (KIP-368), since start-up.
+    pub expired_sessions_closed: u64,
 }
 
 /// A running broker; see the [module docs](self). Dropping it stops its nodes.
@@ -295,6 +301,8 @@ impl Broker {
             sasl: config.sasl.clone(),
             connections: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
+            reauthentications: AtomicU64::new(0),
+            expired_sessions: AtomicU64::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let host = config
@@ -421,6 +429,8 @@ impl Broker {
             recovered_truncated_bytes: self.truncated,
             connections_accepted: self.shared.connections.load(Ordering::Relaxed),
             authentication_failures: self.shared.auth_failures.load(Ordering::Relaxed),
+            reauthentications: self.shared.reauthentications.load(Ordering::Relaxed),
+            expired_sessions_closed: self.shared.expired_sessions.load(Ordering::Relaxed),
         }
     }
 

@@ -68,6 +68,16 @@ pub(crate) struct Shared {
     pub connections: AtomicU64,
     /// SASL authentications refused (all nodes).
     pub auth_failures: AtomicU64,
+    /// SASL re-authentications accepted (all nodes).
+    pub reauthentications: AtomicU64,
+    /// Connections closed for a request after their session expired (all nodes).
+    pub expired_sessions: AtomicU64,
+}
+
+/// An authenticated connection's session: who, and until when (KIP-368; `None`: no limit).
+struct Session {
+    user: String,
+    expires: Option<Instant>,
 }
 
 impl Shared {
@@ -118,6 +128,8 @@ pub(crate) struct NodeHandler {
     released: Vec<(HeldProduce, SyncOutcome)>,
     /// Each connection's SASL state (with SASL enabled).
     auth: HashMap<ChannelId, ConnAuth>,
+    /// Each authenticated connection's session; kept while it re-authenticates.
+    sessions: HashMap<ChannelId, Session>,
 }
 
 impl std::fmt::Debug for NodeHandler {
@@ -167,6 +179,7 @@ impl NodeHandler {
             held: SyncWaiters::default(),
             released: Vec::new(),
             auth: HashMap::new(),
+            sessions: HashMap::new(),
         }
     }
 
@@ -315,16 +328,31 @@ impl NodeHandler {
             }
             return;
         }
-        if self.shared.sasl.is_some()
-            && !matches!(api_key, 17 | 18 | 36)
-            && !matches!(self.auth.get(&conn), Some(ConnAuth::Authenticated(_)))
-        {
-            log::info!(
-                "node {}: api {api_key} before SASL authentication; closing the connection",
-                self.id
-            );
-            let _ = responder.close();
-            return;
+        if self.shared.sasl.is_some() && !matches!(api_key, 17 | 36) {
+            match self.sessions.get(&conn) {
+                // KIP-368: once a session has expired, only re-authentication is served.
+                Some(s) if s.expires.is_some_and(|t| t <= Instant::now()) => {
+                    log::info!(
+                        "node {}: api {api_key} after the SASL session of {} expired; closing \
+                         the connection",
+                        self.id,
+                        s.user
+                    );
+                    self.shared.expired_sessions.fetch_add(1, Ordering::Relaxed);
+                    let _ = responder.close();
+                    return;
+                }
+                Some(_) => {}
+                None if api_key == 18 => {}
+                None => {
+                    log::info!(
+                        "node {}: api {api_key} before SASL authentication; closing the connection",
+                        self.id
+                    );
+                    let _ = responder.close();
+                    return;
+                }
+            }
         }
         let (_, body) = match decode_request_header(&frame) {
             Ok(h) => h,
@@ -462,7 +490,9 @@ impl NodeHandler {
         let enabled = sasl.mechanism_names();
         let state = self.auth.entry(conn).or_default();
         match (sasl.handshake(mechanism), &*state) {
-            (Some(m), ConnAuth::Start) => {
+            // A first authentication, or a re-authentication of an authenticated connection
+            // (KIP-368).
+            (Some(m), ConnAuth::Start | ConnAuth::Authenticated(_)) => {
                 *state = ConnAuth::Handshaken(m);
                 psasl::encode_sasl_handshake_response(correlation_id, 0, &enabled)
             }
@@ -500,14 +530,49 @@ impl NodeHandler {
                 match sasl.authenticate(state, bytes) {
                     AuthOutcome::Continue(b) => (0, None, b, 0),
                     AuthOutcome::Done(b) => {
-                        if let ConnAuth::Authenticated(user) = &*state {
-                            log::info!("node {}: {conn:?} authenticated as {user}", self.id);
+                        let user = match &*state {
+                            ConnAuth::Authenticated(user) => user.clone(),
+                            _ => String::new(),
+                        };
+                        let lifetime = sasl.lifetime_ms();
+                        let expires = u64::try_from(lifetime)
+                            .ok()
+                            .filter(|&ms| ms > 0)
+                            .map(|ms| Instant::now() + Duration::from_millis(ms));
+                        match self.sessions.get(&conn).map(|s| s.user.as_str()) {
+                            // Kafka refuses a change of principal on re-authentication.
+                            Some(before) if before != user => {
+                                let why = format!(
+                                    "Cannot change principals during re-authentication from \
+                                     {before} to {user}"
+                                );
+                                log::info!("node {}: {conn:?}: {why}", self.id);
+                                *state = ConnAuth::Start;
+                                self.sessions.remove(&conn);
+                                self.shared.auth_failures.fetch_add(1, Ordering::Relaxed);
+                                (psasl::SASL_AUTHENTICATION_FAILED, Some(why), Vec::new(), 0)
+                            }
+                            Some(_) => {
+                                log::info!("node {}: {conn:?} re-authenticated as {user}", self.id);
+                                self.shared
+                                    .reauthentications
+                                    .fetch_add(1, Ordering::Relaxed);
+                                self.sessions.insert(conn, Session { user, expires });
+                                (0, None, b, lifetime)
+                            }
+                            None => {
+                                log::info!("node {}: {conn:?} authenticated as {user}", self.id);
+                                self.sessions.insert(conn, Session { user, expires });
+                                (0, None, b, lifetime)
+                            }
                         }
-                        (0, None, b, sasl.lifetime_ms())
                     }
                     AuthOutcome::Failed(why) => {
                         log::info!("node {}: {conn:?}: {why}", self.id);
                         *state = ConnAuth::Start;
+                        // A failed re-authentication ends the session: the connection serves
+                        // nothing but a new authentication.
+                        self.sessions.remove(&conn);
                         self.shared.auth_failures.fetch_add(1, Ordering::Relaxed);
                         (psasl::SASL_AUTHENTICATION_FAILED, Some(why), Vec::new(), 0)
                     }
@@ -853,5 +918,6 @@ impl DeferredHandler for NodeHandler {
             self.conns.swap_remove(i);
         }
         self.auth.remove(&conn);
+        self.sessions.remove(&conn);
     }
 }

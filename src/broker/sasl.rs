@@ -7,7 +7,12 @@
 //! against a PBKDF2-HMAC-SHA-512 hash of it; SCRAM-SHA-256/512 run the server side of RFC 5802
 //! against stored keys. Credentials use [`MIN_ITERATIONS`] iterations and a random 16-byte salt
 //! per user and mechanism. A failed authentication is answered with SASL_AUTHENTICATION_FAILED
-//! and the broker's message, then the connection is closed.
+//! and the broker's message; the connection then serves nothing but a new authentication.
+//!
+//! KIP-368: an authenticated connection may send SaslHandshake and SaslAuthenticate again to
+//! renew its session, as the same user only (a change of principal is refused). With a session
+//! lifetime set ([`SaslServerConfig::session_lifetime_ms`]), a connection whose session has
+//! expired is closed at its next request other than SaslHandshake or SaslAuthenticate.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -140,7 +145,8 @@ pub(crate) enum AuthOutcome {
     Continue(Vec<u8>),
     /// Answer with these bytes; the connection is authenticated.
     Done(Vec<u8>),
-    /// Answer SASL_AUTHENTICATION_FAILED with this message, then close.
+    /// Answer SASL_AUTHENTICATION_FAILED with this message; the connection serves nothing more
+    /// until it authenticates.
     Failed(String),
 }
 

@@ -46,6 +46,19 @@ impl ConnectionState {
     }
 }
 
+/// Where a Ready connection stands in renewing its authenticated session (KIP-368).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Reauth {
+    /// Nothing to do before `reauth_at` (if any).
+    #[default]
+    Idle,
+    /// Past `reauth_at`: no new request is staged; re-authentication starts once nothing of the
+    /// caller's is in flight.
+    Due,
+    /// The re-authentication exchange is on the wire.
+    Running,
+}
+
 /// Everything the client tracks about one node's connection.
 #[derive(Debug, Clone)]
 pub struct NodeConnection {
@@ -75,6 +88,10 @@ pub struct NodeConnection {
     pub(crate) setup_timeout: Duration,
     /// Deadline of the attempt in progress.
     pub(crate) setup_deadline: Option<Instant>,
+    /// When the Ready connection's session is to be re-authenticated (KIP-368).
+    pub(crate) reauth_at: Option<Instant>,
+    /// Re-authentication progress.
+    pub(crate) reauth: Reauth,
 }
 
 impl NodeConnection {
@@ -157,6 +174,8 @@ impl ClusterConnectionStates {
             reconnect_backoff: Duration::ZERO,
             setup_timeout,
             setup_deadline: None,
+            reauth_at: None,
+            reauth: Reauth::Idle,
         });
         self.nodes.len() - 1
     }
@@ -264,6 +283,8 @@ impl ClusterConnectionStates {
         n.last_attempt = Some(now);
         n.channel = None;
         n.setup_deadline = None;
+        n.reauth_at = None;
+        n.reauth = Reauth::Idle;
         n.state = if handshake_failed {
             ConnectionState::HandshakeFailed
         } else {
@@ -284,6 +305,44 @@ impl ClusterConnectionStates {
     pub fn attempt_failed(&mut self, index: usize, now: Instant, rng: &mut dyn JitterSource) {
         self.nodes[index].state = ConnectionState::Connecting;
         self.disconnected(index, false, now, rng);
+    }
+
+    /// The (re-)authenticated session of the Ready node at `index` may last `lifetime` from
+    /// `now`: re-authenticate at a uniformly drawn point between 85 % and 95 % of it (Kafka's
+    /// client: a margin for latency and clock drift, and jitter so that connections authenticated
+    /// together do not renew together); `None`: the session never ends.
+    pub(crate) fn session_started(
+        &mut self,
+        index: usize,
+        lifetime: Option<Duration>,
+        now: Instant,
+        rng: &mut dyn JitterSource,
+    ) {
+        let n = &mut self.nodes[index];
+        n.reauth = Reauth::Idle;
+        n.reauth_at = lifetime.filter(|l| !l.is_zero()).map(|l| {
+            let share = 0.85 + 0.10 * rng.next_f64().clamp(0.0, 1.0);
+            now + l.mul_f64(share)
+        });
+    }
+
+    /// The earliest re-authentication to start among Ready nodes (KIP-368).
+    pub(crate) fn next_session_deadline(&self) -> Option<Instant> {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == ConnectionState::Ready && n.reauth == Reauth::Idle)
+            .filter_map(|n| n.reauth_at)
+            .min()
+    }
+
+    /// Marks the Ready node at `index` due for re-authentication once its point has passed;
+    /// returns whether it is due or re-authenticating (no new request may be staged).
+    pub(crate) fn reauth_pending(&mut self, index: usize, now: Instant) -> bool {
+        let n = &mut self.nodes[index];
+        if n.reauth == Reauth::Idle && n.reauth_at.is_some_and(|t| t <= now) {
+            n.reauth = Reauth::Due;
+        }
+        n.reauth != Reauth::Idle
     }
 
     /// The earliest setup deadline among nodes being set up.

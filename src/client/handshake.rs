@@ -30,6 +30,24 @@ pub trait Handshake {
 
     /// The connection to `node` was lost or aborted during or after the handshake.
     fn on_disconnect(&mut self, _node: NodeId) {}
+
+    /// How long the session the last completed handshake (or re-authentication) of `node`'s
+    /// connection established may last (KIP-368's session lifetime). The client asks right after
+    /// each `Done`; with `Some`, it re-authenticates the connection in band at a jittered point
+    /// between 85 % and 95 % of it (see [`reauthenticate`](Self::reauthenticate)). `None` (the
+    /// default): the session never ends.
+    fn session_lifetime(&self, _node: NodeId) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Starts re-authenticating `node`'s Ready connection in band (KIP-368): called once nothing
+    /// of the caller's is in flight on it; new requests wait meanwhile. Steps go through
+    /// [`on_response`](Self::on_response) as in a first handshake: `Done` makes the connection
+    /// Ready again (with a new [`session_lifetime`](Self::session_lifetime)), `Fail` closes it
+    /// as a failed handshake. The default (no session to renew): `Done`.
+    fn reauthenticate(&mut self, _node: NodeId, _correlation_id: i32) -> HandshakeStep {
+        HandshakeStep::Done
+    }
 }
 
 /// No handshake: connections are Ready as soon as TCP connects.

@@ -42,6 +42,9 @@ pub struct NodeMetrics {
     /// handshake); cleared when the node becomes Ready. Kafka reports this to callers as an
     /// `AuthenticationException` rather than retrying silently.
     pub authentication_failure: Option<super::DisconnectCause>,
+    /// In-band re-authentications that succeeded (KIP-368: the session renewed on the same
+    /// connection).
+    pub reauthentications: u64,
     latency_sum: Duration,
     /// Largest request latency recorded.
     pub latency_max: Duration,
@@ -127,6 +130,7 @@ impl NodeMetrics {
             connections_created: 0,
             connections_closed: 0,
             authentication_failure: None,
+            reauthentications: 0,
             latency_sum: Duration::ZERO,
             latency_max: Duration::ZERO,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2)
@@ -207,6 +211,7 @@ impl NodeMetrics {
             connects: self.connect_attempts,
             connections_created: self.connections_created,
             disconnects: self.connections_closed,
+            reauthentications: self.reauthentications,
         }
     }
 
@@ -323,6 +328,8 @@ pub struct NodeSnapshot {
     pub connections_created: u64,
     /// Established connections closed (librdkafka's `disconnects`).
     pub disconnects: u64,
+    /// In-band SASL re-authentications that succeeded (KIP-368).
+    pub reauthentications: u64,
 }
 
 /// The client-wide windows, fed once per poll with what the nodes' counters moved.

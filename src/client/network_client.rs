@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::backoff::{JitterSource, SplitMix64};
 use super::config::{ClientConfig, ResponseOrder};
-use super::connection_states::{ClusterConnectionStates, ConnectionState};
+use super::connection_states::{ClusterConnectionStates, ConnectionState, Reauth};
 use super::handshake::{Handshake, HandshakeStep, NoHandshake};
 use super::metrics::{ClientMetrics, ClientWindow, Delta, NodeMetrics};
 use super::node::{split_host_port, NodeId, Resolver, SystemResolver};
@@ -535,6 +535,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let Some(i) = self.node_index(node) else {
             return false;
         };
+        self.states.reauth_pending(i, now);
         if self.is_ready(node) {
             return true;
         }
@@ -599,9 +600,12 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             .map(|i| self.ids[i])
     }
 
+    /// Whether a caller's request may be staged on the node now: the in-flight rules allow one
+    /// more, and no re-authentication is due or running (KIP-368: requests wait meanwhile).
     fn can_stage(&self, i: usize) -> bool {
         let r = &self.requests[i];
-        r.in_flight.len() < self.config.max_in_flight_requests_per_connection
+        self.states.get(i).reauth == Reauth::Idle
+            && r.in_flight.len() < self.config.max_in_flight_requests_per_connection
             && (self.config.pipeline_unsent || r.sent == r.in_flight.len())
     }
 
@@ -681,6 +685,8 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.complete_local(request, LocalError::NotReady(state));
             return corr;
         }
+        // Past its re-authentication point the request waits (KIP-368).
+        self.states.reauth_pending(i, now);
         if self.config.response_order == ResponseOrder::Unordered
             && self.requests[i]
                 .in_flight
@@ -749,6 +755,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             return false;
         };
         if self.states.get(i).state != ConnectionState::Ready
+            || self.states.reauth_pending(i, now)
             || !self.requests[i].waiting.is_empty()
             || !self.can_stage(i)
         {
@@ -972,10 +979,14 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     // ----- polling -------------------------------------------------------------------------------
 
-    /// The earliest instant at which the client has work of its own: a request deadline or a
-    /// connection-setup deadline. Poll no later than this.
+    /// The earliest instant at which the client has work of its own: a request deadline, a
+    /// connection-setup deadline, or an authenticated session to renew (KIP-368).
+    /// Poll no later than this.
     pub fn poll_deadline(&self) -> Option<Instant> {
         let mut d = self.states.next_setup_deadline();
+        if let Some(s) = self.states.next_session_deadline() {
+            d = Some(d.map_or(s, |x: Instant| x.min(s)));
+        }
         for r in &self.requests {
             if let Some(e) = r.earliest_deadline() {
                 d = Some(d.map_or(e, |x: Instant| x.min(e)));
@@ -1043,6 +1054,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.handle_disconnected(now);
         }
         self.handle_timeouts(now);
+        self.handle_reauthentication(now);
         let mut moved = Delta::default();
         for i in 0..self.requests.len() {
             if !self.requests[i].waiting.is_empty() {
@@ -1075,18 +1087,40 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             self.states.handshaking(i);
             let corr = self.next_correlation_id();
             let step = self.handshake.start(self.ids[i], corr);
-            self.handshake_step(i, step, corr, now);
+            self.handshake_step(i, step, corr, now, now);
         }
         self.scratch_channels = chans;
     }
 
-    fn handshake_step(&mut self, i: usize, step: HandshakeStep, corr: i32, now: Instant) {
+    /// Applies the hook's step. `sent` is when the request this step answers was staged: a
+    /// session the step completes is counted from then, an instant no later than the broker's
+    /// start of it (however long the answer then waited to be handled).
+    fn handshake_step(
+        &mut self,
+        i: usize,
+        step: HandshakeStep,
+        corr: i32,
+        now: Instant,
+        sent: Instant,
+    ) {
         match step {
             HandshakeStep::Done => {
-                self.states.ready(i, self.rng.as_mut());
-                self.metrics[i].connections_created += 1;
-                self.metrics[i].authentication_failure = None;
-                log::debug!("{}: ready", self.ids[i]);
+                let node = self.ids[i];
+                let lifetime = self.handshake.session_lifetime(node);
+                if self.states.get(i).reauth == Reauth::Running {
+                    self.metrics[i].reauthentications += 1;
+                    log::info!(
+                        "{node}: re-authenticated on the same connection (next session: {})",
+                        lifetime.map_or("unlimited".to_owned(), |l| format!("{l:?}"))
+                    );
+                } else {
+                    self.states.ready(i, self.rng.as_mut());
+                    self.metrics[i].connections_created += 1;
+                    self.metrics[i].authentication_failure = None;
+                    log::debug!("{node}: ready");
+                }
+                self.states
+                    .session_started(i, lifetime, sent, self.rng.as_mut());
             }
             HandshakeStep::Send(frame) => {
                 self.requests[i].mixed_deadlines = true;
@@ -1109,6 +1143,34 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 log::warn!("{}: handshake failed: {why}", self.ids[i]);
                 self.close_node(i, DisconnectCause::HandshakeFailed, None, now);
             }
+        }
+    }
+
+    /// KIP-368, in band: a Ready connection past its re-authentication point stops taking new
+    /// requests; once nothing of the caller's is in flight on it, the hook's re-authentication
+    /// runs on the same connection (its requests are internal, as during the first handshake, and
+    /// bounded by the request timeout). Sessions are counted from when the exchange's last
+    /// request was staged, never later than the broker counts them. The client does not close a
+    /// connection whose session ended: requests in flight were sent within it, and the broker
+    /// enforces the end (it closes a connection that sends anything but SaslHandshake or
+    /// SaslAuthenticate after it).
+    fn handle_reauthentication(&mut self, now: Instant) {
+        for i in 0..self.ids.len() {
+            let n = self.states.get(i);
+            if n.state != ConnectionState::Ready
+                || (n.reauth == Reauth::Idle && n.reauth_at.is_none())
+                || n.reauth == Reauth::Running
+            {
+                continue;
+            }
+            if !self.states.reauth_pending(i, now) || !self.requests[i].in_flight.is_empty() {
+                continue;
+            }
+            self.states.get_mut(i).reauth = Reauth::Running;
+            log::debug!("{}: re-authenticating", self.ids[i]);
+            let corr = self.next_correlation_id();
+            let step = self.handshake.reauthenticate(self.ids[i], corr);
+            self.handshake_step(i, step, corr, now, now);
         }
     }
 
@@ -1201,7 +1263,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             if entry.internal {
                 let corr = self.next_correlation_id();
                 let step = self.handshake.on_response(node, rec.frame, corr);
-                self.handshake_step(i, step, corr, now);
+                self.handshake_step(i, step, corr, now, entry.created);
             } else {
                 self.finish(node, i, entry, Outcome::Response(rec.frame), Some(now));
             }

@@ -44,6 +44,8 @@ mod versions;
 mod wire;
 
 #[cfg(test)]
+mod reauth_tests;
+#[cfg(test)]
 mod robustness;
 #[cfg(test)]
 mod sasl_tests;

@@ -12,7 +12,7 @@ use crate::client::{Handshake, HandshakeStep, NodeId};
 
 /// A request frame's api key, version, correlation id and body (header v1, or v2 for
 /// SaslAuthenticate v2).
-fn request_parts(frame: &[u8]) -> (i16, i16, i32, &[u8]) {
+pub(super) fn request_parts(frame: &[u8]) -> (i16, i16, i32, &[u8]) {
     let api_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let corr = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -27,17 +27,17 @@ fn request_parts(frame: &[u8]) -> (i16, i16, i32, &[u8]) {
 }
 
 /// A broker model: one user, some mechanisms, and what to break.
-struct Broker {
-    password: &'static str,
+pub(super) struct Broker {
+    pub(super) password: &'static str,
     mechanisms: Vec<&'static str>,
-    forge_signature: bool,
-    lifetime_ms: i64,
+    pub(super) forge_signature: bool,
+    pub(super) lifetime_ms: i64,
     scram: Option<ScramServer>,
     handshaken: Option<Mechanism>,
 }
 
 impl Broker {
-    fn new(password: &'static str) -> Self {
+    pub(super) fn new(password: &'static str) -> Self {
         Broker {
             password,
             mechanisms: vec!["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
@@ -66,7 +66,7 @@ impl Broker {
         b.freeze()
     }
 
-    fn answer(&mut self, frame: &[u8]) -> Bytes {
+    pub(super) fn answer(&mut self, frame: &[u8]) -> Bytes {
         let (api_key, version, corr, body) = request_parts(frame);
         match api_key {
             18 => Self::api_versions(corr),
@@ -135,7 +135,7 @@ impl Broker {
     }
 }
 
-fn creds(mechanism: &str, password: &str) -> SaslCredentials {
+pub(super) fn creds(mechanism: &str, password: &str) -> SaslCredentials {
     SaslCredentials {
         mechanism: Mechanism::from_name(mechanism).unwrap(),
         username: "alice".into(),
@@ -143,7 +143,7 @@ fn creds(mechanism: &str, password: &str) -> SaslCredentials {
     }
 }
 
-const NODE: NodeId = NodeId(1);
+pub(super) const NODE: NodeId = NodeId(1);
 
 /// Runs the hook's exchange against `broker` to its end: `Ok(())` when Ready, else the
 /// failure's text. Counts the frames sent.

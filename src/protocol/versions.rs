@@ -321,8 +321,9 @@ impl ApiVersionsHandshake {
     }
 
     /// The session lifetime the broker gave `node`'s authenticated connection, ms (KIP-368): the
-    /// connection must re-authenticate (here: be closed and reconnected) before it ends. `None`
-    /// when unlimited or not authenticated.
+    /// [`NetworkClient`](crate::client::NetworkClient) re-authenticates the connection in band
+    /// before it ends (see [`Handshake::reauthenticate`]). `None` when unlimited or not
+    /// authenticated.
     pub fn session_lifetime_ms(&self, node: NodeId) -> Option<i64> {
         self.session_lifetimes.get(&node).copied()
     }
@@ -334,6 +335,16 @@ impl ApiVersionsHandshake {
         v: ApiVersions,
         correlation_id: i32,
     ) -> HandshakeStep {
+        if self.sasl.is_none() {
+            self.versions.insert(node, v);
+            return HandshakeStep::Done;
+        }
+        self.start_sasl(node, v, correlation_id)
+    }
+
+    /// Starts the SASL exchange (SaslHandshake v1, then SaslAuthenticate rounds) on a connection
+    /// whose broker supports `v`: at first authentication and at each re-authentication.
+    fn start_sasl(&mut self, node: NodeId, v: ApiVersions, correlation_id: i32) -> HandshakeStep {
         let Some(creds) = &self.sasl else {
             self.versions.insert(node, v);
             return HandshakeStep::Done;
@@ -446,6 +457,29 @@ impl Handshake for ApiVersionsHandshake {
         self.versions.remove(&node);
         self.authenticating.remove(&node);
         self.session_lifetimes.remove(&node);
+    }
+
+    fn session_lifetime(&self, node: NodeId) -> Option<std::time::Duration> {
+        self.session_lifetime_ms(node)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .filter(|&ms| ms > 0)
+            .map(std::time::Duration::from_millis)
+    }
+
+    /// KIP-368 re-authentication: SaslHandshake v1 and the SaslAuthenticate rounds again on the
+    /// Ready connection, with the versions its ApiVersions gave (not asked again). The SCRAM
+    /// server signature is verified as at first authentication; a failure is an authentication
+    /// failure like a first one (kept for [`take_auth_failures`](Self::take_auth_failures)).
+    fn reauthenticate(&mut self, node: NodeId, correlation_id: i32) -> HandshakeStep {
+        self.session_lifetimes.remove(&node);
+        let Some(v) = self.versions.get(&node).cloned() else {
+            return if self.sasl.is_some() {
+                HandshakeStep::Fail("re-authentication of a connection never authenticated".into())
+            } else {
+                HandshakeStep::Done
+            };
+        };
+        self.start_sasl(node, v, correlation_id)
     }
 }
 

@@ -110,9 +110,6 @@ pub(crate) struct Engine<T: Transport = Selector> {
     send_buf: BytesMut,
     /// `compression.type`'s compressor, its buffers reused batch after batch.
     compressor: protocol::Compressor,
-    /// When each node's current SASL session (one with a lifetime, KIP-368) was first seen
-    /// Ready.
-    auth_since: HashMap<NodeId, Instant>,
     disconnected_rx: bool,
     /// Batches that arrived for a partition not known here (never, by construction).
     strays: Vec<Batch>,
@@ -213,7 +210,6 @@ impl<T: Transport> Engine<T> {
             .map_err(std::io::Error::other)?;
         Ok(Engine {
             compressor,
-            auth_since: HashMap::new(),
             bootstrap,
             partition_limit: partition_limit(&cfg),
             client,
@@ -285,7 +281,6 @@ impl<T: Transport> Engine<T> {
             return None;
         }
         self.check_authentication();
-        self.reauthenticate(now);
         self.maybe_request_metadata(now);
         self.maybe_init_producer_id(now);
         self.fail_fatally();
@@ -333,32 +328,6 @@ impl<T: Transport> Engine<T> {
                     });
                     return;
                 }
-            }
-        }
-    }
-
-    /// KIP-368: a SASL session the broker gave a lifetime must be renewed before it ends. Kafka's
-    /// clients re-authenticate on the same connection; here the connection is closed — once idle
-    /// past 85 % of the lifetime, or in any case past 95 % (requests in flight then come back
-    /// disconnected and are retried) — and the next request reconnects and authenticates anew.
-    fn reauthenticate(&mut self, now: Instant) {
-        if !self.cfg.client.security.protocol.uses_sasl() {
-            return;
-        }
-        for i in 0..self.client.nodes().len() {
-            let node = self.client.nodes()[i];
-            let lifetime = self.client.handshake().session_lifetime_ms(node);
-            let (Some(lifetime), true) = (lifetime, self.client.is_ready(node)) else {
-                self.auth_since.remove(&node);
-                continue;
-            };
-            let since = *self.auth_since.entry(node).or_insert(now);
-            let age = now.saturating_duration_since(since).as_millis() as i64;
-            let idle = self.client.in_flight_count(node) == 0;
-            if (idle && age >= lifetime / 100 * 85) || age >= lifetime / 100 * 95 {
-                log::info!("{node}: SASL session at {age} of {lifetime} ms: reconnecting");
-                self.auth_since.remove(&node);
-                self.client.disconnect(node, now);
             }
         }
     }

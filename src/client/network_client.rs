@@ -568,8 +568,14 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let mut connectable: Option<(usize, Option<Instant>)> = None;
         for k in 0..n {
             let i = (offset + k) % n;
+            // A connection renewing its session holds new requests until it is done: pick it only
+            // when no other connection is ready, like one still setting up.
+            let renewing = self.states.reauth_pending(i, now);
             let st = self.states.get(i);
             match st.state {
+                ConnectionState::Ready if renewing => {
+                    connecting.get_or_insert(i);
+                }
                 ConnectionState::Ready => {
                     let load = self.requests[i].in_flight.len() + self.requests[i].waiting.len();
                     if best_ready.is_none_or(|(_, l)| load < l) {

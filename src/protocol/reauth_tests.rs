@@ -15,7 +15,7 @@ use super::scram::ScramError;
 use super::ApiVersionsHandshake;
 use crate::client::{
     ClientConfig, ClientRequest, ClientResponse, ConnectionState, DisconnectCause, JitterSource,
-    NetworkClient, Outcome,
+    NetworkClient, NodeId, Outcome,
 };
 use crate::net::{ChannelId, Transport};
 use crate::sim::{SimNetwork, SimServer};
@@ -487,4 +487,50 @@ fn a_request_sent_past_the_point_before_the_client_noticed_waits_for_the_re_auth
         [SASL_HANDSHAKE, SASL_AUTHENTICATE, SASL_AUTHENTICATE, APP],
         "the request went after the exchange"
     );
+}
+
+#[test]
+fn least_loaded_node_passes_over_a_connection_renewing_its_session() {
+    let (mut c, sim_a) = setup("PLAIN", 10_000, Some(0.5));
+    // A second broker whose sessions do not end, holding the caller's requests.
+    let other = NodeId(2);
+    let other_addr = "127.0.0.1:9093";
+    let mut broker = Broker::new("pw");
+    broker.lifetime_ms = 0;
+    let sim_b = Sim(Arc::new(Mutex::new(State {
+        broker,
+        log: Vec::new(),
+        hold_app: true,
+        held: Vec::new(),
+        stall_reauth: false,
+        stalled: None,
+    })));
+    c.transport_mut()
+        .set_server(other_addr.parse().expect("addr"), Box::new(sim_b.clone()));
+    c.add_node(other, other_addr).expect("node");
+    let t0 = connect(&mut c) - RTT;
+    for _ in 0..100 {
+        let now = c.transport().now();
+        if c.ready(other, now) {
+            break;
+        }
+        round(&mut c, Some(Duration::from_millis(1)));
+    }
+    assert!(c.is_ready(other));
+    // Two requests held on the other broker: its load is 2.
+    for _ in 0..2 {
+        let corr = c.next_correlation_id();
+        let now = c.transport().now();
+        c.send(ClientRequest::new(other, corr, app_frame(corr)), now);
+    }
+    // The first broker's renewal stalls: its connection is Ready, renewing, with one request of
+    // the exchange in flight (load 1).
+    sim_a.lock().stall_reauth = true;
+    until(&mut c, t0 + Duration::from_secs(9));
+    rounds(&mut c, 5);
+    assert!(sim_a.lock().stalled.is_some(), "the renewal started");
+    assert_eq!(c.connection_state(NODE), Some(ConnectionState::Ready));
+    assert!(!c.is_ready(NODE));
+    let now = c.transport().now();
+    assert_eq!(c.least_loaded_node(now), Some(other));
 }

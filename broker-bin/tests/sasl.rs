@@ -313,8 +313,18 @@ fn raw_authenticate(
     password: &str,
     corr: &mut i32,
 ) -> Result<i64, SaslError> {
+    raw_authenticate_with(raw, "SCRAM-SHA-512", user, password, corr)
+}
+
+fn raw_authenticate_with(
+    raw: &mut common::Raw,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    corr: &mut i32,
+) -> Result<i64, SaslError> {
     let creds = SaslCredentials {
-        mechanism: Mechanism::from_name("SCRAM-SHA-512").unwrap(),
+        mechanism: Mechanism::from_name(mechanism).unwrap(),
         username: user.to_owned(),
         password: password.to_owned(),
     };
@@ -400,4 +410,18 @@ fn the_broker_closes_a_connection_whose_session_expired_and_renews_one_re_authen
     assert_eq!(switching.call(&frame), None);
     assert_eq!(broker.high_watermark(topic, 0), Some(3));
     assert_eq!(broker.stats().authentication_failures, 1);
+
+    // A re-authentication with another mechanism is refused (Kafka keeps the session's
+    // mechanism), naming the one the session began with; the connection serves nothing more.
+    let mut other_mechanism = common::Raw::connect(addr);
+    raw_authenticate(&mut other_mechanism, USER, PASSWORD, &mut corr).expect("authenticated");
+    let refused = raw_authenticate_with(&mut other_mechanism, "PLAIN", USER, PASSWORD, &mut corr);
+    assert!(
+        matches!(&refused, Err(SaslError::UnsupportedMechanism { enabled, .. })
+            if enabled == &["SCRAM-SHA-512".to_owned()]),
+        "{refused:?}"
+    );
+    assert_eq!(other_mechanism.call(&frame), None);
+    assert_eq!(broker.high_watermark(topic, 0), Some(3));
+    assert_eq!(broker.stats().authentication_failures, 2);
 }

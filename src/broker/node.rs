@@ -30,6 +30,7 @@ use super::sasl::{AuthOutcome, ConnAuth, SaslServerConfig};
 use super::state::{valid_topic_name, Cluster};
 use super::API_VERSIONS;
 use crate::protocol::sasl as psasl;
+use crate::protocol::sasl::Mechanism;
 use std::collections::HashMap;
 
 /// Kafka's broker default `fetch.max.bytes` (55 MiB): the most record bytes one Fetch response
@@ -74,9 +75,11 @@ pub(crate) struct Shared {
     pub expired_sessions: AtomicU64,
 }
 
-/// An authenticated connection's session: who, and until when (KIP-368; `None`: no limit).
+/// An authenticated connection's session: who, with which mechanism, and until when (KIP-368;
+/// `None`: no limit).
 struct Session {
     user: String,
+    mechanism: Option<Mechanism>,
     expires: Option<Instant>,
 }
 
@@ -130,6 +133,8 @@ pub(crate) struct NodeHandler {
     auth: HashMap<ChannelId, ConnAuth>,
     /// Each authenticated connection's session; kept while it re-authenticates.
     sessions: HashMap<ChannelId, Session>,
+    /// The mechanism each connection's last SaslHandshake chose.
+    mechanisms: HashMap<ChannelId, Mechanism>,
 }
 
 impl std::fmt::Debug for NodeHandler {
@@ -180,6 +185,7 @@ impl NodeHandler {
             released: Vec::new(),
             auth: HashMap::new(),
             sessions: HashMap::new(),
+            mechanisms: HashMap::new(),
         }
     }
 
@@ -488,12 +494,31 @@ impl NodeHandler {
             );
         };
         let enabled = sasl.mechanism_names();
+        // Kafka re-authenticates with the mechanism the session began with; another one fails the
+        // re-authentication (the session ends: the connection serves nothing but a new one).
+        let previous = self.sessions.get(&conn).and_then(|s| s.mechanism);
+        if let Some(before) = previous.filter(|m| m.name() != mechanism) {
+            log::info!(
+                "node {}: {conn:?}: SASL mechanism {mechanism} refused for re-authentication of {}",
+                self.id,
+                before.name()
+            );
+            self.auth.insert(conn, ConnAuth::Start);
+            self.sessions.remove(&conn);
+            self.shared.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return psasl::encode_sasl_handshake_response(
+                correlation_id,
+                psasl::UNSUPPORTED_SASL_MECHANISM,
+                &[before.name()],
+            );
+        }
         let state = self.auth.entry(conn).or_default();
         match (sasl.handshake(mechanism), &*state) {
             // A first authentication, or a re-authentication of an authenticated connection
             // (KIP-368).
             (Some(m), ConnAuth::Start | ConnAuth::Authenticated(_)) => {
                 *state = ConnAuth::Handshaken(m);
+                self.mechanisms.insert(conn, m);
                 psasl::encode_sasl_handshake_response(correlation_id, 0, &enabled)
             }
             (Some(_), _) => psasl::encode_sasl_handshake_response(
@@ -534,6 +559,7 @@ impl NodeHandler {
                             ConnAuth::Authenticated(user) => user.clone(),
                             _ => String::new(),
                         };
+                        let mechanism = self.mechanisms.get(&conn).copied();
                         let lifetime = sasl.lifetime_ms();
                         let expires = u64::try_from(lifetime)
                             .ok()
@@ -557,12 +583,26 @@ impl NodeHandler {
                                 self.shared
                                     .reauthentications
                                     .fetch_add(1, Ordering::Relaxed);
-                                self.sessions.insert(conn, Session { user, expires });
+                                self.sessions.insert(
+                                    conn,
+                                    Session {
+                                        user,
+                                        mechanism,
+                                        expires,
+                                    },
+                                );
                                 (0, None, b, lifetime)
                             }
                             None => {
                                 log::info!("node {}: {conn:?} authenticated as {user}", self.id);
-                                self.sessions.insert(conn, Session { user, expires });
+                                self.sessions.insert(
+                                    conn,
+                                    Session {
+                                        user,
+                                        mechanism,
+                                        expires,
+                                    },
+                                );
                                 (0, None, b, lifetime)
                             }
                         }
@@ -919,5 +959,6 @@ impl DeferredHandler for NodeHandler {
         }
         self.auth.remove(&conn);
         self.sessions.remove(&conn);
+        self.mechanisms.remove(&conn);
     }
 }

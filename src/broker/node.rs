@@ -578,31 +578,27 @@ impl NodeHandler {
                                 self.shared.auth_failures.fetch_add(1, Ordering::Relaxed);
                                 (psasl::SASL_AUTHENTICATION_FAILED, Some(why), Vec::new(), 0)
                             }
-                            Some(_) => {
-                                log::info!("node {}: {conn:?} re-authenticated as {user}", self.id);
-                                self.shared
-                                    .reauthentications
-                                    .fetch_add(1, Ordering::Relaxed);
-                                self.sessions.insert(
-                                    conn,
-                                    Session {
-                                        user,
-                                        mechanism,
-                                        expires,
-                                    },
-                                );
-                                (0, None, b, lifetime)
-                            }
-                            None => {
-                                log::info!("node {}: {conn:?} authenticated as {user}", self.id);
-                                self.sessions.insert(
-                                    conn,
-                                    Session {
-                                        user,
-                                        mechanism,
-                                        expires,
-                                    },
-                                );
+                            renewed => {
+                                if renewed.is_some() {
+                                    log::info!(
+                                        "node {}: {conn:?} re-authenticated as {user}",
+                                        self.id
+                                    );
+                                    self.shared
+                                        .reauthentications
+                                        .fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    log::info!(
+                                        "node {}: {conn:?} authenticated as {user}",
+                                        self.id
+                                    );
+                                }
+                                let session = Session {
+                                    user,
+                                    mechanism,
+                                    expires,
+                                };
+                                self.sessions.insert(conn, session);
                                 (0, None, b, lifetime)
                             }
                         }

@@ -63,7 +63,10 @@ fn direct_echo(_c: ChannelId, req: &[u8], out: &mut FrameWriter<'_>) -> bool {
 }
 
 /// The configuration of both servers: a small staged-bytes bound and a small send buffer on
-/// accepted sockets, so a held connection reaches back-pressure within one input.
+/// accepted sockets, so a held connection reaches back-pressure within one input. No receive
+/// buffer size: one set on an accepted socket shrinks a window already offered in the handshake,
+/// and the kernel then drops in-window segments and stalls the stream for seconds of
+/// retransmission backoff.
 fn config() -> ServerConfig {
     ServerConfig {
         selector: SelectorConfig {
@@ -72,7 +75,6 @@ fn config() -> ServerConfig {
             connections_max_idle: None,
             accepted_socket_options: SocketOptions {
                 send_buffer_bytes: Some(4 * 1024),
-                receive_buffer_bytes: Some(16 * 1024),
                 ..SocketOptions::os_buffers()
             },
             ..SelectorConfig::default()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::net::{SelectorConfig, SocketOptions};
+use crate::net::{FrameError, SelectorConfig, SocketOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
 const POLL: Option<Duration> = Some(Duration::from_millis(20));
@@ -707,4 +707,238 @@ fn direct_hostile_clients_close_only_their_own_connection() {
     assert_eq!(st.invalid_frames, 5, "{st:?}");
     // 1 + 4 × 2 + 2 + 1 requests reached the handler (the last burst's two included).
     assert_eq!(st.requests, 12, "{st:?}");
+}
+
+/// What a [`Recording`] handler saw of its connections.
+enum Event {
+    Connected(ChannelId, SocketAddr),
+    Gone(ChannelId, DisconnectReason),
+}
+
+/// A direct echo handler that reports every connection accepted and gone.
+struct Recording(mpsc::Sender<Event>);
+
+impl DirectHandler for Recording {
+    fn handle(&mut self, conn: ChannelId, request: &[u8], response: &mut FrameWriter<'_>) -> bool {
+        direct_echo(conn, request, response)
+    }
+    fn connected(&mut self, conn: ChannelId, peer: SocketAddr) {
+        let _ = self.0.send(Event::Connected(conn, peer));
+    }
+    fn disconnected(&mut self, conn: ChannelId, reason: DisconnectReason) {
+        let _ = self.0.send(Event::Gone(conn, reason));
+    }
+}
+
+/// Waits (bounded) for the disconnect of the connection whose client end is `client`; events of
+/// other connections are kept in `seen`.
+fn wait_gone(
+    rx: &mpsc::Receiver<Event>,
+    seen: &mut Vec<(ChannelId, SocketAddr, Option<DisconnectReason>)>,
+    client: SocketAddr,
+) -> DisconnectReason {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let hit = seen.iter().find(|(_, peer, _)| *peer == client);
+        if let Some((_, _, Some(reason))) = hit {
+            return *reason;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx
+            .recv_timeout(left)
+            .expect("no disconnect reported in time")
+        {
+            Event::Connected(id, peer) => seen.push((id, peer, None)),
+            Event::Gone(id, reason) => {
+                let entry = seen.iter_mut().find(|(i, _, _)| *i == id);
+                entry.expect("gone before connected").2 = Some(reason);
+            }
+        }
+    }
+}
+
+#[test]
+fn direct_invalid_prefixes_close_with_a_typed_reason_and_spare_the_neighbour() {
+    let config = ServerConfig {
+        selector: SelectorConfig {
+            max_frame_size: 1024,
+            ..SelectorConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let (tx, rx) = mpsc::channel();
+    let server = Server::direct_with_config(Recording(tx), config).unwrap();
+    let (addr, running) = Running::start(server);
+    let mut seen = Vec::new();
+    let mut neighbour = client(addr);
+    // The largest valid frame is served.
+    assert_eq!(round_trip(&mut neighbour, &[7; 1024]), vec![7; 1024]);
+
+    let too_large = |len| DisconnectReason::InvalidFrame(FrameError::TooLarge { len, max: 1024 });
+    let cases: [(&[u8], DisconnectReason); 5] = [
+        // One byte over the maximum frame size.
+        (&1025u32.to_be_bytes(), too_large(1025)),
+        (&0x7fff_ffffu32.to_be_bytes(), too_large(0x7fff_ffff)),
+        (
+            &(-1i32).to_be_bytes(),
+            DisconnectReason::InvalidFrame(FrameError::NegativeLength(-1)),
+        ),
+        // Garbage: "GET " read as a length prefix.
+        (
+            b"GET / HTTP/1.1\r\n\r\n",
+            too_large(u32::from_be_bytes(*b"GET ") as usize),
+        ),
+        // Garbage with the top bit set reads as a negative length.
+        (
+            &[0xde, 0xad, 0xbe, 0xef, 1, 2, 3],
+            DisconnectReason::InvalidFrame(FrameError::NegativeLength(i32::from_be_bytes([
+                0xde, 0xad, 0xbe, 0xef,
+            ]))),
+        ),
+    ];
+    for (i, (bytes, want)) in cases.iter().enumerate() {
+        let mut h = client(addr);
+        assert_eq!(round_trip(&mut h, b"fine"), b"fine");
+        // A good frame pipelined ahead of the bad prefix, in the same write.
+        let mut burst = frame(b"ahead");
+        burst.extend_from_slice(bytes);
+        h.write_all(&burst).unwrap();
+        assert!(closed_by_peer(&mut h), "case {i}: not disconnected");
+        let reason = wait_gone(&rx, &mut seen, h.local_addr().unwrap());
+        assert_eq!(reason, *want, "case {i}");
+        let msg = format!("still here {i}");
+        assert_eq!(round_trip(&mut neighbour, msg.as_bytes()), msg.as_bytes());
+    }
+    let neighbour_addr = neighbour.local_addr().unwrap();
+    drop(neighbour);
+    assert_eq!(
+        wait_gone(&rx, &mut seen, neighbour_addr),
+        DisconnectReason::PeerClosed
+    );
+    let server = running.stop();
+    let st = server.stats();
+    assert_eq!(st.invalid_frames, 5, "{st:?}");
+    assert_eq!(st.accepted, 6, "{st:?}");
+    assert_eq!(server.connections(), 0);
+}
+
+#[test]
+fn direct_peer_that_stops_reading_is_muted_then_unmuted_with_nothing_lost() {
+    const PAYLOAD: usize = 1000;
+    let config = ServerConfig {
+        selector: SelectorConfig {
+            max_staged_bytes: 16 * 1024,
+            accepted_socket_options: SocketOptions {
+                send_buffer_bytes: Some(4 * 1024),
+                ..SocketOptions::os_buffers()
+            },
+            ..SelectorConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let (tx, rx) = mpsc::channel();
+    let mut server = Server::direct_with_config(Recording(tx), config).unwrap();
+    let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    // A fixed, small receive buffer, set before the connect so the window is sized by it: the
+    // kernel grows an unset one by megabytes, which would absorb the responses of a peer that does
+    // not read.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4 * 1024).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_nonblocking(true).unwrap();
+    let mut id = None;
+    poll_until(&mut server, |_| {
+        if let Ok(Event::Connected(c, _)) = rx.try_recv() {
+            id = Some(c);
+        }
+        id.is_some()
+    });
+    let id = id.expect("the connection");
+    let request = |i: u32| {
+        let mut p = i.to_be_bytes().to_vec();
+        p.resize(PAYLOAD, i as u8);
+        frame(&p)
+    };
+
+    // Sends requests and reads nothing until the server mutes the connection.
+    let mut out = Vec::new();
+    let mut sent = 0u32;
+    let deadline = Instant::now() + WAIT;
+    for _ in 0..100_000 {
+        if server.selector().is_muted(id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never muted");
+        if out.len() < 64 * 1024 {
+            out.extend(request(sent));
+            sent += 1;
+        }
+        match c.write(&out) {
+            Ok(n) => drop(out.drain(..n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("write: {e}"),
+        }
+        server.poll(Some(Duration::from_millis(1))).unwrap();
+    }
+    assert!(server.selector().is_muted(id), "never muted");
+    assert_eq!(server.stats().backpressured, 1);
+    assert!(server.selector().staged_bytes(id) >= 16 * 1024);
+
+    // A poll that starts with the connection muted reads nothing of it: further requests wait in
+    // the socket buffers and the handler gets none of them.
+    for _ in 0..5 {
+        if !server.selector().is_muted(id) {
+            break;
+        }
+        let handled = server.stats().requests;
+        server.poll(Some(Duration::from_millis(5))).unwrap();
+        assert_eq!(server.stats().requests, handled);
+    }
+
+    // The peer reads again: every response arrives, in order, and the connection is unmuted.
+    let mut got = Vec::new();
+    let mut next = 0u32;
+    let mut buf = vec![0u8; 64 * 1024];
+    let frame_len = 4 + PAYLOAD;
+    let deadline = Instant::now() + WAIT;
+    let mut unmuted = false;
+    for _ in 0..100_000 {
+        if next == sent && out.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "responses missing: {next} of {sent}"
+        );
+        if !out.is_empty() {
+            match c.write(&out) {
+                Ok(n) => drop(out.drain(..n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        match c.read(&mut buf) {
+            Ok(0) => panic!("closed by the server"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("read: {e}"),
+        }
+        while got.len() >= frame_len {
+            assert_eq!(got[..frame_len], request(next), "response {next}");
+            got.drain(..frame_len);
+            next += 1;
+        }
+        server.poll(Some(Duration::from_millis(1))).unwrap();
+        unmuted |= !server.selector().is_muted(id);
+    }
+    assert_eq!(next, sent, "responses missing");
+    assert!(got.is_empty());
+    assert!(unmuted, "never unmuted");
+    poll_until(&mut server, |s| !s.selector().is_muted(id));
+    let st = server.stats();
+    assert_eq!(st.requests, u64::from(sent), "{st:?}");
+    assert_eq!(st.responses, u64::from(sent), "{st:?}");
+    assert_eq!(st.invalid_frames, 0);
+    assert_eq!(st.closed, 0);
 }

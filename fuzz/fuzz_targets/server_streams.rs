@@ -62,11 +62,11 @@ fn direct_echo(_c: ChannelId, req: &[u8], out: &mut FrameWriter<'_>) -> bool {
     true
 }
 
-/// The configuration of both servers: a small staged-bytes bound and a small send buffer on
-/// accepted sockets, so a held connection reaches back-pressure within one input. No receive
-/// buffer size: one set on an accepted socket shrinks a window already offered in the handshake,
-/// and the kernel then drops in-window segments and stalls the stream for seconds of
-/// retransmission backoff.
+/// The configuration of both servers: a small staged-bytes bound and small socket buffers on
+/// accepted sockets, so a held connection reaches back-pressure within one input. The receive
+/// buffer goes on the listener before it listens: set on an accepted socket it would shrink a
+/// window already offered in the handshake, and the stream would stall for seconds of
+/// retransmission backoff (`seed-invalid-prefix-behind-held-bursts` came from that stall).
 fn config() -> ServerConfig {
     ServerConfig {
         selector: SelectorConfig {
@@ -75,6 +75,7 @@ fn config() -> ServerConfig {
             connections_max_idle: None,
             accepted_socket_options: SocketOptions {
                 send_buffer_bytes: Some(4 * 1024),
+                receive_buffer_bytes: Some(16 * 1024),
                 ..SocketOptions::os_buffers()
             },
             ..SelectorConfig::default()

@@ -44,13 +44,23 @@ impl SocketOptions {
     }
 
     pub(crate) fn apply(&self, socket: &socket2::Socket) -> std::io::Result<()> {
+        self.apply_established(socket)?;
+        if let Some(n) = self.receive_buffer_bytes {
+            socket.set_recv_buffer_size(n)?;
+        }
+        Ok(())
+    }
+
+    /// The options that may change on an established connection: all but the receive buffer. The
+    /// receive buffer sizes the window offered in the handshake (and its scale); shrinking it
+    /// afterwards leaves the peer sending into a window the kernel no longer honours, and the
+    /// stream stalls in retransmission backoff. For accepted sockets it is set on the listener
+    /// before `listen`, and the accepted sockets inherit it.
+    pub(crate) fn apply_established(&self, socket: &socket2::Socket) -> std::io::Result<()> {
         socket.set_tcp_nodelay(self.nodelay)?;
         socket.set_keepalive(self.keepalive)?;
         if let Some(n) = self.send_buffer_bytes {
             socket.set_send_buffer_size(n)?;
-        }
-        if let Some(n) = self.receive_buffer_bytes {
-            socket.set_recv_buffer_size(n)?;
         }
         Ok(())
     }
@@ -78,7 +88,9 @@ pub struct SelectorConfig {
     pub events_capacity: usize,
     /// Connections accepted per listener per poll before moving on (default 256).
     pub accept_budget: usize,
-    /// Options applied to accepted sockets.
+    /// Options applied to accepted sockets. The receive buffer size is set on each listener before
+    /// it listens (accepted sockets inherit it; set after the handshake it would shrink a window
+    /// already offered), the rest on each accepted socket.
     pub accepted_socket_options: SocketOptions,
     /// Hold one spare descriptor while listening (default on). When accept hits the descriptor
     /// limit, the spare is released to accept and close pending connections at once, so their

@@ -566,6 +566,9 @@ impl Selector {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_nonblocking(true)?;
+        if let Some(n) = self.config.accepted_socket_options.receive_buffer_bytes {
+            socket.set_recv_buffer_size(n)?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(backlog)?;
         let mut listener = TcpListener::from_std(socket.into());
@@ -1407,7 +1410,7 @@ impl Selector {
                     return;
                 }
             };
-            if let Err(e) = opts.apply(&socket2::SockRef::from(&stream)) {
+            if let Err(e) = opts.apply_established(&socket2::SockRef::from(&stream)) {
                 log::warn!("{id}: socket options on accepted connection from {peer}: {e}");
             }
             let Some(entry) = self.slots.vacant_entry() else {

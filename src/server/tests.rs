@@ -150,19 +150,25 @@ fn inline_no_response_keeps_the_order_of_the_rest() {
     assert_eq!(st.no_responses, 50);
 }
 
-#[test]
-fn inline_backpressure_mutes_and_keeps_order() {
-    let config = ServerConfig {
+/// A server whose connections reach back-pressure quickly: `max_staged` bytes staged per
+/// connection at most, and a `send_buffer`-byte socket send buffer on accepted sockets.
+fn backpressure_config(max_staged: usize, send_buffer: usize) -> ServerConfig {
+    ServerConfig {
         selector: SelectorConfig {
-            max_staged_bytes: 64 * 1024,
+            max_staged_bytes: max_staged,
             accepted_socket_options: SocketOptions {
-                send_buffer_bytes: Some(32 * 1024),
+                send_buffer_bytes: Some(send_buffer),
                 ..SocketOptions::os_buffers()
             },
             ..SelectorConfig::default()
         },
         ..ServerConfig::default()
-    };
+    }
+}
+
+#[test]
+fn inline_backpressure_mutes_and_keeps_order() {
+    let config = backpressure_config(64 * 1024, 32 * 1024);
     let server = Server::inline_with_config(
         |_: ChannelId, req: Bytes| {
             let mut resp = vec![0xabu8; 16 * 1024];
@@ -590,17 +596,7 @@ fn direct_no_response_drops_what_was_written_and_keeps_the_order() {
 
 #[test]
 fn direct_backpressure_mutes_and_keeps_order() {
-    let config = ServerConfig {
-        selector: SelectorConfig {
-            max_staged_bytes: 64 * 1024,
-            accepted_socket_options: SocketOptions {
-                send_buffer_bytes: Some(32 * 1024),
-                ..SocketOptions::os_buffers()
-            },
-            ..SelectorConfig::default()
-        },
-        ..ServerConfig::default()
-    };
+    let config = backpressure_config(64 * 1024, 32 * 1024);
     let server = Server::direct_with_config(
         |_: ChannelId, req: &[u8], out: &mut FrameWriter<'_>| {
             out.put_slice(&req[..4]);
@@ -825,17 +821,7 @@ fn direct_invalid_prefixes_close_with_a_typed_reason_and_spare_the_neighbour() {
 #[test]
 fn direct_peer_that_stops_reading_is_muted_then_unmuted_with_nothing_lost() {
     const PAYLOAD: usize = 1000;
-    let config = ServerConfig {
-        selector: SelectorConfig {
-            max_staged_bytes: 16 * 1024,
-            accepted_socket_options: SocketOptions {
-                send_buffer_bytes: Some(4 * 1024),
-                ..SocketOptions::os_buffers()
-            },
-            ..SelectorConfig::default()
-        },
-        ..ServerConfig::default()
-    };
+    let config = backpressure_config(16 * 1024, 4 * 1024);
     let (tx, rx) = mpsc::channel();
     let mut server = Server::direct_with_config(Recording(tx), config).unwrap();
     let addr = server.bind("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -445,13 +445,10 @@ fn responder_after_server_drop_reports_server_gone() {
 
 // ----- hostile clients ---------------------------------------------------------------------------
 
-#[test]
-fn hostile_clients_close_only_their_own_connection() {
-    let server = Server::inline(|_: ChannelId, req: Bytes| Some(req)).unwrap();
-    let (addr, running) = Running::start(server);
-    let mut neighbour = client(addr);
-    assert_eq!(round_trip(&mut neighbour, b"hello"), b"hello");
-
+/// Sends each hostile prefix (negative, very negative, huge, garbage) on its own connection after
+/// a valid request, then good frames pipelined ahead of a bad prefix: each of those five
+/// connections is closed, and `neighbour` is served after each.
+fn hostile_prefixes_close_only_their_connection(addr: SocketAddr, neighbour: &mut TcpStream) {
     let hostile: [&[u8]; 4] = [
         &(-1i32).to_be_bytes(),               // negative length
         &i32::MIN.to_be_bytes(),              // very negative length
@@ -468,7 +465,7 @@ fn hostile_clients_close_only_their_own_connection() {
             "hostile client {i} was not disconnected"
         );
         let msg = format!("still here {i}");
-        assert_eq!(round_trip(&mut neighbour, msg.as_bytes()), msg.as_bytes());
+        assert_eq!(round_trip(neighbour, msg.as_bytes()), msg.as_bytes());
     }
     // A hostile frame pipelined behind good ones on the same connection: the Selector delivers the
     // good ones and closes the connection in the same poll (as Kafka does on an invalid receive),
@@ -479,7 +476,17 @@ fn hostile_clients_close_only_their_own_connection() {
     burst.extend_from_slice(&(-5i32).to_be_bytes());
     h.write_all(&burst).unwrap();
     assert!(closed_by_peer(&mut h));
-    assert_eq!(round_trip(&mut neighbour, b"bye"), b"bye");
+    assert_eq!(round_trip(neighbour, b"bye"), b"bye");
+}
+
+#[test]
+fn hostile_clients_close_only_their_own_connection() {
+    let server = Server::inline(|_: ChannelId, req: Bytes| Some(req)).unwrap();
+    let (addr, running) = Running::start(server);
+    let mut neighbour = client(addr);
+    assert_eq!(round_trip(&mut neighbour, b"hello"), b"hello");
+
+    hostile_prefixes_close_only_their_connection(addr, &mut neighbour);
 
     drop(neighbour);
     let st = running.stop().stats();
@@ -672,32 +679,7 @@ fn direct_hostile_clients_close_only_their_own_connection() {
     let (addr, running) = Running::start(server);
     let mut neighbour = client(addr);
     assert_eq!(round_trip(&mut neighbour, b"hello"), b"hello");
-    let hostile: [&[u8]; 4] = [
-        &(-1i32).to_be_bytes(),
-        &i32::MIN.to_be_bytes(),
-        &0x7fff_ffffu32.to_be_bytes(),
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-    ];
-    for (i, bytes) in hostile.iter().enumerate() {
-        let mut h = client(addr);
-        assert_eq!(round_trip(&mut h, b"fine"), b"fine");
-        h.write_all(bytes).unwrap();
-        assert!(
-            closed_by_peer(&mut h),
-            "hostile client {i} was not disconnected"
-        );
-        let msg = format!("still here {i}");
-        assert_eq!(round_trip(&mut neighbour, msg.as_bytes()), msg.as_bytes());
-    }
-    // Good frames pipelined ahead of a bad prefix: delivered to the handler (from the read buffer
-    // of a channel closed in the same poll), then the connection is closed.
-    let mut h = client(addr);
-    let mut burst = frame(b"one");
-    burst.extend(frame(b"two"));
-    burst.extend_from_slice(&(-5i32).to_be_bytes());
-    h.write_all(&burst).unwrap();
-    assert!(closed_by_peer(&mut h));
-    assert_eq!(round_trip(&mut neighbour, b"bye"), b"bye");
+    hostile_prefixes_close_only_their_connection(addr, &mut neighbour);
     drop(neighbour);
     let st = running.stop().stats();
     assert_eq!(st.invalid_frames, 5, "{st:?}");

@@ -876,17 +876,51 @@ fn sends_unreported_still_leave_in_order() {
     let (mut sel, ch, mut peer) = connected_to_silent_peer();
     sel.set_report_sends(false);
     sel.set_wake_on_sends(false);
-    let frames: Vec<Bytes> = (0..50u32)
-        .map(|i| indexed_payload(i, 64 + i as usize))
+    // Sizes on both sides of the coalescing threshold; staged by `send` and written in place by
+    // `send_with` in turn, so untracked runs, in-place runs and separate frames interleave.
+    let frames: Vec<Bytes> = (0..60u32)
+        .map(|i| indexed_payload(i, 64 + 17 * i as usize))
         .collect();
-    for f in &frames {
-        sel.send(ch, f.clone()).expect("send");
+    let stage = |sel: &mut Selector, i: usize, f: &Bytes| {
+        if i % 2 == 0 {
+            sel.send(ch, f.clone()).expect("send");
+        } else {
+            let staged = sel
+                .send_with(ch, |w| {
+                    w.put_slice(f);
+                    true
+                })
+                .expect("send_with");
+            assert!(staged.is_some());
+        }
+    };
+    let (unreported, reported) = frames.split_at(50);
+    for (i, f) in unreported.iter().enumerate() {
+        stage(&mut sel, i, f);
     }
-    let want: usize = frames.iter().map(|f| 4 + f.len()).sum();
+    assert_eq!(sel.staged_frames(ch), 50);
     poll_until(&mut sel, "staged bytes written", |sel| {
         assert!(sel.completed_sends().is_empty(), "a send was reported");
         sel.staged_bytes(ch) == 0
     });
+    assert_eq!(sel.staged_frames(ch), 0);
+    assert_eq!(sel.metrics().frames_out, 50);
+
+    // Reports on again: the frames staged from now on are reported one by one, with the
+    // sequence numbers that follow.
+    sel.set_report_sends(true);
+    for (i, f) in reported.iter().enumerate() {
+        stage(&mut sel, i, f);
+    }
+    let mut seqs = Vec::new();
+    poll_until(&mut sel, "reported sends", |sel| {
+        seqs.extend(sel.completed_sends().iter().map(|s| s.seq));
+        seqs.len() == reported.len()
+    });
+    assert_eq!(seqs, (50..60).collect::<Vec<u64>>());
+    assert_eq!(sel.metrics().frames_out, 60);
+
+    let want: usize = frames.iter().map(|f| 4 + f.len()).sum();
     peer.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let mut got = vec![0u8; want];
     peer.read_exact(&mut got).expect("peer reads every frame");

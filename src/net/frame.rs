@@ -63,6 +63,7 @@ impl std::error::Error for FrameError {}
 /// assert_eq!(encode_header(258, 1024).unwrap(), [0, 0, 1, 2]);
 /// assert!(encode_header(2048, 1024).is_err());
 /// ```
+#[inline]
 pub fn encode_header(len: usize, max_frame_size: usize) -> Result<[u8; HEADER_LEN], FrameError> {
     let max = max_frame_size.min(MAX_REPRESENTABLE_FRAME_SIZE);
     if len > max {
@@ -116,6 +117,7 @@ impl FrameDecoder {
     ///
     /// # Errors
     /// [`FrameError`] when the length is negative or larger than the maximum.
+    #[inline]
     pub fn peek_len(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
         let Some(header) = buf.get(..HEADER_LEN) else {
             return Ok(None);

@@ -154,7 +154,11 @@ impl<'a> LayerWriter<'a> {
 impl Write for LayerWriter<'_> {
     #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
+        match self {
+            LayerWriter::Plain(io) => io.write(buf),
+            #[cfg(feature = "tls")]
+            LayerWriter::Tls(t, io) => t.write_vectored(io, &[IoSlice::new(buf)]),
+        }
     }
 
     #[inline]

@@ -33,6 +33,7 @@ pub(crate) struct Lru {
 
 impl Lru {
     /// Marks `slot` active at `now` and moves it to the tail (newest).
+    #[inline]
     pub(crate) fn touch(&mut self, slot: usize, now: Instant) {
         if slot >= self.links.len() {
             self.links.resize(slot + 1, UNLINKED);

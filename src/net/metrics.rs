@@ -24,7 +24,8 @@ pub struct SelectorMetrics {
     pub bytes_out: u64,
     /// Frames received whole.
     pub frames_in: u64,
-    /// Frames that fully left.
+    /// Frames that fully left (counted as their reports are due: see
+    /// [`Selector::set_report_sends`](super::Selector::set_report_sends)).
     pub frames_out: u64,
     /// Calls to `poll`.
     pub polls: u64,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -131,6 +131,25 @@ fn split_frame(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((frame, &buf[end..]))
 }
 
+/// Scans the whole frames at the front of `buf`: where the last one ends, how many there are, and
+/// the error of the header that stopped the scan, if one did (the frames before it still count).
+#[inline]
+fn scan_frames(decoder: FrameDecoder, buf: &[u8]) -> (usize, u64, Option<FrameError>) {
+    let mut end = 0;
+    let mut frames = 0;
+    loop {
+        let pending = &buf[end..];
+        match decoder.peek_len(pending) {
+            Ok(Some(len)) if pending.len() - HEADER_LEN >= len => {
+                end += HEADER_LEN + len;
+                frames += 1;
+            }
+            Ok(_) => return (end, frames, None),
+            Err(e) => return (end, frames, Some(e)),
+        }
+    }
+}
+
 /// What [`Selector::for_each_received`] hands out beside each frame: staging on the channel the
 /// frame came from, while the frame is still borrowed from that channel's read buffer.
 #[derive(Debug)]
@@ -139,6 +158,9 @@ pub struct ChannelSink<'a> {
     inner: Option<SinkInner<'a>>,
     closing: bool,
     max_frame_size: usize,
+    /// Whether frames staged through the sink are reported one by one (the Selector's
+    /// `report_sends`).
+    track: bool,
 }
 
 #[derive(Debug)]
@@ -161,6 +183,7 @@ impl ChannelSink<'_> {
     /// # Errors
     /// [`SendError::UnknownChannel`] or [`SendError::Closing`] when the channel is gone or closing,
     /// [`SendError::InvalidFrame`] when the payload is over `max_frame_size`; nothing is staged.
+    #[inline]
     pub fn send_with(
         &mut self,
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
@@ -174,13 +197,14 @@ impl ChannelSink<'_> {
         };
         let seq = inner
             .sends
-            .push_with(self.max_frame_size, write)
+            .push_with(self.max_frame_size, self.track, write)
             .map_err(SendError::InvalidFrame)?;
         inner.staged |= seq.is_some();
         Ok(seq)
     }
 
     /// Bytes staged on the channel and not yet written (0 when it is gone).
+    #[inline]
     pub fn staged_bytes(&self) -> usize {
         self.inner.as_ref().map_or(0, |i| i.sends.staged_bytes())
     }
@@ -188,6 +212,7 @@ impl ChannelSink<'_> {
     /// Stops reading the channel, as [`Selector::mute`]: frames of it still to come in this
     /// [`for_each_received`](Selector::for_each_received) are handed out, later ones wait for
     /// [`Selector::unmute`].
+    #[inline]
     pub fn mute(&mut self) {
         if let Some(i) = self.inner.as_mut() {
             *i.muted = true;
@@ -195,6 +220,7 @@ impl ChannelSink<'_> {
     }
 
     /// Whether the channel takes frames (open and not closing).
+    #[inline]
     pub fn is_open(&self) -> bool {
         self.inner.is_some()
     }
@@ -361,6 +387,10 @@ pub struct Selector {
     /// Listeners whose accept failed for lack of resources, retried at `accept_retry_at`.
     starved: Vec<ListenerId>,
     accept_retry_at: Option<Instant>,
+    /// A lower bound of the next idle-expiry deadline (`None`: not known, work it out). Touches
+    /// only make channels younger and removals only drop them, so a bound once right stays a
+    /// lower bound; a poll before it neither looks at the idle list nor subtracts instants.
+    idle_bound: Option<Instant>,
     /// A descriptor held while the Selector has a listener, released when accept hits the
     /// descriptor limit so that pending connections can be accepted and closed at once (a clean
     /// refusal instead of a hang in a full backlog).
@@ -421,6 +451,7 @@ impl Selector {
             closing: Vec::new(),
             starved: Vec::new(),
             accept_retry_at: None,
+            idle_bound: None,
             reserve_fd: None,
             accept_warned_at: None,
             accept_failures_unlogged: 0,
@@ -663,7 +694,8 @@ impl Selector {
         self.channel(id).map_or(0, |c| c.sends.staged_bytes())
     }
 
-    /// Frames staged on the channel and not yet fully written (0 for an unknown channel).
+    /// Frames staged on the channel and not yet reported written (0 for an unknown channel; see
+    /// [`set_report_sends`](Selector::set_report_sends) for frames staged while reports are off).
     pub fn staged_frames(&self, id: ChannelId) -> usize {
         self.channel(id).map_or(0, |c| c.sends.len())
     }
@@ -763,7 +795,7 @@ impl Selector {
             ch.send_refused = true;
             return Err((SendError::QueueFull { staged, limit }, body));
         }
-        let seq = ch.sends.push(header, body);
+        let seq = ch.sends.push(header, body, self.report_sends);
         if ch.is_connected() && !ch.write_blocked && !ch.in_write_list {
             ch.in_write_list = true;
             self.write_list.push(id);
@@ -940,8 +972,11 @@ impl Selector {
 
     /// Whether [`completed_sends`](Selector::completed_sends) reports each frame that fully left
     /// (on by default). A caller that never reads the reports (a server answering requests, whose
-    /// only interest is that responses leave) turns it off and saves the per-frame report; sends
-    /// are written, bounded and closed exactly as before.
+    /// only interest is that responses leave) turns it off and saves the per-frame report and the
+    /// per-frame bookkeeping behind it: small frames staged while it is off are accounted as runs
+    /// (the frames copied one after the other into the channel's send buffer), so
+    /// [`staged_frames`](Selector::staged_frames) and the `frames_out` counter move by a whole
+    /// run when its last byte leaves. Sends are written, bounded and closed exactly as before.
     pub fn set_report_sends(&mut self, on: bool) {
         self.report_sends = on;
     }
@@ -993,6 +1028,7 @@ impl Selector {
     pub fn for_each_received(&mut self, mut f: impl FnMut(ChannelId, &[u8], &mut ChannelSink<'_>)) {
         let mut frames = std::mem::take(&mut self.out.frames);
         let max_frame_size = self.config.max_frame_size;
+        let track = self.report_sends;
         for r in &frames {
             let range = r.start..r.end;
             match self.slots.get_mut(r.channel.key()) {
@@ -1018,6 +1054,7 @@ impl Selector {
                         }),
                         closing,
                         max_frame_size,
+                        track,
                     };
                     while let Some((frame, rest)) = split_frame(run) {
                         f(r.channel, frame, &mut sink);
@@ -1047,6 +1084,7 @@ impl Selector {
                         inner: None,
                         closing: false,
                         max_frame_size,
+                        track,
                     };
                     while let Some((frame, rest)) = split_frame(run) {
                         f(r.channel, frame, &mut sink);
@@ -1086,7 +1124,7 @@ impl Selector {
         }
         let seq = ch
             .sends
-            .push_with(max_frame_size, write)
+            .push_with(max_frame_size, self.report_sends, write)
             .map_err(SendError::InvalidFrame)?;
         if seq.is_some() && ch.is_connected() && !ch.write_blocked && !ch.in_write_list {
             ch.in_write_list = true;
@@ -1139,8 +1177,14 @@ impl Selector {
         if carried_work || self.out.has_reports(self.wake_on_sends) {
             timeout = Some(Duration::ZERO);
         } else if let Some(deadline) = self.next_deadline() {
-            let until = deadline.saturating_duration_since(started);
-            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            timeout = Some(match timeout {
+                // The deadline lies beyond the caller's timeout: no difference to work out.
+                Some(t) if started.checked_add(t).is_some_and(|end| end <= deadline) => t,
+                t => {
+                    let until = deadline.saturating_duration_since(started);
+                    t.map_or(until, |t| t.min(until))
+                }
+            });
         }
         let mut events = self
             .events
@@ -1201,11 +1245,8 @@ impl Selector {
         Ok(())
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let idle = self
-            .config
-            .connections_max_idle
-            .and_then(|max| self.lru.oldest().map(|(_, last)| last + max));
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let idle = self.idle_deadline();
         let closing = self
             .closing
             .iter()
@@ -1470,11 +1511,13 @@ impl Selector {
         let mut writer = LayerWriter::new(&mut ch.layer, &ch.stream);
         let res = ch
             .sends
-            .write_to(&mut writer, |seq| {
-                metrics.frames_out += 1;
+            .write_to(&mut writer, |first, count| {
+                metrics.frames_out += u64::from(count);
                 *sent = true;
                 if report {
-                    sends.push(CompletedSend { channel: id, seq });
+                    for seq in first..first + u64::from(count) {
+                        sends.push(CompletedSend { channel: id, seq });
+                    }
                 }
             })
             .and_then(|mut progress| {
@@ -1533,52 +1576,48 @@ impl Selector {
         let borrowed = self.borrowed;
         loop {
             // Deliver every whole frame already buffered.
-            if borrowed {
-                loop {
-                    let pending = &ch.read_buf[ch.consumed..];
-                    match decoder.peek_len(pending) {
-                        Ok(Some(len)) if pending.len() - HEADER_LEN >= len => {
-                            if ch.consumed == 0 {
-                                self.consumed_list.push(id);
-                            }
-                            self.metrics.frames_in += 1;
-                            let start = ch.consumed;
-                            ch.consumed += HEADER_LEN + len;
-                            // Frames of one read extend one run.
-                            match self.out.frames.last_mut() {
-                                Some(last) if last.channel == id && last.end == start => {
-                                    last.end = ch.consumed;
-                                }
-                                _ => self.out.frames.push(FrameRef {
-                                    channel: id,
-                                    start,
-                                    end: ch.consumed,
-                                }),
-                            }
-                        }
-                        Ok(_) => break,
-                        Err(e) => {
-                            outcome = Some(DisconnectReason::InvalidFrame(e));
-                            break;
+            // One scan over the whole frames buffered; they are handed out as one run.
+            let start = ch.consumed;
+            let (end, frames, invalid) = scan_frames(decoder, &ch.read_buf[start..]);
+            let end = start + end;
+            if frames > 0 {
+                self.metrics.frames_in += frames;
+                if borrowed {
+                    if start == 0 {
+                        self.consumed_list.push(id);
+                    }
+                    ch.consumed = end;
+                    match self.out.frames.last_mut() {
+                        Some(last) if last.channel == id && last.end == start => last.end = end,
+                        _ => self.out.frames.push(FrameRef {
+                            channel: id,
+                            start,
+                            end,
+                        }),
+                    }
+                } else {
+                    // One split off the read buffer for the run, then a handle per frame on it.
+                    let mut run = ch.read_buf.split_to(end).freeze();
+                    if frames == 1 {
+                        run.advance(HEADER_LEN);
+                        self.out.completed_receives.push(Received {
+                            channel: id,
+                            frame: run,
+                        });
+                    } else {
+                        let mut rest = &run[..];
+                        while let Some((frame, next)) = split_frame(rest) {
+                            self.out.completed_receives.push(Received {
+                                channel: id,
+                                frame: run.slice_ref(frame),
+                            });
+                            rest = next;
                         }
                     }
                 }
-            } else {
-                loop {
-                    match decoder.decode(&mut ch.read_buf) {
-                        Ok(Some(frame)) => {
-                            self.metrics.frames_in += 1;
-                            self.out
-                                .completed_receives
-                                .push(Received { channel: id, frame });
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            outcome = Some(DisconnectReason::InvalidFrame(e));
-                            break;
-                        }
-                    }
-                }
+            }
+            if let Some(e) = invalid {
+                outcome = Some(DisconnectReason::InvalidFrame(e));
             }
             if outcome.is_some() {
                 break;
@@ -1673,10 +1712,27 @@ impl Selector {
         }
     }
 
+    /// The earliest time a channel may expire idle, or a lower bound of it (see `idle_bound`);
+    /// `None` without idle expiry or channels.
+    fn idle_deadline(&mut self) -> Option<Instant> {
+        if self.idle_bound.is_none() {
+            let max_idle = self.config.connections_max_idle?;
+            self.idle_bound = self
+                .lru
+                .oldest()
+                .and_then(|(_, last)| last.checked_add(max_idle));
+        }
+        self.idle_bound
+    }
+
     fn expire_idle(&mut self, now: Instant) {
         let Some(max_idle) = self.config.connections_max_idle else {
             return;
         };
+        if self.idle_bound.is_some_and(|bound| now < bound) {
+            return;
+        }
+        self.idle_bound = None;
         while let Some((slot, last)) = self.lru.oldest() {
             if now.saturating_duration_since(last) < max_idle {
                 break;

@@ -133,8 +133,10 @@ impl Write for FrameWriter<'_> {
 
 /// One staged frame: an optional length prefix held inline and the payload, or (`coalesced`) a
 /// run of `len` bytes of the queue's contiguous buffer holding `frames` whole frames staged one
-/// after the other (their lengths are in [`SendQueue::clens`]), the first with sequence number
-/// `seq`.
+/// after the other, the first with sequence number `seq`. The frames of a `tracked` run have
+/// their lengths in [`SendQueue::clens`] and are reported one by one as each leaves; those of an
+/// untracked run (staged by an owner that reads no per-frame report) are reported together when
+/// the run's last byte leaves, which saves the per-frame length bookkeeping on both ends.
 #[derive(Debug)]
 struct Staged {
     header: [u8; HEADER_LEN],
@@ -142,6 +144,8 @@ struct Staged {
     header_len: u8,
     /// The frame's bytes (prefix included) are in the queue's contiguous buffer; `body` is empty.
     coalesced: bool,
+    /// A coalesced run whose frames are reported one by one (see above).
+    tracked: bool,
     body: Bytes,
     /// Bytes on the wire.
     len: usize,
@@ -160,7 +164,8 @@ pub(crate) struct WriteProgress {
 }
 
 /// Staged sends of one channel. Frames leave in the order they were staged; each frame's sequence
-/// number is reported once when its last byte has been written.
+/// number is reported once, when its last byte has been written (a tracked frame) or when the last
+/// byte of its coalesced run has (an untracked one: see [`Staged`]).
 #[derive(Debug, Default)]
 pub(crate) struct SendQueue {
     frames: VecDeque<Staged>,
@@ -169,20 +174,26 @@ pub(crate) struct SendQueue {
     /// Bytes staged and not yet written.
     staged_bytes: usize,
     next_seq: u64,
-    /// Lengths of the coalesced frames not yet fully written, in staging order, and how many bytes
-    /// of the first have been written.
+    /// Lengths of the tracked coalesced frames not yet fully written, in staging order, and how
+    /// many bytes of the first have been written.
     clens: VecDeque<u32>,
     cfront_written: usize,
-    /// Frames staged and not yet fully written.
+    /// Frames staged and not yet reported written.
     nframes: usize,
     /// The bytes of coalesced frames, in staging order; `cbuf[cstart..]` is not yet written.
     cbuf: Vec<u8>,
     cstart: usize,
+    /// Untracked frames written in place since the queue was last sealed: the last `tail_len`
+    /// bytes of `cbuf`, `tail_frames` frames, not yet entered in `frames`. Staging them costs no
+    /// entry lookup per frame; [`seal`](Self::seal) enters them as one run before anything reads
+    /// the queue's entries.
+    tail_frames: u32,
+    tail_len: usize,
 }
 
 impl SendQueue {
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames.is_empty() && self.tail_frames == 0
     }
 
     pub(crate) fn staged_bytes(&self) -> usize {
@@ -194,13 +205,15 @@ impl SendQueue {
     }
 
     /// Records a coalesced frame of `len` bytes with `seq`: it extends the run at the back of the
-    /// queue, or starts one.
+    /// queue when that is coalesced and tracked alike, or starts one.
     #[inline]
-    fn push_coalesced(&mut self, len: usize, seq: u64) {
-        self.clens.push_back(len as u32);
+    fn push_coalesced(&mut self, len: usize, seq: u64, track: bool) {
+        if track {
+            self.clens.push_back(len as u32);
+        }
         self.nframes += 1;
         if let Some(back) = self.frames.back_mut() {
-            if back.coalesced {
+            if back.coalesced && back.tracked == track {
                 back.len += len;
                 back.frames += 1;
                 return;
@@ -210,6 +223,7 @@ impl SendQueue {
             header: [0; HEADER_LEN],
             header_len: 0,
             coalesced: true,
+            tracked: track,
             body: Bytes::new(),
             len,
             seq,
@@ -217,8 +231,45 @@ impl SendQueue {
         });
     }
 
-    /// Stages a frame and returns its sequence number.
-    pub(crate) fn push(&mut self, header: Option<[u8; HEADER_LEN]>, body: Bytes) -> u64 {
+    /// Enters the untracked in-place frames staged since the last call (see `tail_frames`) as one
+    /// run: the run at the back of the queue grows when it is untracked, or a new one starts.
+    #[inline]
+    fn seal(&mut self) {
+        if self.tail_frames == 0 {
+            return;
+        }
+        let (frames, len) = (self.tail_frames, self.tail_len);
+        self.tail_frames = 0;
+        self.tail_len = 0;
+        let seq = self.next_seq - u64::from(frames);
+        if let Some(back) = self.frames.back_mut() {
+            if back.coalesced && !back.tracked {
+                back.len += len;
+                back.frames += frames;
+                return;
+            }
+        }
+        self.frames.push_back(Staged {
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            coalesced: true,
+            tracked: false,
+            body: Bytes::new(),
+            len,
+            seq,
+            frames,
+        });
+    }
+
+    /// Stages a frame and returns its sequence number. `track`: whether the frame is reported on
+    /// its own as it leaves (see [`Staged`]).
+    pub(crate) fn push(
+        &mut self,
+        header: Option<[u8; HEADER_LEN]>,
+        body: Bytes,
+        track: bool,
+    ) -> u64 {
+        self.seal();
         let seq = self.next_seq;
         self.next_seq += 1;
         let header_len = if header.is_some() { HEADER_LEN } else { 0 };
@@ -230,13 +281,14 @@ impl SendQueue {
                 self.cbuf.extend_from_slice(&header);
             }
             self.cbuf.extend_from_slice(&body);
-            self.push_coalesced(len, seq);
+            self.push_coalesced(len, seq, track);
         } else {
             self.nframes += 1;
             self.frames.push_back(Staged {
                 header,
                 header_len: header_len as u8,
                 coalesced: false,
+                tracked: true,
                 body,
                 len,
                 seq,
@@ -248,14 +300,16 @@ impl SendQueue {
 
     /// Stages a frame whose payload `write` appends to the contiguous buffer, behind a length prefix
     /// filled in afterwards. When `write` returns `false` nothing is staged and `Ok(None)` is
-    /// returned.
+    /// returned. `track` as for [`push`](Self::push).
     ///
     /// # Errors
     /// [`FrameError::TooLarge`] when the payload written exceeds `max_frame_size`; nothing is
     /// staged then.
+    #[inline]
     pub(crate) fn push_with(
         &mut self,
         max_frame_size: usize,
+        track: bool,
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
     ) -> Result<Option<u64>, FrameError> {
         if self.cstart > 0 && self.cstart >= self.cbuf.len() / 2 && self.cstart >= COALESCE_INITIAL
@@ -287,7 +341,14 @@ impl SendQueue {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.staged_bytes += len;
-        self.push_coalesced(len, seq);
+        if track {
+            self.seal();
+            self.push_coalesced(len, seq, true);
+        } else {
+            self.nframes += 1;
+            self.tail_frames += 1;
+            self.tail_len += len;
+        }
         Ok(Some(seq))
     }
 
@@ -318,22 +379,28 @@ impl SendQueue {
         true
     }
 
-    /// Writes as much as `w` takes, across frame boundaries, resuming a partial write. Calls `done`
-    /// with the sequence number of every frame whose last byte left.
+    /// Writes as much as `w` takes, across frame boundaries, resuming a partial write. Calls
+    /// `done(first, count)` for the frames that are now reported written: `count` consecutive
+    /// sequence numbers from `first` (one for a tracked frame, a whole run for an untracked one).
     ///
     /// # Errors
     /// Any error of `w` other than `WouldBlock` and `Interrupted`.
     pub(crate) fn write_to<W: Write>(
         &mut self,
         w: &mut W,
-        mut done: impl FnMut(u64),
+        mut done: impl FnMut(u64, u32),
     ) -> io::Result<WriteProgress> {
+        self.seal();
         let mut progress = WriteProgress::default();
         while !self.frames.is_empty() {
             let n = {
                 // A few frames (the latency-bound case) gather into a small array: filling all
                 // 512 slots of the large one costs more than the rest of a one-frame write.
-                let written = if self.frames.len() <= SMALL_FRAMES {
+                let written = if self.frames.len() == 1 && self.frames[0].coalesced {
+                    // One run (the common case of a reply or a pipeline burst): one slice, no
+                    // array to fill.
+                    w.write(&self.cbuf[self.cstart..])
+                } else if self.frames.len() <= SMALL_FRAMES {
                     self.write_gathered::<SMALL_IOVECS, W>(w)
                 } else {
                     self.write_gathered::<MAX_IOVECS, W>(w)
@@ -413,7 +480,7 @@ impl SendQueue {
         count
     }
 
-    fn consume(&mut self, mut n: usize, done: &mut impl FnMut(u64)) {
+    fn consume(&mut self, mut n: usize, done: &mut impl FnMut(u64, u32)) {
         self.staged_bytes -= n;
         while n > 0 {
             let Some(front) = self.frames.front_mut() else {
@@ -422,7 +489,7 @@ impl SendQueue {
             let remaining = front.len - self.front_written;
             let take = n.min(remaining);
             n -= take;
-            if front.coalesced {
+            if front.coalesced && front.tracked {
                 self.cstart += take;
                 // Report every frame of the run whose last byte is now written.
                 let mut t = self.cfront_written + take;
@@ -435,19 +502,27 @@ impl SendQueue {
                     self.clens.pop_front();
                     self.nframes -= 1;
                     front.frames -= 1;
-                    done(front.seq);
+                    done(front.seq, 1);
                     front.seq += 1;
                 }
                 self.cfront_written = t;
+            } else if front.coalesced {
+                self.cstart += take;
             }
             if take == remaining {
                 self.front_written = 0;
-                let single = !front.coalesced;
+                // What is left to report: the whole frame, the whole untracked run, or nothing
+                // (a tracked run reported its frames above).
+                let report = if !front.coalesced || !front.tracked {
+                    front.frames
+                } else {
+                    0
+                };
                 let seq = front.seq;
                 self.frames.pop_front();
-                if single {
-                    self.nframes -= 1;
-                    done(seq);
+                if report > 0 {
+                    self.nframes -= report as usize;
+                    done(seq, report);
                 }
             } else {
                 self.front_written += take;
@@ -465,6 +540,8 @@ impl SendQueue {
     /// Drops every staged frame; returns how many there were.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.nframes;
+        self.tail_frames = 0;
+        self.tail_len = 0;
         self.frames.clear();
         self.clens.clear();
         self.cfront_written = 0;
@@ -541,6 +618,7 @@ mod tests {
             q.push(
                 Some((p.len() as u32).to_be_bytes()),
                 Bytes::copy_from_slice(p),
+                true,
             );
         }
         let mut w = Trickle {
@@ -554,13 +632,42 @@ mod tests {
             if q.is_empty() {
                 break;
             }
-            q.write_to(&mut w, |s| done.push(s)).unwrap();
+            q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
+                .unwrap();
         }
         assert!(q.is_empty());
         assert_eq!(q.staged_bytes(), 0);
         assert_eq!(done, (0..200).collect::<Vec<u64>>());
         let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
         assert_eq!(w.out, expected(&refs));
+    }
+
+    /// Stages `p` the way frame `i` of the interleave test is staged: behind a separate prefix,
+    /// already prefixed, or written in place; tracked or not by a pattern that mixes runs.
+    fn stage_nth(q: &mut SendQueue, i: usize, p: &[u8]) -> bool {
+        let track = (i / 5) % 3 != 0;
+        match i % 3 {
+            0 => {
+                q.push(
+                    Some((p.len() as u32).to_be_bytes()),
+                    Bytes::copy_from_slice(p),
+                    track,
+                );
+            }
+            1 => {
+                let mut framed = (p.len() as u32).to_be_bytes().to_vec();
+                framed.extend_from_slice(p);
+                q.push(None, Bytes::from(framed), track);
+            }
+            _ => {
+                let staged = q.push_with(1 << 20, track, |w| {
+                    w.put_slice(p);
+                    true
+                });
+                assert!(matches!(staged, Ok(Some(_))));
+            }
+        }
+        track
     }
 
     #[test]
@@ -570,43 +677,69 @@ mod tests {
         let payloads: Vec<Vec<u8>> = (0..600usize)
             .map(|i| vec![(i % 251) as u8; sizes[i % sizes.len()]])
             .collect();
+        // Where each frame's last byte is on the wire.
+        let ends: Vec<usize> = payloads
+            .iter()
+            .scan(0, |end, p| {
+                *end += HEADER_LEN + p.len();
+                Some(*end)
+            })
+            .collect();
         for (cap, block_every) in [(7, 3), (97, 4), (5000, 0), (1 << 20, 2)] {
             let mut q = SendQueue::default();
             let mut done = Vec::new();
+            let mut tracked = Vec::new();
             let mut w = Trickle {
                 out: Vec::new(),
                 cap,
                 calls: 0,
                 block_every,
             };
-            // Stage in bursts with writes in between, so the buffer wraps and compacts.
-            for chunk in payloads.chunks(37) {
-                for (k, p) in chunk.iter().enumerate() {
-                    if k % 2 == 0 {
-                        q.push(
-                            Some((p.len() as u32).to_be_bytes()),
-                            Bytes::copy_from_slice(p),
-                        );
-                    } else {
-                        let mut framed = (p.len() as u32).to_be_bytes().to_vec();
-                        framed.extend_from_slice(p);
-                        q.push(None, Bytes::from(framed));
-                    }
+            let write = |q: &mut SendQueue, w: &mut Trickle, done: &mut Vec<u64>| {
+                q.write_to(w, |s, n| done.extend(s..s + u64::from(n)))
+                    .unwrap();
+                // Nothing is reported before its last byte left, and a tracked frame is reported
+                // as soon as it has.
+                for &s in done.iter() {
+                    assert!(ends[s as usize] <= w.out.len(), "frame {s} reported early");
                 }
-                q.write_to(&mut w, |s| done.push(s)).unwrap();
+                let reported = done.len();
+                for (i, &end) in ends.iter().enumerate().skip(reported) {
+                    if end > w.out.len() {
+                        break;
+                    }
+                    assert!(
+                        (i / 5) % 3 == 0,
+                        "tracked frame {i} left but is not reported"
+                    );
+                }
+            };
+            // Stage in bursts with writes in between, so the buffer wraps and compacts.
+            let mut i = 0;
+            for chunk in payloads.chunks(37) {
+                for p in chunk {
+                    tracked.push(stage_nth(&mut q, i, p));
+                    i += 1;
+                }
+                write(&mut q, &mut w, &mut done);
             }
             for _ in 0..10_000_000 {
                 if q.is_empty() {
                     break;
                 }
-                q.write_to(&mut w, |s| done.push(s)).unwrap();
+                write(&mut q, &mut w, &mut done);
             }
             assert!(q.is_empty());
             assert_eq!(q.staged_bytes(), 0);
+            assert_eq!(q.len(), 0);
+            assert!(q.clens.is_empty());
             assert_eq!(done, (0..payloads.len() as u64).collect::<Vec<_>>());
+            assert!(tracked.contains(&false) && tracked.contains(&true));
             let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
             assert_eq!(w.out, expected(&refs), "cap {cap}");
-            assert!(q.cbuf.capacity() <= COALESCE_LIMIT);
+            // Frames written in place go to the contiguous buffer whatever their size; once
+            // drained it keeps at most COALESCE_KEEP.
+            assert!(q.cbuf.capacity() <= COALESCE_KEEP);
         }
     }
 
@@ -614,10 +747,10 @@ mod tests {
     fn a_run_of_small_frames_is_one_slice() {
         let mut q = SendQueue::default();
         for i in 0..100u8 {
-            q.push(Some(1u32.to_be_bytes()), Bytes::copy_from_slice(&[i]));
+            q.push(Some(1u32.to_be_bytes()), Bytes::copy_from_slice(&[i]), true);
         }
-        q.push(Some(600u32.to_be_bytes()), Bytes::from(vec![1; 600]));
-        q.push(Some(1u32.to_be_bytes()), Bytes::from_static(b"z"));
+        q.push(Some(600u32.to_be_bytes()), Bytes::from(vec![1; 600]), true);
+        q.push(Some(1u32.to_be_bytes()), Bytes::from_static(b"z"), true);
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         // The run, the large frame's prefix and payload, the last small frame.
         assert_eq!(q.gather(&mut slices), 4);
@@ -628,7 +761,7 @@ mod tests {
     fn gather_stops_at_the_arrays_length() {
         let mut q = SendQueue::default();
         for _ in 0..3 {
-            q.push(Some(600u32.to_be_bytes()), Bytes::from(vec![1; 600]));
+            q.push(Some(600u32.to_be_bytes()), Bytes::from(vec![1; 600]), true);
         }
         let mut slices = [IoSlice::new(&[]); 5];
         assert_eq!(q.gather(&mut slices), 5);
@@ -640,8 +773,8 @@ mod tests {
         let mut q = SendQueue::default();
         let mut framed = 2u32.to_be_bytes().to_vec();
         framed.extend_from_slice(b"hi");
-        q.push(None, Bytes::from(framed));
-        q.push(Some(1u32.to_be_bytes()), Bytes::from_static(b"!"));
+        q.push(None, Bytes::from(framed), true);
+        q.push(Some(1u32.to_be_bytes()), Bytes::from_static(b"!"), true);
         let mut w = Trickle {
             out: Vec::new(),
             cap: 1000,
@@ -649,7 +782,9 @@ mod tests {
             block_every: 0,
         };
         let mut done = Vec::new();
-        let p = q.write_to(&mut w, |s| done.push(s)).unwrap();
+        let p = q
+            .write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
+            .unwrap();
         assert_eq!(p.bytes, 11);
         assert!(!p.blocked);
         assert_eq!(w.out, expected(&[b"hi", b"!"]));
@@ -659,14 +794,14 @@ mod tests {
     #[test]
     fn would_block_reports_blocked() {
         let mut q = SendQueue::default();
-        q.push(Some(3u32.to_be_bytes()), Bytes::from_static(b"abc"));
+        q.push(Some(3u32.to_be_bytes()), Bytes::from_static(b"abc"), true);
         let mut w = Trickle {
             out: Vec::new(),
             cap: 2,
             calls: 0,
             block_every: 2,
         };
-        let p = q.write_to(&mut w, |_| {}).unwrap();
+        let p = q.write_to(&mut w, |_, _| {}).unwrap();
         assert!(p.blocked);
         assert_eq!(p.bytes, 2);
         assert_eq!(q.staged_bytes(), 5);

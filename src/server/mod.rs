@@ -522,12 +522,15 @@ impl<M: Mode> Server<M> {
     /// The first error of [`poll`](Server::poll).
     pub fn run_until(&mut self, stop: &AtomicBool, deadline: Option<Instant>) -> io::Result<()> {
         let mut now = Instant::now();
+        // Until then a whole tick fits before the deadline (no difference to work out per round).
+        let full_ticks_until = deadline.and_then(|d| d.checked_sub(RUN_TICK));
         loop {
             if stop.load(Ordering::Acquire) {
                 return Ok(());
             }
             let timeout = match deadline {
                 Some(d) if now >= d => return Ok(()),
+                Some(_) if full_ticks_until.is_some_and(|t| now <= t) => RUN_TICK,
                 Some(d) => (d - now).min(RUN_TICK),
                 None => RUN_TICK,
             };

@@ -11,6 +11,7 @@ mod lru;
 mod metrics;
 mod options;
 mod selector;
+pub(crate) use selector::split_frame;
 mod send_queue;
 mod slots;
 #[cfg(feature = "tls")]

@@ -123,7 +123,7 @@ struct FrameRef {
 /// The payload of the frame at the front of `buf` (already checked when it was decoded), and the
 /// rest of `buf`.
 #[inline]
-fn split_frame(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+pub(crate) fn split_frame(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let h = buf.get(..HEADER_LEN)?;
     let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
     let end = HEADER_LEN.checked_add(len)?;
@@ -1026,6 +1026,21 @@ impl Selector {
     /// assert_eq!(&client.completed_receives()[0].frame[..], b"gnip");
     /// ```
     pub fn for_each_received(&mut self, mut f: impl FnMut(ChannelId, &[u8], &mut ChannelSink<'_>)) {
+        self.for_each_received_run(|id, mut run, sink| {
+            while let Some((frame, rest)) = split_frame(run) {
+                f(id, frame, sink);
+                run = rest;
+            }
+        });
+    }
+
+    /// As [`for_each_received`](Selector::for_each_received), one call per run of whole frames
+    /// of one channel (length prefixes included; split them with [`split_frame`]), so that a
+    /// caller's per-frame work sits in its own loop instead of behind a call per frame.
+    pub(crate) fn for_each_received_run(
+        &mut self,
+        mut f: impl FnMut(ChannelId, &[u8], &mut ChannelSink<'_>),
+    ) {
         let mut frames = std::mem::take(&mut self.out.frames);
         let max_frame_size = self.config.max_frame_size;
         let track = self.report_sends;
@@ -1042,7 +1057,7 @@ impl Selector {
                         in_write_list,
                         ..
                     } = &mut **ch;
-                    let Some(mut run) = read_buf.get(range) else {
+                    let Some(run) = read_buf.get(range) else {
                         continue;
                     };
                     let closing = matches!(state, ChannelState::Closing { .. });
@@ -1056,10 +1071,7 @@ impl Selector {
                         max_frame_size,
                         track,
                     };
-                    while let Some((frame, rest)) = split_frame(run) {
-                        f(r.channel, frame, &mut sink);
-                        run = rest;
-                    }
+                    f(r.channel, run, &mut sink);
                     let staged = sink.inner.is_some_and(|i| i.staged);
                     if staged
                         && *state == ChannelState::Connected
@@ -1071,7 +1083,7 @@ impl Selector {
                     }
                 }
                 _ => {
-                    let Some(mut run) = self
+                    let Some(run) = self
                         .out
                         .graveyard
                         .iter()
@@ -1086,10 +1098,7 @@ impl Selector {
                         max_frame_size,
                         track,
                     };
-                    while let Some((frame, rest)) = split_frame(run) {
-                        f(r.channel, frame, &mut sink);
-                        run = rest;
-                    }
+                    f(r.channel, run, &mut sink);
                 }
             }
         }

@@ -36,6 +36,10 @@ const COALESCE_INITIAL: usize = 4 * 1024;
 /// one large response does not pin its size for the life of the channel.
 const COALESCE_KEEP: usize = 4 * COALESCE_LIMIT;
 
+/// Fills of at most this many bytes are written as one fixed-size block (see
+/// [`FrameWriter::put_bytes`]).
+const SHORT_FILL: usize = 16;
+
 /// Writes one frame's payload straight into a channel's send buffer (see
 /// [`Selector::send_with`](super::Selector::send_with) and
 /// [`ChannelSink::send_with`](super::ChannelSink::send_with)). It only appends: bytes staged
@@ -74,7 +78,15 @@ impl<'a> FrameWriter<'a> {
     /// Appends `n` copies of `byte` (padding).
     #[inline]
     pub fn put_bytes(&mut self, byte: u8, n: usize) {
-        self.buf.resize(self.buf.len() + n, byte);
+        let end = self.buf.len() + n;
+        if n <= SHORT_FILL {
+            // Two fixed-size stores and a truncate cost less than a call to `memset` for the
+            // few bytes of padding a header usually needs.
+            self.buf.extend_from_slice(&[byte; SHORT_FILL]);
+            self.buf.truncate(end);
+        } else {
+            self.buf.resize(end, byte);
+        }
     }
 
     /// Appends one byte.
@@ -740,6 +752,21 @@ mod tests {
             // Frames written in place go to the contiguous buffer whatever their size; once
             // drained it keeps at most COALESCE_KEEP.
             assert!(q.cbuf.capacity() <= COALESCE_KEEP);
+        }
+    }
+
+    #[test]
+    fn put_bytes_appends_exactly_n_bytes_of_short_and_long_fills() {
+        for n in [0, 1, 11, SHORT_FILL - 1, SHORT_FILL, SHORT_FILL + 1, 100] {
+            let mut buf = vec![7u8; 3];
+            let mut w = FrameWriter::new(&mut buf);
+            w.put_bytes(0xAB, n);
+            w.put_u8(1);
+            assert_eq!(w.len(), n + 1);
+            let mut want = vec![7u8; 3];
+            want.extend(std::iter::repeat_n(0xAB, n));
+            want.push(1);
+            assert_eq!(buf, want, "n = {n}");
         }
     }
 

@@ -66,6 +66,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::net::frame::HEADER_LEN;
+use crate::net::split_frame;
 use crate::net::ChannelMap;
 use crate::net::{
     ChannelId, CloseMode, DisconnectReason, FrameWriter, ListenerId, Received, Selector,
@@ -705,37 +706,42 @@ impl<M: Mode> Server<M> {
         let backlogged = &mut self.backlogged;
         let conns = &mut self.conns;
         let discard = &mut self.discard;
-        self.sel.for_each_received(|id, request, sink| {
-            stats.requests += 1;
-            let open = sink.is_open() && !failed.iter().any(|(f, _)| *f == id);
-            if !open {
-                // Gone or closing (its disconnect is reported, or was): the handler still sees
-                // the request, its response goes nowhere.
-                discard.clear();
-                if mode.direct(id, request, &mut FrameWriter::new(discard)) {
-                    stats.responses += 1;
-                } else {
-                    stats.no_responses += 1;
+        // A run of one connection's requests at a time, so the per-request work below is a loop
+        // body rather than a call per request.
+        self.sel.for_each_received_run(|id, mut run, sink| {
+            while let Some((request, rest)) = split_frame(run) {
+                run = rest;
+                stats.requests += 1;
+                let open = sink.is_open() && !failed.iter().any(|(f, _)| *f == id);
+                if !open {
+                    // Gone or closing (its disconnect is reported, or was): the handler still
+                    // sees the request, its response goes nowhere.
+                    discard.clear();
+                    if mode.direct(id, request, &mut FrameWriter::new(discard)) {
+                        stats.responses += 1;
+                    } else {
+                        stats.no_responses += 1;
+                    }
+                    continue;
                 }
-                return;
-            }
-            match sink.send_with(|w| mode.direct(id, request, w)) {
-                Ok(Some(_)) => stats.responses += 1,
-                Ok(None) => stats.no_responses += 1,
-                Err(e) => {
-                    failed.push((id, e));
-                    return;
+                match sink.send_with(|w| mode.direct(id, request, w)) {
+                    Ok(Some(_)) => stats.responses += 1,
+                    Ok(None) => stats.no_responses += 1,
+                    Err(e) => {
+                        failed.push((id, e));
+                        continue;
+                    }
                 }
-            }
-            if sink.staged_bytes() >= max_staged {
-                // Back-pressure: the client is not reading. Stop reading it until its responses
-                // drain below the bound.
-                if let Some(c) = conns.get_mut(id) {
-                    if !c.muted {
-                        c.muted = true;
-                        sink.mute();
-                        stats.backpressured += 1;
-                        backlogged.push(id);
+                if sink.staged_bytes() >= max_staged {
+                    // Back-pressure: the client is not reading. Stop reading it until its
+                    // responses drain below the bound.
+                    if let Some(c) = conns.get_mut(id) {
+                        if !c.muted {
+                            c.muted = true;
+                            sink.mute();
+                            stats.backpressured += 1;
+                            backlogged.push(id);
+                        }
                     }
                 }
             }

@@ -82,7 +82,12 @@ impl Channel {
     /// Drops the bytes of frames reported by an earlier poll (borrowed-receive mode).
     #[inline]
     pub(crate) fn drop_consumed(&mut self) {
-        if self.consumed > 0 {
+        if self.consumed == self.read_buf.len() {
+            // All of it was whole frames: empty the buffer in place, keeping its whole capacity
+            // for the next read (advancing would leave the space before the cursor to a reclaim).
+            self.read_buf.clear();
+            self.consumed = 0;
+        } else if self.consumed > 0 {
             bytes::Buf::advance(&mut self.read_buf, self.consumed);
             self.consumed = 0;
         }

@@ -33,8 +33,19 @@ pub(crate) struct Lru {
 
 impl Lru {
     /// Marks `slot` active at `now` and moves it to the tail (newest).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn touch(&mut self, slot: usize, now: Instant) {
+        // The most recent entry touched again (a channel written and read in one poll).
+        if self.tail == Some(slot as u32) {
+            if let Some(link) = self.links.get_mut(slot) {
+                link.last_active = Some(now);
+                return;
+            }
+        }
+        self.touch_slow(slot, now);
+    }
+
+    fn touch_slow(&mut self, slot: usize, now: Instant) {
         if slot >= self.links.len() {
             self.links.resize(slot + 1, UNLINKED);
         }

@@ -1340,6 +1340,9 @@ impl Selector {
     }
 
     fn flush_write_list(&mut self, now: Instant) {
+        if self.write_list.is_empty() {
+            return;
+        }
         let mut work = std::mem::take(&mut self.scratch);
         std::mem::swap(&mut work, &mut self.write_list);
         for id in work.drain(..) {
@@ -1352,6 +1355,9 @@ impl Selector {
     }
 
     fn run_read_list(&mut self, now: Instant) {
+        if self.read_list.is_empty() {
+            return;
+        }
         let mut work = std::mem::take(&mut self.scratch);
         std::mem::swap(&mut work, &mut self.read_list);
         for id in work.drain(..) {
@@ -1639,6 +1645,10 @@ impl Selector {
                 }
                 break;
             }
+            if drained {
+                ch.read_more = false;
+                break;
+            }
             // Size the next read: at least `chunk`; for a large frame, grow towards the bytes it
             // still needs, but never more than twice what has arrived so far, so a peer that
             // announces a large frame and sends nothing cannot make us commit memory for it.
@@ -1655,17 +1665,17 @@ impl Selector {
             // (`try_reclaim` moves the partial frame to the front without allocating). Allocate only
             // when it cannot be reclaimed and the spare space is nearly gone or too small for the
             // frame in progress: in steady state, with frames dropped before the next poll, a
-            // channel reads into the same allocation forever.
+            // channel reads into the same allocation forever. After a read in this call the bytes
+            // before the cursor are frames just delivered, so a reclaim is tried then only when
+            // the space is short.
+            let short = spare < MIN_READ_SPACE || spare < needed.min(want);
             if spare < want.min(chunk)
+                && (read_total == 0 || short)
                 && !ch.read_buf.try_reclaim(want)
-                && (spare < MIN_READ_SPACE || spare < needed.min(want))
+                && short
             {
                 ch.read_buf.reserve(want);
                 ch.read_alloc = ch.read_alloc.max(ch.read_buf.capacity());
-            }
-            if drained {
-                ch.read_more = false;
-                break;
             }
             let asked = (ch.read_buf.capacity() - ch.read_buf.len()).min(budget - read_total);
             match ch.read_once(budget - read_total) {

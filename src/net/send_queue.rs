@@ -402,14 +402,20 @@ impl SendQueue {
         w: &mut W,
         mut done: impl FnMut(u64, u32),
     ) -> io::Result<WriteProgress> {
-        self.seal();
+        // An unsealed tail with nothing before it (a server's replies of one poll) is written as
+        // it is and, once it all left, reported without ever becoming an entry.
+        if !self.frames.is_empty() {
+            self.seal();
+        }
         let mut progress = WriteProgress::default();
-        while !self.frames.is_empty() {
+        while !self.is_empty() {
             let n = {
                 // A few frames (the latency-bound case) gather into a small array: filling all
                 // 512 slots of the large one costs more than the rest of a one-frame write.
-                let written = if self.frames.len() == 1 && self.frames[0].coalesced {
-                    // One run (the common case of a reply or a pipeline burst): one slice, no
+                let written = if self.frames.is_empty()
+                    || (self.frames.len() == 1 && self.frames[0].coalesced)
+                {
+                    // Only the tail, or one run (a reply or a pipeline burst): one slice, no
                     // array to fill.
                     w.write(&self.cbuf[self.cstart..])
                 } else if self.frames.len() <= SMALL_FRAMES {
@@ -429,9 +435,34 @@ impl SendQueue {
                 }
             };
             progress.bytes += n;
+            if self.frames.is_empty() && n == self.tail_len {
+                let frames = self.tail_frames;
+                self.tail_frames = 0;
+                self.tail_len = 0;
+                self.staged_bytes -= n;
+                self.nframes -= frames as usize;
+                self.cstart += n;
+                self.release_drained();
+                done(self.next_seq - u64::from(frames), frames);
+                continue;
+            }
+            self.seal();
             self.consume(n, &mut done);
         }
         Ok(progress)
+    }
+
+    /// Resets the contiguous buffer once everything in it has been written (and releases an
+    /// allocation grown past [`COALESCE_KEEP`]).
+    #[inline]
+    fn release_drained(&mut self) {
+        if self.cstart == self.cbuf.len() {
+            self.cbuf.clear();
+            self.cstart = 0;
+            if self.cbuf.capacity() > COALESCE_KEEP {
+                self.cbuf = Vec::new();
+            }
+        }
     }
 
     /// One vectored write of what [`gather`](Self::gather) collects into an `N`-slot array.
@@ -540,13 +571,7 @@ impl SendQueue {
                 self.front_written += take;
             }
         }
-        if self.cstart == self.cbuf.len() {
-            self.cbuf.clear();
-            self.cstart = 0;
-            if self.cbuf.capacity() > COALESCE_KEEP {
-                self.cbuf = Vec::new();
-            }
-        }
+        self.release_drained();
     }
 
     /// Drops every staged frame; returns how many there were.
@@ -752,6 +777,48 @@ mod tests {
             // Frames written in place go to the contiguous buffer whatever their size; once
             // drained it keeps at most COALESCE_KEEP.
             assert!(q.cbuf.capacity() <= COALESCE_KEEP);
+        }
+    }
+
+    #[test]
+    fn an_unsealed_tail_is_written_whole_or_in_parts_and_reported_once() {
+        for (cap, block_every) in [(1 << 20, 0), (7, 3), (50, 2)] {
+            let mut q = SendQueue::default();
+            let mut w = Trickle {
+                out: Vec::new(),
+                cap,
+                calls: 0,
+                block_every,
+            };
+            let mut done = Vec::new();
+            let mut payloads = Vec::new();
+            for round in 0..20u8 {
+                // A burst of in-place frames with nothing staged before it, then writes.
+                for k in 0..(1 + round % 5) {
+                    let p = vec![round.wrapping_mul(31).wrapping_add(k); usize::from(k) * 3];
+                    let staged = q.push_with(1 << 20, false, |w| {
+                        w.put_slice(&p);
+                        true
+                    });
+                    assert!(matches!(staged, Ok(Some(_))));
+                    payloads.push(p);
+                }
+                q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
+                    .unwrap();
+            }
+            for _ in 0..10_000 {
+                if q.is_empty() {
+                    break;
+                }
+                q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
+                    .unwrap();
+            }
+            assert!(q.is_empty());
+            assert_eq!((q.len(), q.staged_bytes()), (0, 0));
+            assert_eq!(done, (0..payloads.len() as u64).collect::<Vec<_>>());
+            let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+            assert_eq!(w.out, expected(&refs), "cap {cap}");
+            assert_eq!((q.cbuf.len(), q.cstart), (0, 0), "drained buffer reset");
         }
     }
 

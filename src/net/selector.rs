@@ -1669,11 +1669,10 @@ impl Selector {
             // before the cursor are frames just delivered, so a reclaim is tried then only when
             // the space is short.
             let short = spare < MIN_READ_SPACE || spare < needed.min(want);
-            if spare < want.min(chunk)
-                && (read_total == 0 || short)
-                && !ch.read_buf.try_reclaim(want)
-                && short
-            {
+            let below_chunk = spare < want.min(chunk);
+            let reclaimed =
+                below_chunk && (read_total == 0 || short) && ch.read_buf.try_reclaim(want);
+            if below_chunk && short && !reclaimed {
                 ch.read_buf.reserve(want);
                 ch.read_alloc = ch.read_alloc.max(ch.read_buf.capacity());
             }

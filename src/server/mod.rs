@@ -568,18 +568,20 @@ impl<M: Mode> Server<M> {
         }
 
         if M::DIRECT {
+            // Borrowed receives: every request went through the handler above.
             self.handle_direct();
-        }
-        self.sel.swap_completed_receives(&mut self.received);
-        let mut received = std::mem::take(&mut self.received);
-        for r in received.drain(..) {
-            if M::DEFERRED {
-                self.enqueue(r.channel, r.frame);
-            } else {
-                self.handle_inline(r.channel, r.frame);
+        } else {
+            self.sel.swap_completed_receives(&mut self.received);
+            let mut received = std::mem::take(&mut self.received);
+            for r in received.drain(..) {
+                if M::DEFERRED {
+                    self.enqueue(r.channel, r.frame);
+                } else {
+                    self.handle_inline(r.channel, r.frame);
+                }
             }
+            self.received = received;
         }
-        self.received = received;
 
         if M::DEFERRED {
             for i in 0..self.sel.completed_sends().len() {

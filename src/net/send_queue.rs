@@ -216,18 +216,24 @@ impl SendQueue {
         self.nframes
     }
 
-    /// Records a coalesced frame of `len` bytes with `seq`: it extends the run at the back of the
-    /// queue when that is coalesced and tracked alike, or starts one.
+    /// Records a coalesced frame of `len` bytes with `seq` (see [`add_run`](Self::add_run)).
     #[inline]
     fn push_coalesced(&mut self, len: usize, seq: u64, track: bool) {
         if track {
             self.clens.push_back(len as u32);
         }
         self.nframes += 1;
+        self.add_run(len, seq, 1, track);
+    }
+
+    /// Enters `frames` coalesced frames of `len` bytes in all, the first with `seq`: they extend
+    /// the run at the back of the queue when that is coalesced and tracked alike, or start one.
+    #[inline]
+    fn add_run(&mut self, len: usize, seq: u64, frames: u32, track: bool) {
         if let Some(back) = self.frames.back_mut() {
             if back.coalesced && back.tracked == track {
                 back.len += len;
-                back.frames += 1;
+                back.frames += frames;
                 return;
             }
         }
@@ -239,12 +245,12 @@ impl SendQueue {
             body: Bytes::new(),
             len,
             seq,
-            frames: 1,
+            frames,
         });
     }
 
     /// Enters the untracked in-place frames staged since the last call (see `tail_frames`) as one
-    /// run: the run at the back of the queue grows when it is untracked, or a new one starts.
+    /// run.
     #[inline]
     fn seal(&mut self) {
         if self.tail_frames == 0 {
@@ -253,24 +259,7 @@ impl SendQueue {
         let (frames, len) = (self.tail_frames, self.tail_len);
         self.tail_frames = 0;
         self.tail_len = 0;
-        let seq = self.next_seq - u64::from(frames);
-        if let Some(back) = self.frames.back_mut() {
-            if back.coalesced && !back.tracked {
-                back.len += len;
-                back.frames += frames;
-                return;
-            }
-        }
-        self.frames.push_back(Staged {
-            header: [0; HEADER_LEN],
-            header_len: 0,
-            coalesced: true,
-            tracked: false,
-            body: Bytes::new(),
-            len,
-            seq,
-            frames,
-        });
+        self.add_run(len, self.next_seq - u64::from(frames), frames, false);
     }
 
     /// Stages a frame and returns its sequence number. `track`: whether the frame is reported on
@@ -664,19 +653,29 @@ mod tests {
             calls: 0,
             block_every: 5,
         };
-        let mut done = Vec::new();
-        for _ in 0..10_000 {
+        drain_and_check(&mut q, &mut w, &mut Vec::new(), &payloads);
+    }
+
+    /// Writes until the queue is empty (bounded), then checks that every frame was reported once,
+    /// in order, and that `w` got exactly `payloads`, framed.
+    fn drain_and_check(
+        q: &mut SendQueue,
+        w: &mut Trickle,
+        done: &mut Vec<u64>,
+        payloads: &[Vec<u8>],
+    ) {
+        for _ in 0..10_000_000 {
             if q.is_empty() {
                 break;
             }
-            q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
+            q.write_to(w, |s, n| done.extend(s..s + u64::from(n)))
                 .unwrap();
         }
         assert!(q.is_empty());
-        assert_eq!(q.staged_bytes(), 0);
-        assert_eq!(done, (0..200).collect::<Vec<u64>>());
+        assert_eq!((q.len(), q.staged_bytes()), (0, 0));
+        assert_eq!(*done, (0..payloads.len() as u64).collect::<Vec<_>>());
         let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
-        assert_eq!(w.out, expected(&refs));
+        assert_eq!(w.out, expected(&refs), "cap {}", w.cap);
     }
 
     /// Stages `p` the way frame `i` of the interleave test is staged: behind a separate prefix,
@@ -806,18 +805,7 @@ mod tests {
                 q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
                     .unwrap();
             }
-            for _ in 0..10_000 {
-                if q.is_empty() {
-                    break;
-                }
-                q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
-                    .unwrap();
-            }
-            assert!(q.is_empty());
-            assert_eq!((q.len(), q.staged_bytes()), (0, 0));
-            assert_eq!(done, (0..payloads.len() as u64).collect::<Vec<_>>());
-            let refs: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
-            assert_eq!(w.out, expected(&refs), "cap {cap}");
+            drain_and_check(&mut q, &mut w, &mut done, &payloads);
             assert_eq!((q.cbuf.len(), q.cstart), (0, 0), "drained buffer reset");
         }
     }

@@ -521,7 +521,17 @@ impl SendQueue {
             let remaining = front.len - self.front_written;
             let take = n.min(remaining);
             n -= take;
-            if front.coalesced && front.tracked {
+            if front.coalesced && front.tracked && take == remaining {
+                // The rest of the run left: its frames (consecutive sequence numbers) are
+                // reported in one call.
+                self.cstart += take;
+                let k = front.frames;
+                self.clens.drain(..k as usize);
+                self.cfront_written = 0;
+                self.nframes -= k as usize;
+                front.frames = 0;
+                done(front.seq, k);
+            } else if front.coalesced && front.tracked {
                 self.cstart += take;
                 // Report every frame of the run whose last byte is now written.
                 let mut t = self.cfront_written + take;

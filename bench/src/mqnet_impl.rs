@@ -140,16 +140,6 @@ pub enum LayerEvent {
         /// Connection index.
         conn: usize,
     },
-    /// A response arrived on `conn` for the request the layer sent with `correlation_id` (the
-    /// layer's own in-flight tracking says which one it answers).
-    Response {
-        /// Connection index.
-        conn: usize,
-        /// Correlation id of the request it answers.
-        correlation_id: i32,
-        /// The response payload.
-        frame: Bytes,
-    },
     /// The request with `correlation_id` on `conn` failed (connection lost, timeout, ...).
     Failed {
         /// Connection index.
@@ -184,7 +174,7 @@ pub trait RequestLayer {
 
     /// Stages a request on `conn` at `now` (a payload, or a prefixed frame when
     /// [`prefixed`](RequestLayer::prefixed)); its response comes back as a
-    /// [`LayerEvent::Response`] with `correlation_id`.
+    /// completion (see [`poll`](RequestLayer::poll)) with `correlation_id`.
     ///
     /// # Errors
     /// The connection is unknown, down, or refuses more.
@@ -214,8 +204,12 @@ pub trait RequestLayer {
     }
 
     /// Does the IO, waiting at most `timeout` from `now` (the caller's time just before the
-    /// call); appends what happened to `events` and returns the time read after the IO, at
-    /// which the events were settled (the caller's next `now`: one clock read per poll).
+    /// call); appends the requests it completed to `done` (node = connection index; the
+    /// correlation id is the request's, from the layer's own in-flight tracking; an outcome
+    /// other than a response is a failed request), then what else happened to `events`, and
+    /// returns the time read after the IO, at which both were settled (the caller's next `now`:
+    /// one clock read per poll). Completions are the NetworkClient's own type, so its layer
+    /// hands them on without a copy.
     ///
     /// # Errors
     /// A failure of the poller itself.
@@ -223,6 +217,7 @@ pub trait RequestLayer {
         &mut self,
         timeout: Option<Duration>,
         now: Instant,
+        done: &mut Vec<ClientResponse>,
         events: &mut Vec<LayerEvent>,
     ) -> io::Result<Instant>;
 
@@ -315,6 +310,7 @@ impl RequestLayer for SelectorLayer {
         &mut self,
         timeout: Option<Duration>,
         _now: Instant,
+        done: &mut Vec<ClientResponse>,
         events: &mut Vec<LayerEvent>,
     ) -> io::Result<Instant> {
         self.sel.poll(timeout)?;
@@ -329,19 +325,15 @@ impl RequestLayer for SelectorLayer {
             let Some(&conn) = self.by_channel.get(r.channel) else {
                 continue;
             };
-            match self.conns[conn].in_flight.pop_front() {
-                Some(correlation_id) => events.push(LayerEvent::Response {
-                    conn,
-                    correlation_id,
-                    frame: r.frame,
-                }),
-                // A response nobody asked for: the closed loop counts it as an error.
-                None => events.push(LayerEvent::Response {
-                    conn,
-                    correlation_id: -1,
-                    frame: r.frame,
-                }),
-            }
+            // A response nobody asked for gets id -1: the closed loop counts it as an error.
+            let correlation_id = self.conns[conn].in_flight.pop_front().unwrap_or(-1);
+            done.push(ClientResponse {
+                node: NodeId(i32::try_from(conn).unwrap_or(-1)),
+                correlation_id,
+                tag: 0,
+                latency: Duration::ZERO,
+                outcome: Outcome::Response(r.frame),
+            });
         }
         for d in self.sel.disconnected() {
             let Some(conn) = self.by_channel.remove(d.channel) else {
@@ -401,7 +393,6 @@ pub struct NetworkClientLayer {
     /// Per connection: reported up, reported down.
     up: Vec<bool>,
     down: Vec<bool>,
-    done: Vec<ClientResponse>,
 }
 
 impl NetworkClientLayer {
@@ -423,7 +414,6 @@ impl NetworkClientLayer {
             nodes: Vec::new(),
             up: Vec::new(),
             down: Vec::new(),
-            done: Vec::new(),
         })
     }
 }
@@ -482,34 +472,12 @@ impl RequestLayer for NetworkClientLayer {
         &mut self,
         timeout: Option<Duration>,
         now: Instant,
+        done: &mut Vec<ClientResponse>,
         events: &mut Vec<LayerEvent>,
     ) -> io::Result<Instant> {
         self.client.poll_io(timeout, now)?;
         let after = Instant::now();
-        self.client.handle_into(after, &mut self.done);
-        // One event per completion (an exact-size extend: no per-event capacity check). Node ids
-        // are the connection indices `open` gave them, so never negative; an id that were would
-        // map to an index no connection has, which the loop counts as an error.
-        events.extend(self.done.drain(..).map(|r| {
-            let conn = usize::try_from(r.node.0).unwrap_or(usize::MAX);
-            match r.outcome {
-                Outcome::Response(frame) => LayerEvent::Response {
-                    conn,
-                    correlation_id: r.correlation_id,
-                    frame,
-                },
-                other => {
-                    log::debug!(
-                        "mqnet client: request {} on {conn}: {other:?}",
-                        r.correlation_id
-                    );
-                    LayerEvent::Failed {
-                        conn,
-                        correlation_id: r.correlation_id,
-                    }
-                }
-            }
-        }));
+        self.client.handle_into(after, done);
         for (conn, &node) in self.nodes.iter().enumerate() {
             let state = self.client.connection_state(node);
             if !self.up[conn] && !self.down[conn] && state == Some(ConnectionState::Ready) {
@@ -566,6 +534,7 @@ pub fn run_closed_loop<L: RequestLayer>(
         })
         .collect();
     let mut events = Vec::with_capacity(1024);
+    let mut done: Vec<ClientResponse> = Vec::with_capacity(1024);
     let prefixed = layer.prefixed();
     let request = move |enc: &mut Encoder, corr: i32| {
         if prefixed {
@@ -598,8 +567,11 @@ pub fn run_closed_loop<L: RequestLayer>(
         layer.poll(
             Some((connect_deadline - now).min(POLL_TICK)),
             now,
+            &mut done,
             &mut events,
         )?;
+        // Nothing was sent yet: anything completed is not the loop's.
+        done.clear();
         for ev in events.drain(..) {
             match ev {
                 LayerEvent::Connected { conn } => {
@@ -643,15 +615,20 @@ pub fn run_closed_loop<L: RequestLayer>(
         if now >= window.end || rec.measured >= count || live == 0 {
             break;
         }
-        now = layer.poll(Some((window.end - now).min(POLL_TICK)), now, &mut events)?;
+        now = layer.poll(
+            Some((window.end - now).min(POLL_TICK)),
+            now,
+            &mut done,
+            &mut events,
+        )?;
         let sending = now < window.end && rec.measured < count;
-        for ev in events.drain(..) {
-            match ev {
-                LayerEvent::Response {
-                    conn,
-                    correlation_id,
-                    frame,
-                } => {
+        for r in done.drain(..) {
+            // Node ids are the connection indices the layer was opened with, never negative; one
+            // that were would map to an index no connection has, counted as an error.
+            let conn = usize::try_from(r.node.0).unwrap_or(usize::MAX);
+            let correlation_id = r.correlation_id;
+            match r.outcome {
+                Outcome::Response(frame) => {
                     let Some(c) = conns.get_mut(conn) else {
                         rec.errors += 1;
                         continue;
@@ -685,6 +662,20 @@ pub fn run_closed_loop<L: RequestLayer>(
                         }
                     }
                 }
+                other => {
+                    log::debug!("mqnet client: request {correlation_id} on {conn}: {other:?}");
+                    rec.errors += 1;
+                    let Some(c) = conns.get_mut(conn) else {
+                        continue;
+                    };
+                    if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
+                        c.pending.remove(pos);
+                    }
+                }
+            }
+        }
+        for ev in events.drain(..) {
+            match ev {
                 LayerEvent::Failed {
                     conn,
                     correlation_id,

@@ -611,16 +611,18 @@ pub fn run_closed_loop<L: RequestLayer>(
     // One clock read per poll: the time the layer read after its IO settles the poll's events
     // and starts the next round.
     let mut now = Instant::now();
+    // Until then a poll waits a whole tick (a comparison, not a subtraction, per poll).
+    let full_ticks_until = window.end.checked_sub(POLL_TICK).unwrap_or(window.start);
     loop {
         if now >= window.end || rec.measured >= count || live == 0 {
             break;
         }
-        now = layer.poll(
-            Some((window.end - now).min(POLL_TICK)),
-            now,
-            &mut done,
-            &mut events,
-        )?;
+        let timeout = if now <= full_ticks_until {
+            POLL_TICK
+        } else {
+            (window.end - now).min(POLL_TICK)
+        };
+        now = layer.poll(Some(timeout), now, &mut done, &mut events)?;
         let sending = now < window.end && rec.measured < count;
         for r in done.drain(..) {
             // Node ids are the connection indices the layer was opened with, never negative; one

@@ -1123,7 +1123,13 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     fn deliver(&mut self, out: &mut Vec<ClientResponse>) {
         let base = out.len();
-        out.append(&mut self.completed);
+        if base == 0 {
+            // Hand the completions over whole; the caller's empty vector (and its capacity)
+            // collects the next ones.
+            std::mem::swap(out, &mut self.completed);
+        } else {
+            out.append(&mut self.completed);
+        }
         for (k, cb) in self.callbacks.drain(..) {
             cb(&out[base + k]);
         }

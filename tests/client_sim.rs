@@ -1090,3 +1090,86 @@ fn answers_to_no_response_requests_are_dropped_not_taken_for_desync() {
         Some(ConnectionState::Disconnected)
     );
 }
+
+#[test]
+fn a_pipelined_run_mixing_no_response_requests_completes_each_once_in_order() {
+    // One batch staged at once, so its sends complete as one run on the channel: the no-response
+    // requests complete `Sent` and leave, the others are answered in order; a second batch of
+    // response-only requests takes the run path that only moves the sent boundary.
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9610), Behaviour::Echo);
+    let mut c = client(net, ClientConfig::default().pipeline_unsent(true));
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9610").unwrap();
+    connect(&mut c, node);
+    for expects in [
+        &[true, false, true, false, false][..],
+        &[true, true, true, true, true][..],
+    ] {
+        let now = c.transport().now();
+        let mut want = Vec::new();
+        for &expect in expects {
+            let r = request(&mut c, node).expect_response(expect);
+            want.push((c.send(r, now), expect));
+        }
+        let mut done = Vec::new();
+        for _ in 0..50 {
+            let now = c.transport().now();
+            done.extend(io_round(&mut c, Some(ms(1)), now));
+            if done.len() >= want.len() && c.in_flight_count(node) == 0 {
+                break;
+            }
+        }
+        assert_eq!(done.len(), want.len(), "{done:?}");
+        let sent: Vec<i32> = want.iter().filter(|w| !w.1).map(|w| w.0).collect();
+        let answered: Vec<i32> = want.iter().filter(|w| w.1).map(|w| w.0).collect();
+        let got_sent: Vec<i32> = done
+            .iter()
+            .filter(|d| d.outcome == Outcome::Sent)
+            .map(|d| d.correlation_id)
+            .collect();
+        let got_answered: Vec<i32> = done
+            .iter()
+            .filter(|d| matches!(d.outcome, Outcome::Response(_)))
+            .map(|d| d.correlation_id)
+            .collect();
+        assert_eq!(got_sent, sent);
+        assert_eq!(got_answered, answered);
+        assert_eq!(c.in_flight_count(node), 0);
+        assert_eq!(c.connection_state(node), Some(ConnectionState::Ready));
+    }
+}
+
+#[test]
+fn a_custom_correlation_reader_is_the_one_responses_are_matched_with() {
+    // A reader that shifts every id: the Echo peer's (correct) answers now mismatch, which
+    // closes the connection and names the id the custom reader read.
+    fn shifted(frame: &[u8]) -> Option<i32> {
+        mqnet::client::kafka_correlation_id(frame).map(|c| c.wrapping_add(1000))
+    }
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9620), Behaviour::Echo);
+    let mut c = client(net, ClientConfig::default()).with_correlation_reader(shifted);
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9620").unwrap();
+    connect(&mut c, node);
+    let now = c.transport().now();
+    let r = request(&mut c, node);
+    let corr = c.send(r, now);
+    let mut done = Vec::new();
+    for _ in 0..50 {
+        let now = c.transport().now();
+        done.extend(io_round(&mut c, Some(ms(1)), now));
+        if !done.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        done[0].outcome,
+        Outcome::Disconnected(DisconnectCause::CorrelationMismatch {
+            expected: corr,
+            actual: Some(corr + 1000),
+        })
+    );
+}

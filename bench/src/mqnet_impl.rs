@@ -120,10 +120,16 @@ pub fn run_server(
 /// zero padding) into a send buffer.
 #[inline]
 fn put_request(w: &mut FrameWriter<'_>, size: usize, correlation_id: i32) {
+    /// Padding of common request sizes is copied from here (one `memcpy`) rather than filled.
+    static ZEROS: [u8; 512] = [0; 512];
     let size = size.max(MIN_REQUEST);
     w.put_i32(0);
     w.put_i32(correlation_id);
-    w.put_bytes(0, size - MIN_REQUEST);
+    let pad = size - MIN_REQUEST;
+    match ZEROS.get(..pad) {
+        Some(zeros) => w.put_slice(zeros),
+        None => w.put_bytes(0, pad),
+    }
 }
 
 /// Something the request layer reports from a poll.
@@ -133,16 +139,6 @@ pub enum LayerEvent {
     Connected {
         /// Connection index.
         conn: usize,
-    },
-    /// A response arrived on `conn` for the request the layer sent with `correlation_id` (the
-    /// layer's own in-flight tracking says which one it answers).
-    Response {
-        /// Connection index.
-        conn: usize,
-        /// Correlation id of the request it answers.
-        correlation_id: i32,
-        /// The response payload.
-        frame: Bytes,
     },
     /// The request with `correlation_id` on `conn` failed (connection lost, timeout, ...).
     Failed {
@@ -178,7 +174,7 @@ pub trait RequestLayer {
 
     /// Stages a request on `conn` at `now` (a payload, or a prefixed frame when
     /// [`prefixed`](RequestLayer::prefixed)); its response comes back as a
-    /// [`LayerEvent::Response`] with `correlation_id`.
+    /// completion (see [`poll`](RequestLayer::poll)) with `correlation_id`.
     ///
     /// # Errors
     /// The connection is unknown, down, or refuses more.
@@ -207,11 +203,23 @@ pub trait RequestLayer {
         Ok(false)
     }
 
-    /// Does the IO, waiting at most `timeout`; appends what happened to `events`.
+    /// Does the IO, waiting at most `timeout` from `now` (the caller's time just before the
+    /// call); appends the requests it completed to `done` (node = connection index; the
+    /// correlation id is the request's, from the layer's own in-flight tracking; an outcome
+    /// other than a response is a failed request), then what else happened to `events`, and
+    /// returns the time read after the IO, at which both were settled (the caller's next `now`:
+    /// one clock read per poll). Completions are the NetworkClient's own type, so its layer
+    /// hands them on without a copy.
     ///
     /// # Errors
     /// A failure of the poller itself.
-    fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()>;
+    fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        now: Instant,
+        done: &mut Vec<ClientResponse>,
+        events: &mut Vec<LayerEvent>,
+    ) -> io::Result<Instant>;
 
     /// Closes every connection.
     fn close_all(&mut self);
@@ -298,8 +306,15 @@ impl RequestLayer for SelectorLayer {
         Ok(())
     }
 
-    fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()> {
+    fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        _now: Instant,
+        done: &mut Vec<ClientResponse>,
+        events: &mut Vec<LayerEvent>,
+    ) -> io::Result<Instant> {
         self.sel.poll(timeout)?;
+        let after = Instant::now();
         for &channel in self.sel.connected() {
             if let Some(conn) = self.conn_of(channel) {
                 events.push(LayerEvent::Connected { conn });
@@ -310,19 +325,15 @@ impl RequestLayer for SelectorLayer {
             let Some(&conn) = self.by_channel.get(r.channel) else {
                 continue;
             };
-            match self.conns[conn].in_flight.pop_front() {
-                Some(correlation_id) => events.push(LayerEvent::Response {
-                    conn,
-                    correlation_id,
-                    frame: r.frame,
-                }),
-                // A response nobody asked for: the closed loop counts it as an error.
-                None => events.push(LayerEvent::Response {
-                    conn,
-                    correlation_id: -1,
-                    frame: r.frame,
-                }),
-            }
+            // A response nobody asked for gets id -1: the closed loop counts it as an error.
+            let correlation_id = self.conns[conn].in_flight.pop_front().unwrap_or(-1);
+            done.push(ClientResponse {
+                node: NodeId(i32::try_from(conn).unwrap_or(-1)),
+                correlation_id,
+                tag: 0,
+                latency: Duration::ZERO,
+                outcome: Outcome::Response(r.frame),
+            });
         }
         for d in self.sel.disconnected() {
             let Some(conn) = self.by_channel.remove(d.channel) else {
@@ -341,7 +352,7 @@ impl RequestLayer for SelectorLayer {
                 reason: d.reason.to_string(),
             });
         }
-        Ok(())
+        Ok(after)
     }
 
     fn close_all(&mut self) {
@@ -382,7 +393,6 @@ pub struct NetworkClientLayer {
     /// Per connection: reported up, reported down.
     up: Vec<bool>,
     down: Vec<bool>,
-    done: Vec<ClientResponse>,
 }
 
 impl NetworkClientLayer {
@@ -404,7 +414,6 @@ impl NetworkClientLayer {
             nodes: Vec::new(),
             up: Vec::new(),
             down: Vec::new(),
-            done: Vec::new(),
         })
     }
 }
@@ -459,33 +468,16 @@ impl RequestLayer for NetworkClientLayer {
         }))
     }
 
-    fn poll(&mut self, timeout: Option<Duration>, events: &mut Vec<LayerEvent>) -> io::Result<()> {
-        self.client.poll_io(timeout, Instant::now()).map(|()| {
-            let now = std::time::Instant::now();
-            self.client.handle_into(now, &mut self.done)
-        })?;
-        for r in self.done.drain(..) {
-            let Ok(conn) = usize::try_from(r.node.0) else {
-                continue;
-            };
-            match r.outcome {
-                Outcome::Response(frame) => events.push(LayerEvent::Response {
-                    conn,
-                    correlation_id: r.correlation_id,
-                    frame,
-                }),
-                other => {
-                    log::debug!(
-                        "mqnet client: request {} on {conn}: {other:?}",
-                        r.correlation_id
-                    );
-                    events.push(LayerEvent::Failed {
-                        conn,
-                        correlation_id: r.correlation_id,
-                    });
-                }
-            }
-        }
+    fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        now: Instant,
+        done: &mut Vec<ClientResponse>,
+        events: &mut Vec<LayerEvent>,
+    ) -> io::Result<Instant> {
+        self.client.poll_io(timeout, now)?;
+        let after = Instant::now();
+        self.client.handle_into(after, done);
         for (conn, &node) in self.nodes.iter().enumerate() {
             let state = self.client.connection_state(node);
             if !self.up[conn] && !self.down[conn] && state == Some(ConnectionState::Ready) {
@@ -499,7 +491,7 @@ impl RequestLayer for NetworkClientLayer {
                 });
             }
         }
-        Ok(())
+        Ok(after)
     }
 
     fn close_all(&mut self) {
@@ -542,6 +534,7 @@ pub fn run_closed_loop<L: RequestLayer>(
         })
         .collect();
     let mut events = Vec::with_capacity(1024);
+    let mut done: Vec<ClientResponse> = Vec::with_capacity(1024);
     let prefixed = layer.prefixed();
     let request = move |enc: &mut Encoder, corr: i32| {
         if prefixed {
@@ -571,7 +564,14 @@ pub fn run_closed_loop<L: RequestLayer>(
             rec.errors += (w.conns - up - down) as u64;
             break;
         }
-        layer.poll(Some((connect_deadline - now).min(POLL_TICK)), &mut events)?;
+        layer.poll(
+            Some((connect_deadline - now).min(POLL_TICK)),
+            now,
+            &mut done,
+            &mut events,
+        )?;
+        // Nothing was sent yet: anything completed is not the loop's.
+        done.clear();
         for ev in events.drain(..) {
             match ev {
                 LayerEvent::Connected { conn } => {
@@ -608,22 +608,33 @@ pub fn run_closed_loop<L: RequestLayer>(
 
     let count = w.count.unwrap_or(u64::MAX);
     let mut live = conns.iter().filter(|c| c.up).count();
+    // One clock read per poll: the time the layer read after its IO settles the poll's events
+    // and starts the next round.
+    let mut now = Instant::now();
+    // Until then a poll waits a whole tick (a comparison, not a subtraction, per poll).
+    let full_ticks_until = window.end.checked_sub(POLL_TICK).unwrap_or(window.start);
     loop {
-        let now = Instant::now();
         if now >= window.end || rec.measured >= count || live == 0 {
             break;
         }
-        layer.poll(Some((window.end - now).min(POLL_TICK)), &mut events)?;
-        let now = Instant::now();
+        let timeout = if now <= full_ticks_until {
+            POLL_TICK
+        } else {
+            (window.end - now).min(POLL_TICK)
+        };
+        now = layer.poll(Some(timeout), now, &mut done, &mut events)?;
         let sending = now < window.end && rec.measured < count;
-        for ev in events.drain(..) {
-            match ev {
-                LayerEvent::Response {
-                    conn,
-                    correlation_id,
-                    frame,
-                } => {
-                    let c = &mut conns[conn];
+        for r in done.drain(..) {
+            // Node ids are the connection indices the layer was opened with, never negative; one
+            // that were would map to an index no connection has, counted as an error.
+            let conn = usize::try_from(r.node.0).unwrap_or(usize::MAX);
+            let correlation_id = r.correlation_id;
+            match r.outcome {
+                Outcome::Response(frame) => {
+                    let Some(c) = conns.get_mut(conn) else {
+                        rec.errors += 1;
+                        continue;
+                    };
                     let Some((want, sent)) = c.pending.pop_front() else {
                         rec.errors += 1;
                         continue;
@@ -638,29 +649,51 @@ pub fn run_closed_loop<L: RequestLayer>(
                     }
                     if sending {
                         let corr = c.seq.next_id();
+                        // Errors are dropped in their own arms, off the path of a written send.
                         let sent = match layer.send_written(conn, corr, w.size, now) {
-                            Ok(true) => Ok(()),
-                            Ok(false) => layer.send(conn, corr, request(&mut enc, corr), now),
-                            Err(e) => Err(e),
+                            Ok(true) => true,
+                            Ok(false) => {
+                                layer.send(conn, corr, request(&mut enc, corr), now).is_ok()
+                            }
+                            Err(_) => false,
                         };
-                        match sent {
-                            Ok(()) => c.pending.push_back((corr, now)),
-                            Err(_) => rec.errors += 1,
+                        if sent {
+                            c.pending.push_back((corr, now));
+                        } else {
+                            rec.errors += 1;
                         }
                     }
                 }
+                other => {
+                    log::debug!("mqnet client: request {correlation_id} on {conn}: {other:?}");
+                    rec.errors += 1;
+                    let Some(c) = conns.get_mut(conn) else {
+                        continue;
+                    };
+                    if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
+                        c.pending.remove(pos);
+                    }
+                }
+            }
+        }
+        for ev in events.drain(..) {
+            match ev {
                 LayerEvent::Failed {
                     conn,
                     correlation_id,
                 } => {
                     rec.errors += 1;
-                    let c = &mut conns[conn];
+                    let Some(c) = conns.get_mut(conn) else {
+                        continue;
+                    };
                     if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
                         c.pending.remove(pos);
                     }
                 }
                 LayerEvent::Disconnected { conn, reason } => {
-                    let c = &mut conns[conn];
+                    let Some(c) = conns.get_mut(conn) else {
+                        continue;
+                    };
                     if c.up {
                         log::warn!("mqnet client: connection {conn} lost: {reason}");
                         c.up = false;

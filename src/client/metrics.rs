@@ -344,7 +344,8 @@ pub(crate) struct ClientWindow {
     /// Nanoseconds spent waiting in the OS selector and doing I/O, per poll.
     io_wait_ns: Sampled,
     io_ns: Sampled,
-    last_io: Option<SelectorMetrics>,
+    /// The transport's `(select_time, io_time)` at the last poll.
+    last_io: Option<(Duration, Duration)>,
 }
 
 impl ClientWindow {
@@ -383,13 +384,13 @@ impl ClientWindow {
         events(&mut self.created, now, d.created);
         events(&mut self.closed, now, d.closed);
         if let Some(io) = io {
-            if let Some(last) = self.last_io {
-                let wait = io.select_time.saturating_sub(last.select_time).as_nanos() as u64;
-                let work = io.io_time.saturating_sub(last.io_time).as_nanos() as u64;
+            if let Some((select_time, io_time)) = self.last_io {
+                let wait = io.select_time.saturating_sub(select_time).as_nanos() as u64;
+                let work = io.io_time.saturating_sub(io_time).as_nanos() as u64;
                 amount(&mut self.io_wait_ns, now, wait);
                 amount(&mut self.io_ns, now, work);
             }
-            self.last_io = Some(io);
+            self.last_io = Some((io.select_time, io.io_time));
         }
     }
 }

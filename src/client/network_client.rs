@@ -53,6 +53,7 @@ pub type CorrelationReader = fn(&[u8]) -> Option<i32>;
 
 /// The correlation id at the front of a Kafka response (`None` when the frame is shorter than 4
 /// bytes).
+#[inline]
 pub fn kafka_correlation_id(frame: &[u8]) -> Option<i32> {
     let b = frame.get(..4)?;
     Some(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
@@ -85,6 +86,10 @@ struct NodeRequests {
     /// that answers them anyway (librdkafka's mock answers `acks=0` produce requests; a real
     /// broker does not) has its answer dropped instead of being taken for a desynchronised stream.
     unanswered: VecDeque<i32>,
+    /// How many `in_flight` entries expect no response. They are all unsent (each leaves
+    /// `in_flight` when its send completes), so while this is zero a completed send only advances
+    /// `sent`.
+    no_response: usize,
 }
 
 /// How many no-response correlation ids a node remembers.
@@ -92,7 +97,11 @@ const UNANSWERED_MEMORY: usize = 64;
 
 impl NodeRequests {
     /// Forgets `id` if it is a recent no-response request; returns whether it was.
+    #[inline]
     fn take_unanswered(&mut self, id: Option<i32>) -> bool {
+        if self.unanswered.is_empty() {
+            return false;
+        }
         let Some(id) = id else { return false };
         match self.unanswered.iter().position(|c| *c == id) {
             Some(pos) => {
@@ -143,11 +152,7 @@ impl NodeRequests {
         unsent > 0
             && (!self.waiting.is_empty()
                 || (!pipeline_unsent && self.in_flight.len() < max_in_flight)
-                || self
-                    .in_flight
-                    .iter()
-                    .skip(self.sent)
-                    .any(|e| !e.expect_response))
+                || self.no_response > 0)
     }
 
     fn settle(&mut self) {
@@ -218,7 +223,8 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     handshake: H,
     resolver: Box<dyn Resolver + Send>,
     rng: Box<dyn JitterSource + Send>,
-    correlation_reader: CorrelationReader,
+    /// `None`: [`kafka_correlation_id`], called inline.
+    correlation_reader: Option<CorrelationReader>,
     states: ClusterConnectionStates,
     ids: Vec<NodeId>,
     index: NodeIndex,
@@ -274,7 +280,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             handshake,
             resolver: Box::new(SystemResolver),
             rng: Box::new(SplitMix64::from_entropy()),
-            correlation_reader: kafka_correlation_id,
+            correlation_reader: None,
             states,
             ids: Vec::new(),
             index: NodeIndex::default(),
@@ -339,7 +345,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     /// Replaces how correlation ids are read from responses.
     pub fn with_correlation_reader(mut self, reader: CorrelationReader) -> Self {
-        self.correlation_reader = reader;
+        self.correlation_reader = Some(reader);
         self
     }
 
@@ -835,7 +841,11 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 if !entry.internal {
                     self.metrics[i].requests_sent += 1;
                 }
-                self.requests[i].in_flight.push_back(entry);
+                let r = &mut self.requests[i];
+                if !entry.expect_response {
+                    r.no_response += 1;
+                }
+                r.in_flight.push_back(entry);
             }
             Err((SendError::QueueFull { .. }, frame)) => {
                 self.requests[i].waiting.push_front((entry, frame));
@@ -884,16 +894,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         }
         let latency = match now {
             None => Duration::ZERO,
-            Some(t) => {
-                let (sent, at, l) = self.latency_memo;
-                if sent == entry.created && at == t {
-                    l
-                } else {
-                    let l = t.saturating_duration_since(entry.created);
-                    self.latency_memo = (entry.created, t, l);
-                    l
-                }
-            }
+            Some(t) => self.latency(entry.created, t),
         };
         let m = &mut self.metrics[i];
         match &outcome {
@@ -920,6 +921,47 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             latency,
             outcome,
         });
+    }
+
+    /// [`finish`](Self::finish) for a caller's request answered by `frame` at `now`: the
+    /// per-response path, inlined into the receive loop.
+    #[inline(always)]
+    fn finish_response(
+        &mut self,
+        node: NodeId,
+        i: usize,
+        entry: InFlight,
+        frame: Bytes,
+        now: Instant,
+    ) {
+        let latency = self.latency(entry.created, now);
+        let m = &mut self.metrics[i];
+        m.bytes_received += frame.len() as u64 + 4;
+        m.responses += 1;
+        m.record_latency(latency);
+        if let Some(cb) = entry.callback {
+            self.callbacks.push((self.completed.len(), cb));
+        }
+        self.completed.push(ClientResponse {
+            node,
+            correlation_id: entry.correlation_id,
+            tag: entry.tag,
+            latency,
+            outcome: Outcome::Response(frame),
+        });
+    }
+
+    /// `now - created`, memoised: requests sent in one poll and completed in one poll share it.
+    #[inline(always)]
+    fn latency(&mut self, created: Instant, now: Instant) -> Duration {
+        let (sent, at, l) = self.latency_memo;
+        if sent == created && at == now {
+            l
+        } else {
+            let l = now.saturating_duration_since(created);
+            self.latency_memo = (created, now, l);
+            l
+        }
     }
 
     // ----- disconnecting -------------------------------------------------------------------------
@@ -959,6 +1001,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let failed: Vec<InFlight> = {
             let r = &mut self.requests[i];
             r.sent = 0;
+            r.no_response = 0;
             r.unanswered.clear();
             r.in_flight
                 .drain(..)
@@ -1023,8 +1066,13 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         if !self.completed.is_empty() {
             timeout = Some(Duration::ZERO);
         } else if let Some(d) = self.poll_deadline() {
-            let until = d.saturating_duration_since(now);
-            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            // A caller's timeout ending at or before the deadline stands (an addition is cheaper
+            // than the subtraction that would otherwise shorten it).
+            let stands = timeout.is_some_and(|t| now.checked_add(t).is_some_and(|end| end <= d));
+            if !stands {
+                let until = d.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            }
         }
         let (pipeline, max) = (
             self.config.pipeline_unsent,
@@ -1075,7 +1123,13 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     fn deliver(&mut self, out: &mut Vec<ClientResponse>) {
         let base = out.len();
-        out.append(&mut self.completed);
+        if base == 0 {
+            // Hand the completions over whole; the caller's empty vector (and its capacity)
+            // collects the next ones.
+            std::mem::swap(out, &mut self.completed);
+        } else {
+            out.append(&mut self.completed);
+        }
         for (k, cb) in self.callbacks.drain(..) {
             cb(&out[base + k]);
         }
@@ -1182,23 +1236,40 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
 
     fn handle_completed_sends(&mut self, now: Instant) {
         let count = self.transport.completed_sends().len();
-        for k in 0..count {
-            let ch = self.transport.completed_sends()[k].channel;
+        // Sends complete in runs per channel: each run's node is looked up once, and while every
+        // unsent entry of the node expects a response the run only moves its `sent` boundary.
+        let mut k = 0;
+        while k < count {
+            let sends = self.transport.completed_sends();
+            let ch = sends[k].channel;
+            let run = 1 + sends[k + 1..count]
+                .iter()
+                .take_while(|s| s.channel == ch)
+                .count();
+            k += run;
             let Some(i) = self.node_of(ch) else { continue };
             let r = &mut self.requests[i];
-            let idx = r.sent;
-            let Some(entry) = r.in_flight.get(idx) else {
+            if r.no_response == 0 {
+                r.sent = (r.sent + run).min(r.in_flight.len());
                 continue;
-            };
-            if entry.expect_response {
-                r.sent += 1;
-            } else if let Some(entry) = r.in_flight.remove(idx) {
-                if r.unanswered.len() == UNANSWERED_MEMORY {
-                    r.unanswered.pop_front();
+            }
+            for _ in 0..run {
+                let r = &mut self.requests[i];
+                let idx = r.sent;
+                let Some(entry) = r.in_flight.get(idx) else {
+                    continue;
+                };
+                if entry.expect_response {
+                    r.sent += 1;
+                } else if let Some(entry) = r.in_flight.remove(idx) {
+                    r.no_response -= 1;
+                    if r.unanswered.len() == UNANSWERED_MEMORY {
+                        r.unanswered.pop_front();
+                    }
+                    r.unanswered.push_back(entry.correlation_id);
+                    let node = self.ids[i];
+                    self.finish(node, i, entry, Outcome::Sent, Some(now));
                 }
-                r.unanswered.push_back(entry.correlation_id);
-                let node = self.ids[i];
-                self.finish(node, i, entry, Outcome::Sent, Some(now));
             }
         }
     }
@@ -1206,11 +1277,24 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     fn handle_receives(&mut self, now: Instant) {
         let mut receives = std::mem::take(&mut self.receives);
         self.transport.swap_completed_receives(&mut receives);
+        // Receives come in runs per channel: its node is looked up once per run, and looked up
+        // again after anything that may close a channel.
+        let mut last: Option<(ChannelId, usize)> = None;
         for rec in receives.drain(..) {
-            let Some(i) = self.node_of(rec.channel) else {
-                continue;
+            let i = match last {
+                Some((c, i)) if c == rec.channel => i,
+                _ => {
+                    let Some(i) = self.node_of(rec.channel) else {
+                        continue;
+                    };
+                    last = Some((rec.channel, i));
+                    i
+                }
             };
-            let actual = (self.correlation_reader)(&rec.frame);
+            let actual = match self.correlation_reader {
+                None => kafka_correlation_id(&rec.frame),
+                Some(read) => read(&rec.frame),
+            };
             if self.requests[i].take_unanswered(actual) {
                 log::debug!(
                     "{}: dropping a response to no-response request {actual:?}",
@@ -1234,6 +1318,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                             None,
                             now,
                         );
+                        last = None;
                         continue;
                     }
                 },
@@ -1270,8 +1355,9 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 let corr = self.next_correlation_id();
                 let step = self.handshake.on_response(node, rec.frame, corr);
                 self.handshake_step(i, step, corr, now, entry.created);
+                last = None;
             } else {
-                self.finish(node, i, entry, Outcome::Response(rec.frame), Some(now));
+                self.finish_response(node, i, entry, rec.frame, now);
             }
         }
         self.receives = receives;

@@ -111,6 +111,26 @@ impl Sampled {
         if count == 0 {
             return;
         }
+        // The usual case, inlined: the current sample is still open at `now`.
+        if let Some(s) = self.samples.get_mut(self.current) {
+            if s.end.is_none_or(|end| now < end) {
+                self.total += sum;
+                self.count += count;
+                s.sum += sum;
+                s.count += count;
+                if max > s.max {
+                    s.max = max;
+                }
+                return;
+            }
+        }
+        self.record_n_new_sample(now, sum, count, max);
+    }
+
+    /// [`record_n`](Self::record_n) when there is no sample yet or the current one is complete.
+    #[cold]
+    #[inline(never)]
+    fn record_n_new_sample(&mut self, now: Instant, sum: f64, count: u64, max: f64) {
         self.total += sum;
         self.count += count;
         let window = self.cfg.sample_window;

@@ -175,6 +175,52 @@ pub(crate) struct WriteProgress {
     pub blocked: bool,
 }
 
+/// Read entries of a [`LenQueue`] are dropped by moving the rest to the front once there are at
+/// least this many and they are at least half of it.
+const LEN_QUEUE_COMPACT: usize = 1024;
+
+/// A FIFO of frame lengths: a vector read from `head`, emptied in place once read to the end and
+/// compacted when the read part is most of it, so a push is a `Vec::push` and a pop an increment.
+#[derive(Debug, Default)]
+struct LenQueue {
+    lens: Vec<u32>,
+    head: usize,
+}
+
+impl LenQueue {
+    #[inline]
+    fn push(&mut self, len: u32) {
+        self.lens.push(len);
+    }
+
+    #[inline]
+    fn front(&self) -> Option<u32> {
+        self.lens.get(self.head).copied()
+    }
+
+    /// Drops the first `k` entries (all of them when there are fewer).
+    #[inline]
+    fn advance(&mut self, k: usize) {
+        self.head += k;
+        if self.head >= self.lens.len() {
+            self.clear();
+        } else if self.head >= LEN_QUEUE_COMPACT && self.head * 2 >= self.lens.len() {
+            self.lens.drain(..self.head);
+            self.head = 0;
+        }
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.head >= self.lens.len()
+    }
+
+    fn clear(&mut self) {
+        self.lens.clear();
+        self.head = 0;
+    }
+}
+
 /// Staged sends of one channel. Frames leave in the order they were staged; each frame's sequence
 /// number is reported once, when its last byte has been written (a tracked frame) or when the last
 /// byte of its coalesced run has (an untracked one: see [`Staged`]).
@@ -188,7 +234,7 @@ pub(crate) struct SendQueue {
     next_seq: u64,
     /// Lengths of the tracked coalesced frames not yet fully written, in staging order, and how
     /// many bytes of the first have been written.
-    clens: VecDeque<u32>,
+    clens: LenQueue,
     cfront_written: usize,
     /// Frames staged and not yet reported written.
     nframes: usize,
@@ -220,7 +266,7 @@ impl SendQueue {
     #[inline]
     fn push_coalesced(&mut self, len: usize, seq: u64, track: bool) {
         if track {
-            self.clens.push_back(len as u32);
+            self.clens.push(len as u32);
         }
         self.nframes += 1;
         self.add_run(len, seq, 1, track);
@@ -526,7 +572,7 @@ impl SendQueue {
                 // reported in one call.
                 self.cstart += take;
                 let k = front.frames;
-                self.clens.drain(..k as usize);
+                self.clens.advance(k as usize);
                 self.cfront_written = 0;
                 self.nframes -= k as usize;
                 front.frames = 0;
@@ -535,13 +581,13 @@ impl SendQueue {
                 self.cstart += take;
                 // Report every frame of the run whose last byte is now written.
                 let mut t = self.cfront_written + take;
-                while let Some(&fl) = self.clens.front() {
+                while let Some(fl) = self.clens.front() {
                     let fl = fl as usize;
                     if t < fl || front.frames == 0 {
                         break;
                     }
                     t -= fl;
-                    self.clens.pop_front();
+                    self.clens.advance(1);
                     self.nframes -= 1;
                     front.frames -= 1;
                     done(front.seq, 1);
@@ -818,6 +864,47 @@ mod tests {
             drain_and_check(&mut q, &mut w, &mut done, &payloads);
             assert_eq!((q.cbuf.len(), q.cstart), (0, 0), "drained buffer reset");
         }
+    }
+
+    #[test]
+    fn the_length_queue_stays_in_order_through_compaction_and_bounded() {
+        let mut q = LenQueue::default();
+        let (mut next_in, mut next_out) = (0u32, 0u32);
+        let mut compactions = 0;
+        for round in 0..300u32 {
+            // A backlog builds up over the first rounds (read entries pile up before the
+            // unread ones), then drains.
+            let pushes = if round < 150 { 60 } else { round % 7 };
+            for _ in 0..pushes {
+                q.push(next_in);
+                next_in += 1;
+            }
+            let k = round % 29 + 15;
+            for _ in 0..k {
+                if next_out == next_in {
+                    break;
+                }
+                assert_eq!(q.front(), Some(next_out));
+                if next_out % 2 == 0 {
+                    q.advance(1);
+                    next_out += 1;
+                } else {
+                    // Several at once, as a run that left whole.
+                    let n = 2.min(next_in - next_out);
+                    q.advance(n as usize);
+                    next_out += n;
+                }
+                if q.head == 0 && !q.lens.is_empty() && next_out > 0 {
+                    compactions += 1;
+                }
+            }
+            assert!(q.lens.len() - q.head == (next_in - next_out) as usize);
+            assert!(q.head < LEN_QUEUE_COMPACT || q.head * 2 < q.lens.len());
+        }
+        assert!(compactions > 0, "the backlog never compacted");
+        q.advance(usize::MAX / 2);
+        assert!(q.is_empty());
+        assert_eq!((q.lens.len(), q.head), (0, 0));
     }
 
     #[test]

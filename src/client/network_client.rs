@@ -924,7 +924,9 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     }
 
     /// [`finish`](Self::finish) for a caller's request answered by `frame` at `now`: the
-    /// per-response path, inlined into the receive loop.
+    /// per-response path, inlined into the receive loop. It spells out `finish`'s response arm
+    /// and completion push instead of sharing a helper with it: a shared helper changes how the
+    /// receive loop is inlined and costs instructions per response (see docs/BENCHMARKS.md).
     #[inline(always)]
     fn finish_response(
         &mut self,

@@ -108,6 +108,9 @@ struct SendFaults {
     delay: Duration,
 }
 
+/// A run of frames of one channel in the borrowed-receive buffer: channel, start, end.
+type SimRun = (ChannelId, usize, usize);
+
 /// The simulated network. See the module docs.
 #[derive(Debug)]
 pub struct SimNetwork {
@@ -125,6 +128,9 @@ pub struct SimNetwork {
     disconnected: Vec<Disconnected>,
     sends: Vec<CompletedSend>,
     receives: Vec<Received>,
+    /// Borrowed-receive mode: the frames received by the last poll, length-prefixed, and their
+    /// runs in that buffer.
+    borrowed: Option<(Vec<u8>, Vec<SimRun>)>,
     connects: u64,
     history: Vec<(Instant, SocketAddr)>,
     /// Frames the server at an address swallows without answering, per address.
@@ -157,6 +163,7 @@ impl SimNetwork {
             disconnected: Vec::new(),
             sends: Vec::new(),
             receives: Vec::new(),
+            borrowed: None,
             connects: 0,
             history: Vec::new(),
             drops: HashMap::new(),
@@ -366,7 +373,22 @@ impl SimNetwork {
             Event::Deliver(id, frame) => {
                 if let Some(c) = self.channels.get_mut(&id) {
                     c.last_active = self.now;
-                    self.receives.push(Received { channel: id, frame });
+                    match &mut self.borrowed {
+                        None => self.receives.push(Received { channel: id, frame }),
+                        Some((buf, runs)) => {
+                            let start = buf.len();
+                            // Simulated frames are the test's own and far below 4 GiB.
+                            let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                            buf.extend_from_slice(&len.to_be_bytes());
+                            buf.extend_from_slice(&frame);
+                            match runs.last_mut() {
+                                Some((ch, _, end)) if *ch == id && *end == start => {
+                                    *end = buf.len();
+                                }
+                                _ => runs.push((id, start, buf.len())),
+                            }
+                        }
+                    }
                 }
             }
             Event::Disconnect(id, reason) => {
@@ -470,6 +492,10 @@ impl Transport for SimNetwork {
         self.disconnected.clear();
         self.sends.clear();
         self.receives.clear();
+        if let Some((buf, runs)) = &mut self.borrowed {
+            buf.clear();
+            runs.clear();
+        }
         let next = [
             self.queue.peek().map(|Reverse((t, _))| *t),
             self.next_idle_expiry(),
@@ -518,5 +544,16 @@ impl Transport for SimNetwork {
     fn swap_completed_receives(&mut self, out: &mut Vec<Received>) {
         out.clear();
         std::mem::swap(out, &mut self.receives);
+    }
+
+    fn set_borrowed_receives(&mut self, on: bool) -> bool {
+        self.borrowed = on.then(Default::default);
+        true
+    }
+
+    fn received_run(&self, k: usize) -> Option<(ChannelId, &[u8])> {
+        let (buf, runs) = self.borrowed.as_ref()?;
+        let &(ch, start, end) = runs.get(k)?;
+        Some((ch, buf.get(start..end).unwrap_or_default()))
     }
 }

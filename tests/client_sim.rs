@@ -414,6 +414,76 @@ fn callbacks_run_once_with_the_response() {
 }
 
 #[test]
+fn borrowed_responses_come_in_completion_order_with_callbacks_first() {
+    use std::sync::{Arc, Mutex};
+    let mut net = SimNetwork::new();
+    net.set_behaviour(addr(9010), Behaviour::Echo);
+    let mut c = client(net, ClientConfig::default().pipeline_unsent(true));
+    assert!(c.set_borrowed_responses(true));
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9010").unwrap();
+    connect(&mut c, node);
+    // Four requests answered in one poll: the second has a callback (its response is copied for
+    // it), the third expects no response (completes `Sent` earlier, its answer is dropped).
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let now = c.transport().now();
+    let mut frames = Vec::new();
+    for k in 0..4 {
+        let mut r = request(&mut c, node);
+        frames.push(r.frame.clone());
+        if k == 1 {
+            let log = seen.clone();
+            r = r.on_complete(move |resp| {
+                log.lock()
+                    .unwrap()
+                    .push(format!("callback {}", resp.correlation_id));
+            });
+        }
+        if k == 2 {
+            r = r.expect_response(false);
+        }
+        c.send(r, now);
+    }
+    let mut done = Vec::new();
+    for _ in 0..20 {
+        let now = c.transport().now();
+        c.poll_io(Some(ms(1)), now).unwrap();
+        let after = c.transport().now();
+        c.handle_with(after, |r| {
+            seen.lock()
+                .unwrap()
+                .push(format!("done {}", r.correlation_id));
+            done.push(r.to_owned());
+        });
+        if done.len() == 4 {
+            break;
+        }
+    }
+    let corr: Vec<i32> = frames
+        .iter()
+        .map(|f| i32::from_be_bytes([f[0], f[1], f[2], f[3]]))
+        .collect();
+    // `Sent` first (it completed when it left), then the responses in arrival order.
+    let order: Vec<i32> = done.iter().map(|r| r.correlation_id).collect();
+    assert_eq!(order, [corr[2], corr[0], corr[1], corr[3]]);
+    assert_eq!(done[0].outcome, Outcome::Sent);
+    for (r, k) in done[1..].iter().zip([0, 1, 3]) {
+        assert_eq!(r.outcome, Outcome::Response(frames[k].clone()));
+    }
+    let log = seen.lock().unwrap().clone();
+    let pos = |s: String| log.iter().position(|l| *l == s).expect("logged");
+    assert_eq!(
+        pos(format!("callback {}", corr[1])) + 1,
+        pos(format!("done {}", corr[1]))
+    );
+    assert_eq!(log.len(), 5, "{log:?}");
+    // No request is left over, and the answer to the no-response request was dropped.
+    assert_eq!(c.in_flight_count(node), 0);
+    let m = c.node_metrics(node).unwrap();
+    assert_eq!(m.unknown_correlation_ids, 0);
+}
+
+#[test]
 fn least_loaded_prefers_ready_then_connecting_then_oldest_attempt() {
     let mut net = SimNetwork::new().with_latency(ms(10));
     for p in 9100..9104 {
@@ -768,6 +838,7 @@ proptest! {
         exchange in any::<bool>(),
         idle in proptest::option::of(1_000u64..6_000),
         seed in any::<u64>(),
+        borrowed in any::<bool>(),
     ) {
         let idle = idle.map(ms);
         let mut net = SimNetwork::new().with_idle_timeout(idle);
@@ -783,6 +854,19 @@ proptest! {
             .connection_setup_timeout_max(Duration::from_secs(4));
         let handshake = ScriptedHandshake { fail: [false; 3], exchange };
         let mut c = NetworkClient::with_transport(net, cfg, handshake).with_rng(SplitMix64::new(seed));
+        prop_assert!(c.set_borrowed_responses(borrowed));
+        // Borrowed: completions as `handle_with` hands them out (responses read where the
+        // transport received them), copied to be judged after the run.
+        let io_round = |c: &mut NetworkClient<SimNetwork, ScriptedHandshake>, timeout, now| {
+            if !borrowed {
+                return io_round(c, timeout, now);
+            }
+            c.poll_io(timeout, now).expect("poll");
+            let after = c.transport().now();
+            let mut done = Vec::new();
+            c.handle_with(after, |r| done.push(r.to_owned()));
+            done
+        };
         let nodes: Vec<NodeId> = (0..3).map(NodeId).collect();
         for (k, n) in nodes.iter().enumerate() {
             c.add_node(*n, &format!("127.0.0.1:{}", 9300 + k)).unwrap();

@@ -936,3 +936,53 @@ fn sends_unreported_still_leave_in_order() {
         at += 4 + len;
     }
 }
+
+#[test]
+fn received_runs_stay_readable_until_the_next_poll_also_after_a_close() {
+    init_log();
+    let (mut sel, ch, mut peer) = connected_to_silent_peer();
+    sel.set_borrowed_receives(true);
+    let mut wire = Vec::new();
+    for f in [&b"first"[..], b"", b"third frame"] {
+        wire.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        wire.extend_from_slice(f);
+    }
+    // Half a fourth frame: not handed out.
+    wire.extend_from_slice(&[0, 0, 0, 9, b'x']);
+    std::io::Write::write_all(&mut peer, &wire).expect("peer write");
+    let frames_of = |sel: &Selector| {
+        let mut got = Vec::new();
+        let mut k = 0;
+        while let Some((c, mut run)) = sel.received_run(k) {
+            assert_eq!(c, ch);
+            while let Some((frame, rest)) = mqnet::net::split_frame(run) {
+                got.push(frame.to_vec());
+                run = rest;
+            }
+            assert!(run.is_empty(), "a run holds whole frames only");
+            k += 1;
+        }
+        got
+    };
+    let mut got = Vec::new();
+    poll_until(&mut sel, "three frames", |sel| {
+        got.extend(frames_of(sel));
+        got.len() >= 3
+    });
+    assert_eq!(
+        got,
+        [b"first".to_vec(), Vec::new(), b"third frame".to_vec()]
+    );
+    assert!(
+        sel.completed_receives().is_empty(),
+        "borrowed: nothing owned"
+    );
+    // Whatever the last poll handed out is still there after the channel is closed ...
+    let before = frames_of(&sel);
+    assert!(!before.is_empty());
+    sel.close(ch, CloseMode::Immediate).expect("close");
+    assert_eq!(frames_of(&sel), before);
+    // ... and gone with the next poll.
+    sel.poll(Some(Duration::ZERO)).expect("poll");
+    assert!(sel.received_run(0).is_none());
+}

@@ -1,12 +1,15 @@
 //! Zero allocation over the whole request path: NetworkClient → Selector → socket → echo server
 //! (a second Selector) → socket → Selector → NetworkClient, in its own test binary with a
 //! counting global allocator. After warm-up, 20,000 round trips allocate exactly as much as 10,000:
-//! nothing.
+//! nothing — with responses taken as `Bytes` (`handle_into`) and read where they were received
+//! (borrowed responses, `handle_with`).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mqnet::client::{ClientConfig, ClientRequest, ClientResponse, NetworkClient, NodeId, Outcome};
+use mqnet::client::{
+    ClientConfig, ClientRequest, ClientResponse, NetworkClient, NodeId, Outcome, OutcomeRef,
+};
 use mqnet_test_support::closed_loop::{ClosedLoop, EchoSelector, LoopClient};
 
 #[path = "support/counting_alloc.rs"]
@@ -20,6 +23,8 @@ const NODE: NodeId = NodeId(1);
 struct Client {
     client: NetworkClient,
     done: Vec<ClientResponse>,
+    /// Borrowed responses, handed out by `handle_with`.
+    borrowed: bool,
 }
 
 impl LoopClient for Client {
@@ -36,6 +41,18 @@ impl LoopClient for Client {
             .poll_io(Some(Duration::ZERO), now)
             .expect("client poll");
         // Completions are handled at the time read after the I/O (one clock: the caller's).
+        if self.borrowed {
+            let mut n = 0;
+            self.client
+                .handle_with(Instant::now(), |r| match r.outcome {
+                    OutcomeRef::Response(b) => {
+                        assert_eq!(b.len(), len);
+                        n += 1;
+                    }
+                    other => panic!("request {} failed: {other:?}", r.correlation_id),
+                });
+            return n;
+        }
         self.client.handle_into(Instant::now(), &mut self.done);
         let n = self.done.len();
         for r in self.done.drain(..) {
@@ -48,7 +65,7 @@ impl LoopClient for Client {
     }
 }
 
-fn rig() -> ClosedLoop<Client> {
+fn rig(borrowed: bool) -> ClosedLoop<Client> {
     let server = EchoSelector::listen();
     let cfg = ClientConfig::default()
         .max_in_flight(IN_FLIGHT)
@@ -57,9 +74,11 @@ fn rig() -> ClosedLoop<Client> {
     client
         .add_node(NODE, &server.addr().to_string())
         .expect("add node");
+    assert!(client.set_borrowed_responses(borrowed));
     let client = Client {
         client,
         done: Vec::with_capacity(1024),
+        borrowed,
     };
     let mut rig = ClosedLoop::new(client, server, IN_FLIGHT, PAYLOAD);
     rig.pump_until("ready", |c| c.client.ready(NODE, Instant::now()));
@@ -69,15 +88,21 @@ fn rig() -> ClosedLoop<Client> {
 #[test]
 fn network_client_round_trips_allocate_nothing_in_steady_state() {
     counting_alloc::assert_counter_counts();
-    let mut rig = rig();
-    rig.round_trips(5_000);
-    let a10 = counting_alloc::count(|| rig.round_trips(10_000));
-    let a20 = counting_alloc::count(|| rig.round_trips(20_000));
-    assert_eq!(
-        a10, a20,
-        "allocations grow with round trips: {a10} for 10,000, {a20} for 20,000"
-    );
-    assert_eq!(a20, 0, "steady state should allocate nothing");
-    let m = rig.client.client.node_metrics(NODE).expect("node metrics");
-    assert!(m.responses >= 35_000);
+    // One mode after the other: the counter is global to the binary.
+    for borrowed in [false, true] {
+        let mut rig = rig(borrowed);
+        rig.round_trips(5_000);
+        let a10 = counting_alloc::count(|| rig.round_trips(10_000));
+        let a20 = counting_alloc::count(|| rig.round_trips(20_000));
+        assert_eq!(
+            a10, a20,
+            "borrowed {borrowed}: allocations grow with round trips: {a10} for 10,000, {a20} for 20,000"
+        );
+        assert_eq!(
+            a20, 0,
+            "borrowed {borrowed}: steady state should allocate nothing"
+        );
+        let m = rig.client.client.node_metrics(NODE).expect("node metrics");
+        assert!(m.responses >= 35_000);
+    }
 }

@@ -20,8 +20,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mqnet::client::{ClientConfig, ClientRequest, ClientResponse, ConnectionState, NetworkClient};
-use mqnet::client::{NodeId, Outcome};
+use mqnet::client::NodeId;
+use mqnet::client::{
+    ClientConfig, ClientRequest, Completion, ConnectionState, NetworkClient, OutcomeRef,
+};
 use mqnet::net::ChannelMap;
 use mqnet::net::{
     ChannelId, CloseMode, FrameWriter, Received, Selector, SelectorConfig, SocketOptions,
@@ -204,12 +206,12 @@ pub trait RequestLayer {
     }
 
     /// Does the IO, waiting at most `timeout` from `now` (the caller's time just before the
-    /// call); appends the requests it completed to `done` (node = connection index; the
+    /// call); hands the requests it completed to `done` (node = connection index; the
     /// correlation id is the request's, from the layer's own in-flight tracking; an outcome
-    /// other than a response is a failed request), then what else happened to `events`, and
-    /// returns the time read after the IO, at which both were settled (the caller's next `now`:
-    /// one clock read per poll). Completions are the NetworkClient's own type, so its layer
-    /// hands them on without a copy.
+    /// other than a response is a failed request) with the time read after the IO, at which
+    /// they were settled, then appends what else happened to `events`, and returns that time
+    /// (the caller's next `now`: one clock read per poll). Completions are the NetworkClient's
+    /// own borrowed type, so its layer hands responses on where they were received.
     ///
     /// # Errors
     /// A failure of the poller itself.
@@ -217,7 +219,7 @@ pub trait RequestLayer {
         &mut self,
         timeout: Option<Duration>,
         now: Instant,
-        done: &mut Vec<ClientResponse>,
+        done: &mut impl FnMut(Instant, Completion<'_>),
         events: &mut Vec<LayerEvent>,
     ) -> io::Result<Instant>;
 
@@ -310,7 +312,7 @@ impl RequestLayer for SelectorLayer {
         &mut self,
         timeout: Option<Duration>,
         _now: Instant,
-        done: &mut Vec<ClientResponse>,
+        done: &mut impl FnMut(Instant, Completion<'_>),
         events: &mut Vec<LayerEvent>,
     ) -> io::Result<Instant> {
         self.sel.poll(timeout)?;
@@ -327,13 +329,16 @@ impl RequestLayer for SelectorLayer {
             };
             // A response nobody asked for gets id -1: the closed loop counts it as an error.
             let correlation_id = self.conns[conn].in_flight.pop_front().unwrap_or(-1);
-            done.push(ClientResponse {
-                node: NodeId(i32::try_from(conn).unwrap_or(-1)),
-                correlation_id,
-                tag: 0,
-                latency: Duration::ZERO,
-                outcome: Outcome::Response(r.frame),
-            });
+            done(
+                after,
+                Completion {
+                    node: NodeId(i32::try_from(conn).unwrap_or(-1)),
+                    correlation_id,
+                    tag: 0,
+                    latency: Duration::ZERO,
+                    outcome: OutcomeRef::Response(&r.frame),
+                },
+            );
         }
         for d in self.sel.disconnected() {
             let Some(conn) = self.by_channel.remove(d.channel) else {
@@ -398,7 +403,7 @@ pub struct NetworkClientLayer {
 impl NetworkClientLayer {
     /// A client allowing `inflight` requests in flight per connection, all of which may be staged
     /// at once (`mqnet.pipeline.unsent`: the closed loop sends in batches, as the tokio peer
-    /// does), OS socket buffers, no idle expiry.
+    /// does), OS socket buffers, no idle expiry, borrowed responses.
     ///
     /// # Errors
     /// Creating the Selector failed.
@@ -409,8 +414,11 @@ impl NetworkClientLayer {
             .send_buffer_bytes(None)
             .receive_buffer_bytes(None)
             .pipeline_unsent(true);
+        let mut client = NetworkClient::new(config)?;
+        // Responses are checked where they were received (see `poll`).
+        client.set_borrowed_responses(true);
         Ok(NetworkClientLayer {
-            client: NetworkClient::new(config)?,
+            client,
             nodes: Vec::new(),
             up: Vec::new(),
             down: Vec::new(),
@@ -472,12 +480,12 @@ impl RequestLayer for NetworkClientLayer {
         &mut self,
         timeout: Option<Duration>,
         now: Instant,
-        done: &mut Vec<ClientResponse>,
+        done: &mut impl FnMut(Instant, Completion<'_>),
         events: &mut Vec<LayerEvent>,
     ) -> io::Result<Instant> {
         self.client.poll_io(timeout, now)?;
         let after = Instant::now();
-        self.client.handle_into(after, done);
+        self.client.handle_with(after, |c| done(after, c));
         for (conn, &node) in self.nodes.iter().enumerate() {
             let state = self.client.connection_state(node);
             if !self.up[conn] && !self.down[conn] && state == Some(ConnectionState::Ready) {
@@ -534,7 +542,9 @@ pub fn run_closed_loop<L: RequestLayer>(
         })
         .collect();
     let mut events = Vec::with_capacity(1024);
-    let mut done: Vec<ClientResponse> = Vec::with_capacity(1024);
+    // Connections whose response came back in the last poll, one entry per response: each
+    // sends its next request after the poll.
+    let mut answered: Vec<usize> = Vec::with_capacity(1024);
     let prefixed = layer.prefixed();
     let request = move |enc: &mut Encoder, corr: i32| {
         if prefixed {
@@ -564,14 +574,13 @@ pub fn run_closed_loop<L: RequestLayer>(
             rec.errors += (w.conns - up - down) as u64;
             break;
         }
+        // Nothing was sent yet: anything completed is not the loop's.
         layer.poll(
             Some((connect_deadline - now).min(POLL_TICK)),
             now,
-            &mut done,
+            &mut |_, _| {},
             &mut events,
         )?;
-        // Nothing was sent yet: anything completed is not the loop's.
-        done.clear();
         for ev in events.drain(..) {
             match ev {
                 LayerEvent::Connected { conn } => {
@@ -622,60 +631,60 @@ pub fn run_closed_loop<L: RequestLayer>(
         } else {
             (window.end - now).min(POLL_TICK)
         };
-        now = layer.poll(Some(timeout), now, &mut done, &mut events)?;
-        let sending = now < window.end && rec.measured < count;
-        for r in done.drain(..) {
+        let mut on_done = |at: Instant, r: Completion<'_>| {
             // Node ids are the connection indices the layer was opened with, never negative; one
             // that were would map to an index no connection has, counted as an error.
             let conn = usize::try_from(r.node.0).unwrap_or(usize::MAX);
             let correlation_id = r.correlation_id;
+            let Some(c) = conns.get_mut(conn) else {
+                rec.errors += 1;
+                return;
+            };
             match r.outcome {
-                Outcome::Response(frame) => {
-                    let Some(c) = conns.get_mut(conn) else {
-                        rec.errors += 1;
-                        continue;
-                    };
+                OutcomeRef::Response(frame) => {
                     let Some((want, sent)) = c.pending.pop_front() else {
                         rec.errors += 1;
-                        continue;
+                        return;
                     };
                     let ok =
-                        correlation_id == want && check_response(&frame, w.resp_size, want).is_ok();
-                    drop(frame);
+                        correlation_id == want && check_response(frame, w.resp_size, want).is_ok();
                     if !ok {
                         rec.errors += 1;
-                    } else if now >= window.warm_end {
-                        rec.record(sent, now);
+                    } else if at >= window.warm_end {
+                        rec.record(sent, at);
                     }
-                    if sending {
-                        let corr = c.seq.next_id();
-                        // Errors are dropped in their own arms, off the path of a written send.
-                        let sent = match layer.send_written(conn, corr, w.size, now) {
-                            Ok(true) => true,
-                            Ok(false) => {
-                                layer.send(conn, corr, request(&mut enc, corr), now).is_ok()
-                            }
-                            Err(_) => false,
-                        };
-                        if sent {
-                            c.pending.push_back((corr, now));
-                        } else {
-                            rec.errors += 1;
-                        }
-                    }
+                    answered.push(conn);
                 }
                 other => {
                     log::debug!("mqnet client: request {correlation_id} on {conn}: {other:?}");
                     rec.errors += 1;
-                    let Some(c) = conns.get_mut(conn) else {
-                        continue;
-                    };
                     if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
                         c.pending.remove(pos);
                     }
                 }
             }
+        };
+        now = layer.poll(Some(timeout), now, &mut on_done, &mut events)?;
+        if now < window.end && rec.measured < count {
+            for &conn in &answered {
+                let Some(c) = conns.get_mut(conn) else {
+                    continue;
+                };
+                let corr = c.seq.next_id();
+                // Errors are dropped in their own arms, off the path of a written send.
+                let sent = match layer.send_written(conn, corr, w.size, now) {
+                    Ok(true) => true,
+                    Ok(false) => layer.send(conn, corr, request(&mut enc, corr), now).is_ok(),
+                    Err(_) => false,
+                };
+                if sent {
+                    c.pending.push_back((corr, now));
+                } else {
+                    rec.errors += 1;
+                }
+            }
         }
+        answered.clear();
         for ev in events.drain(..) {
             match ev {
                 LayerEvent::Failed {

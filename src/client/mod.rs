@@ -26,6 +26,9 @@ pub use handshake::{Handshake, HandshakeStep, NoHandshake};
 pub use metrics::{ClientMetrics, NodeMetrics, NodeSnapshot};
 pub use network_client::{kafka_correlation_id, CorrelationReader, NetworkClient};
 pub use node::{split_host_port, NodeId, Resolver, SystemResolver};
-pub use request::{Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome};
+pub use request::{
+    Callback, ClientRequest, ClientResponse, Completion, DisconnectCause, LocalError, Outcome,
+    OutcomeRef,
+};
 pub use sasl::{SaslSettings, SASL_MECHANISMS};
 pub use security::{SecurityConfig, SecurityProtocol};

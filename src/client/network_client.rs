@@ -13,11 +13,13 @@ use super::handshake::{Handshake, HandshakeStep, NoHandshake};
 use super::metrics::{ClientMetrics, ClientWindow, Delta, NodeMetrics};
 use super::node::{split_host_port, NodeId, Resolver, SystemResolver};
 use super::request::{
-    Callback, ClientRequest, ClientResponse, DisconnectCause, LocalError, Outcome,
+    Callback, ClientRequest, ClientResponse, Completion, DisconnectCause, LocalError, Outcome,
+    OutcomeRef,
 };
 use crate::net::ChannelMap;
 use crate::net::{
-    ChannelId, FrameWriter, Received, Selector, SelectorConfig, SendError, SocketOptions, Transport,
+    split_frame, ChannelId, FrameWriter, Received, Selector, SelectorConfig, SendError,
+    SocketOptions, Transport,
 };
 
 /// A hasher for the node-id map: ids are small integers, so the identity (spread by a multiply)
@@ -253,6 +255,8 @@ pub struct NetworkClient<T: Transport = Selector, H: Handshake = NoHandshake> {
     deadline_memo: (Instant, Duration, Instant),
     /// `poll_io` polled the transport and `handle_into` has not yet taken its outputs.
     io_pending: bool,
+    /// Responses are read where the transport received them (see `set_borrowed_responses`).
+    borrowed: bool,
 }
 
 impl NetworkClient<Selector, NoHandshake> {
@@ -299,6 +303,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             latency_memo: (t0, t0, Duration::ZERO),
             deadline_memo: (t0, Duration::ZERO, t0),
             io_pending: false,
+            borrowed: false,
         }
     }
 
@@ -1101,14 +1106,80 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     }
 
     /// As [`handle`](Self::handle), appending completions to `out` (no allocation in steady
-    /// state).
+    /// state). With [borrowed responses](Self::set_borrowed_responses) each response's frame is
+    /// copied into a `Bytes` of its own: use [`handle_with`](Self::handle_with) then.
     pub fn handle_into(&mut self, now: Instant, out: &mut Vec<ClientResponse>) {
+        if self.borrowed {
+            self.handle_with(now, |c| out.push(c.to_owned()));
+            return;
+        }
         if std::mem::take(&mut self.io_pending) {
             self.handle_connected(now);
             self.handle_completed_sends(now);
             self.handle_receives(now);
             self.handle_disconnected(now);
         }
+        self.settle_requests(now);
+        self.deliver(out);
+    }
+
+    /// As [`handle_into`](Self::handle_into), handing each completion to `f` as it is settled, in
+    /// completion order, with a response's frame borrowed. With
+    /// [borrowed responses](Self::set_borrowed_responses) that frame is a slice of the
+    /// transport's read buffer, valid for the call of `f`: no reference count, no allocation, no
+    /// copy per response. A request's own callback runs just before `f` sees its completion (with
+    /// borrowed responses its frame is copied for the callback).
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use std::time::{Duration, Instant};
+    /// use mqnet::client::{NetworkClient, OutcomeRef};
+    ///
+    /// let mut client = NetworkClient::new(Default::default()).unwrap();
+    /// client.set_borrowed_responses(true);
+    /// // ... add a node, send requests ...
+    /// client.poll_io(Some(Duration::from_millis(10)), Instant::now()).unwrap();
+    /// client.handle_with(Instant::now(), |c| {
+    ///     if let OutcomeRef::Response(frame) = c.outcome {
+    ///         println!("{}: {} bytes", c.correlation_id, frame.len());
+    ///     }
+    /// });
+    /// ```
+    pub fn handle_with(&mut self, now: Instant, mut f: impl FnMut(Completion<'_>)) {
+        if std::mem::take(&mut self.io_pending) {
+            self.handle_connected(now);
+            self.handle_completed_sends(now);
+            if self.borrowed {
+                self.flush_completed(&mut f);
+                self.handle_receives_borrowed(now, &mut f);
+            } else {
+                self.handle_receives(now);
+            }
+            self.handle_disconnected(now);
+        }
+        self.settle_requests(now);
+        self.flush_completed(&mut f);
+    }
+
+    /// Reads responses where the transport received them instead of taking each as a `Bytes` of
+    /// its own; [`handle_with`](Self::handle_with) then hands them out borrowed. Call before the
+    /// first [`poll_io`](Self::poll_io) (a switch between a `poll_io` and its `handle` is refused).
+    /// Returns whether the client now works in the mode asked for: `false` when the transport
+    /// has no borrowed receives (the client stays as it was).
+    pub fn set_borrowed_responses(&mut self, on: bool) -> bool {
+        if self.io_pending || on == self.borrowed {
+            return on == self.borrowed;
+        }
+        if !self.transport.set_borrowed_receives(on) {
+            return false;
+        }
+        self.borrowed = on;
+        true
+    }
+
+    /// The work of a `handle` after the transport's outputs: deadlines, re-authentication,
+    /// waiting requests staged, the metric windows.
+    fn settle_requests(&mut self, now: Instant) {
         self.handle_timeouts(now);
         self.handle_reauthentication(now);
         let mut moved = Delta::default();
@@ -1120,7 +1191,6 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             ClientWindow::add(&mut moved, self.metrics[i].observe(now));
         }
         self.window.observe(now, moved, self.transport.io_metrics());
-        self.deliver(out);
     }
 
     fn deliver(&mut self, out: &mut Vec<ClientResponse>) {
@@ -1134,6 +1204,20 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         }
         for (k, cb) in self.callbacks.drain(..) {
             cb(&out[base + k]);
+        }
+    }
+
+    /// Hands the completions collected so far to `f`, each after its callback.
+    fn flush_completed(&mut self, f: &mut impl FnMut(Completion<'_>)) {
+        if self.completed.is_empty() {
+            return;
+        }
+        let mut callbacks = self.callbacks.drain(..).peekable();
+        for (k, r) in self.completed.drain(..).enumerate() {
+            if let Some((_, cb)) = callbacks.next_if(|(at, _)| *at == k) {
+                cb(&r);
+            }
+            f(r.as_completion());
         }
     }
 
@@ -1293,76 +1377,183 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                     i
                 }
             };
-            let actual = match self.correlation_reader {
-                None => kafka_correlation_id(&rec.frame),
-                Some(read) => read(&rec.frame),
-            };
-            if self.requests[i].take_unanswered(actual) {
-                log::debug!(
-                    "{}: dropping a response to no-response request {actual:?}",
-                    self.ids[i]
-                );
-                continue;
-            }
-            let r = &self.requests[i];
-            let pos = match self.config.response_order {
-                ResponseOrder::Ordered => match r.in_flight.front() {
-                    Some(e) if r.sent > 0 && Some(e.correlation_id) == actual => Some(0),
-                    front => {
-                        let expected = front.map_or(-1, |e| e.correlation_id);
-                        log::warn!(
-                            "{}: correlation id mismatch: expected {expected}, got {actual:?}; closing",
-                            self.ids[i]
-                        );
-                        self.close_node(
-                            i,
-                            DisconnectCause::CorrelationMismatch { expected, actual },
-                            None,
-                            now,
-                        );
-                        last = None;
-                        continue;
-                    }
-                },
-                ResponseOrder::Unordered => {
-                    let found = r
-                        .in_flight
-                        .iter()
-                        .take(r.sent)
-                        .position(|e| Some(e.correlation_id) == actual);
-                    if found.is_none() {
-                        log::warn!(
-                            "{}: dropping response with unknown correlation id {actual:?}",
-                            self.ids[i]
-                        );
-                        self.metrics[i].unknown_correlation_ids += 1;
-                    }
-                    found
-                }
-            };
-            let Some(pos) = pos else { continue };
-            let r = &mut self.requests[i];
-            // Ordered mode always takes the oldest: `pop_front` is O(1), `remove(0)` shifts.
-            let taken = if pos == 0 {
-                r.in_flight.pop_front()
-            } else {
-                r.in_flight.remove(pos)
-            };
-            let Some(entry) = taken else {
-                continue;
-            };
-            r.sent -= 1;
-            let node = self.ids[i];
-            if entry.internal {
-                let corr = self.next_correlation_id();
-                let step = self.handshake.on_response(node, rec.frame, corr);
-                self.handshake_step(i, step, corr, now, entry.created);
+            if !self.receive_one(i, rec.frame, now) {
                 last = None;
-            } else {
-                self.finish_response(node, i, entry, rec.frame, now);
             }
         }
         self.receives = receives;
+    }
+
+    /// Settles one response `frame` received on node `i`'s channel. Returns `false` when the
+    /// node's channel may have changed (closed on a mismatch, or a handshake step taken): look
+    /// the node up again for the next frame.
+    #[inline(always)]
+    fn receive_one(&mut self, i: usize, frame: Bytes, now: Instant) -> bool {
+        let actual = match self.correlation_reader {
+            None => kafka_correlation_id(&frame),
+            Some(read) => read(&frame),
+        };
+        if self.requests[i].take_unanswered(actual) {
+            log::debug!(
+                "{}: dropping a response to no-response request {actual:?}",
+                self.ids[i]
+            );
+            return true;
+        }
+        let r = &self.requests[i];
+        let pos = match self.config.response_order {
+            ResponseOrder::Ordered => match r.in_flight.front() {
+                Some(e) if r.sent > 0 && Some(e.correlation_id) == actual => Some(0),
+                front => {
+                    let expected = front.map_or(-1, |e| e.correlation_id);
+                    log::warn!(
+                        "{}: correlation id mismatch: expected {expected}, got {actual:?}; closing",
+                        self.ids[i]
+                    );
+                    self.close_node(
+                        i,
+                        DisconnectCause::CorrelationMismatch { expected, actual },
+                        None,
+                        now,
+                    );
+                    return false;
+                }
+            },
+            ResponseOrder::Unordered => {
+                let found = r
+                    .in_flight
+                    .iter()
+                    .take(r.sent)
+                    .position(|e| Some(e.correlation_id) == actual);
+                if found.is_none() {
+                    log::warn!(
+                        "{}: dropping response with unknown correlation id {actual:?}",
+                        self.ids[i]
+                    );
+                    self.metrics[i].unknown_correlation_ids += 1;
+                }
+                found
+            }
+        };
+        let Some(pos) = pos else { return true };
+        let r = &mut self.requests[i];
+        // Ordered mode always takes the oldest: `pop_front` is O(1), `remove(0)` shifts.
+        let taken = if pos == 0 {
+            r.in_flight.pop_front()
+        } else {
+            r.in_flight.remove(pos)
+        };
+        let Some(entry) = taken else {
+            return true;
+        };
+        r.sent -= 1;
+        let node = self.ids[i];
+        if entry.internal {
+            let corr = self.next_correlation_id();
+            let step = self.handshake.on_response(node, frame, corr);
+            self.handshake_step(i, step, corr, now, entry.created);
+            false
+        } else {
+            self.finish_response(node, i, entry, frame, now);
+            true
+        }
+    }
+
+    /// [`handle_receives`](Self::handle_receives) with borrowed responses: a caller's response
+    /// that matches its request is handed to `f` where it lies in the transport's read buffer.
+    /// Anything else (a handshake response, a request with a callback, a response to drop, a
+    /// mismatch) is copied out and settled by [`receive_one`](Self::receive_one), its
+    /// completions handed to `f` before the next frame's.
+    fn handle_receives_borrowed(&mut self, now: Instant, f: &mut impl FnMut(Completion<'_>)) {
+        // Position: run `k`, byte `off` of it.
+        let mut k = 0;
+        let mut off = 0;
+        while let Some((ch, run)) = self.transport.received_run(k) {
+            let Some(i) = self.node_of(ch) else {
+                k += 1;
+                off = 0;
+                continue;
+            };
+            let node = self.ids[i];
+            let mut rest = run.get(off..).unwrap_or_default();
+            let mut slow = None;
+            while let Some((frame, next)) = split_frame(rest) {
+                let actual = match self.correlation_reader {
+                    None => kafka_correlation_id(frame),
+                    Some(read) => read(frame),
+                };
+                let r = &mut self.requests[i];
+                // A response to a remembered no-response request is dropped by the slow path.
+                let dropped =
+                    !r.unanswered.is_empty() && actual.is_some_and(|a| r.unanswered.contains(&a));
+                let pos = if dropped || r.sent == 0 {
+                    None
+                } else {
+                    match self.config.response_order {
+                        ResponseOrder::Ordered => r
+                            .in_flight
+                            .front()
+                            .is_some_and(|e| Some(e.correlation_id) == actual)
+                            .then_some(0),
+                        ResponseOrder::Unordered => r
+                            .in_flight
+                            .iter()
+                            .take(r.sent)
+                            .position(|e| Some(e.correlation_id) == actual),
+                    }
+                };
+                let taken = match pos {
+                    Some(p)
+                        if r.in_flight
+                            .get(p)
+                            .is_some_and(|e| !e.internal && e.callback.is_none()) =>
+                    {
+                        if p == 0 {
+                            r.in_flight.pop_front()
+                        } else {
+                            r.in_flight.remove(p)
+                        }
+                    }
+                    _ => None,
+                };
+                let Some(entry) = taken else {
+                    slow = Some(Bytes::copy_from_slice(frame));
+                    off = run.len() - next.len();
+                    break;
+                };
+                r.sent -= 1;
+                let latency = match self.latency_memo {
+                    (sent, at, l) if sent == entry.created && at == now => l,
+                    _ => {
+                        let l = now.saturating_duration_since(entry.created);
+                        self.latency_memo = (entry.created, now, l);
+                        l
+                    }
+                };
+                let m = &mut self.metrics[i];
+                m.bytes_received += frame.len() as u64 + 4;
+                m.responses += 1;
+                m.record_latency(latency);
+                f(Completion {
+                    node,
+                    correlation_id: entry.correlation_id,
+                    tag: entry.tag,
+                    latency,
+                    outcome: OutcomeRef::Response(frame),
+                });
+                rest = next;
+            }
+            match slow {
+                None => {
+                    k += 1;
+                    off = 0;
+                }
+                Some(frame) => {
+                    self.receive_one(i, frame, now);
+                    self.flush_completed(f);
+                }
+            }
+        }
     }
 
     fn handle_disconnected(&mut self, now: Instant) {

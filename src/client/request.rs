@@ -218,3 +218,87 @@ pub struct ClientResponse {
     /// The outcome.
     pub outcome: Outcome,
 }
+
+/// An [`Outcome`] with a response's frame borrowed: what
+/// [`NetworkClient::handle_with`](super::NetworkClient::handle_with) hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeRef<'a> {
+    /// The response frame (without its length prefix), valid until the next poll.
+    Response(&'a [u8]),
+    /// The request expected no response and has fully left.
+    Sent,
+    /// The connection was lost before a response arrived.
+    Disconnected(DisconnectCause),
+    /// The request passed its deadline.
+    TimedOut,
+    /// The request failed locally and never reached the network.
+    LocalError(LocalError),
+}
+
+impl OutcomeRef<'_> {
+    /// The owned outcome; a response's frame is copied.
+    pub fn to_owned(self) -> Outcome {
+        match self {
+            OutcomeRef::Response(frame) => Outcome::Response(Bytes::copy_from_slice(frame)),
+            OutcomeRef::Sent => Outcome::Sent,
+            OutcomeRef::Disconnected(c) => Outcome::Disconnected(c),
+            OutcomeRef::TimedOut => Outcome::TimedOut,
+            OutcomeRef::LocalError(e) => Outcome::LocalError(e),
+        }
+    }
+}
+
+impl Outcome {
+    /// The outcome with its response's frame borrowed.
+    pub fn as_ref(&self) -> OutcomeRef<'_> {
+        match self {
+            Outcome::Response(frame) => OutcomeRef::Response(frame),
+            Outcome::Sent => OutcomeRef::Sent,
+            Outcome::Disconnected(c) => OutcomeRef::Disconnected(*c),
+            Outcome::TimedOut => OutcomeRef::TimedOut,
+            Outcome::LocalError(e) => OutcomeRef::LocalError(*e),
+        }
+    }
+}
+
+/// The completion of one request with its response's frame borrowed: a [`ClientResponse`] as
+/// [`NetworkClient::handle_with`](super::NetworkClient::handle_with) hands it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion<'a> {
+    /// The node it was for.
+    pub node: NodeId,
+    /// Its correlation id.
+    pub correlation_id: i32,
+    /// The caller's tag.
+    pub tag: u64,
+    /// Time from `send` to completion.
+    pub latency: Duration,
+    /// The outcome.
+    pub outcome: OutcomeRef<'a>,
+}
+
+impl Completion<'_> {
+    /// The owned completion; a response's frame is copied (one allocation).
+    pub fn to_owned(self) -> ClientResponse {
+        ClientResponse {
+            node: self.node,
+            correlation_id: self.correlation_id,
+            tag: self.tag,
+            latency: self.latency,
+            outcome: self.outcome.to_owned(),
+        }
+    }
+}
+
+impl ClientResponse {
+    /// This completion with its response's frame borrowed.
+    pub fn as_completion(&self) -> Completion<'_> {
+        Completion {
+            node: self.node,
+            correlation_id: self.correlation_id,
+            tag: self.tag,
+            latency: self.latency,
+            outcome: self.outcome.as_ref(),
+        }
+    }
+}

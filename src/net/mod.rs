@@ -11,7 +11,6 @@ mod lru;
 mod metrics;
 mod options;
 mod selector;
-pub(crate) use selector::split_frame;
 mod send_queue;
 mod slots;
 #[cfg(feature = "tls")]
@@ -24,7 +23,7 @@ pub use id::{ChannelId, ListenerId};
 pub use metrics::SelectorMetrics;
 pub use options::{SelectorConfig, SocketOptions};
 pub use selector::{
-    Accepted, ChannelSink, CloseMode, CompletedSend, Disconnected, Received, Selector,
+    split_frame, Accepted, ChannelSink, CloseMode, CompletedSend, Disconnected, Received, Selector,
     SelectorWaker, ACCEPT_RETRY_INTERVAL, DEFAULT_BACKLOG,
 };
 pub use send_queue::FrameWriter;

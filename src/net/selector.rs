@@ -120,10 +120,23 @@ struct FrameRef {
     end: usize,
 }
 
-/// The payload of the frame at the front of `buf` (already checked when it was decoded), and the
-/// rest of `buf`.
+/// The payload of the frame at the front of `buf` — a run of whole frames with their 4-byte
+/// big-endian length prefixes, as [`Selector::received_run`] hands out — and the rest of `buf`;
+/// `None` when `buf` does not start with a whole frame (it is empty, say).
+///
+/// # Example
+/// ```
+/// use mqnet::net::split_frame;
+///
+/// let run = [0, 0, 0, 2, b'h', b'i', 0, 0, 0, 0];
+/// let (first, rest) = split_frame(&run).unwrap();
+/// assert_eq!(first, b"hi");
+/// let (second, rest) = split_frame(rest).unwrap();
+/// assert!(second.is_empty() && rest.is_empty());
+/// assert!(split_frame(rest).is_none());
+/// ```
 #[inline]
-pub(crate) fn split_frame(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+pub fn split_frame(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let h = buf.get(..HEADER_LEN)?;
     let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
     let end = HEADER_LEN.checked_add(len)?;
@@ -1104,6 +1117,47 @@ impl Selector {
         }
         frames.clear();
         self.out.frames = frames;
+    }
+
+    /// Borrowed-receive mode: the `k`-th run of whole frames the last poll received, as the
+    /// channel it came from and the bytes of its frames, length prefixes included (split them with
+    /// [`split_frame`]); `None` past the last run. Runs are in arrival order per channel; one
+    /// channel may have several. Unlike [`for_each_received`](Selector::for_each_received) it
+    /// hands nothing out for good: a run can be looked at again, and between two looks the
+    /// caller may use the Selector (close a channel, stage a frame) — the run stays readable until
+    /// the next poll, also when its channel was closed in between.
+    ///
+    /// # Example
+    /// ```
+    /// use mqnet::net::{split_frame, Selector};
+    ///
+    /// let mut sel = Selector::new().unwrap();
+    /// sel.set_borrowed_receives(true);
+    /// // ... connect and poll ...
+    /// let mut k = 0;
+    /// while let Some((channel, mut run)) = sel.received_run(k) {
+    ///     while let Some((frame, rest)) = split_frame(run) {
+    ///         println!("{channel}: {} bytes", frame.len());
+    ///         run = rest;
+    ///     }
+    ///     k += 1;
+    /// }
+    /// ```
+    pub fn received_run(&self, k: usize) -> Option<(ChannelId, &[u8])> {
+        let r = self.out.frames.get(k)?;
+        let range = r.start..r.end;
+        let run = match self.slots.get(r.channel.key()) {
+            Some(Slot::Channel(ch)) => ch.read_buf.get(range),
+            _ => self
+                .out
+                .graveyard
+                .iter()
+                .find(|(id, _)| *id == r.channel)
+                .and_then(|(_, buf)| buf.get(range)),
+        };
+        // An empty run cannot be recorded; a missing buffer is reported as one so that the
+        // caller's walk over the runs goes on.
+        Some((r.channel, run.unwrap_or_default()))
     }
 
     /// Stages one frame on `id` whose payload `write` appends straight into the channel's send

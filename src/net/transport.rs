@@ -86,6 +86,23 @@ pub trait Transport {
     fn completed_sends(&self) -> &[CompletedSend];
     /// Moves the last poll's receives into `out` (cleared first).
     fn swap_completed_receives(&mut self, out: &mut Vec<Received>);
+    /// Switches borrowed receives on or off (see [`Selector::set_borrowed_receives`]): received
+    /// frames stay in the transport's buffers and are read through
+    /// [`received_run`](Transport::received_run) until the next poll, instead of being moved out
+    /// by [`swap_completed_receives`](Transport::swap_completed_receives). Returns whether the
+    /// transport now works in the mode asked for; the default supports only owned receives (it
+    /// returns `!on`). Switch while no received frame is outstanding (before the first poll).
+    fn set_borrowed_receives(&mut self, on: bool) -> bool {
+        !on
+    }
+    /// In borrowed mode, the `k`-th run of whole frames of one channel received by the last poll,
+    /// length prefixes included (split with [`split_frame`](super::split_frame)), readable until
+    /// the next poll whatever else the caller does with the transport meanwhile; `None` past the
+    /// last run (and always, by default).
+    fn received_run(&self, k: usize) -> Option<(ChannelId, &[u8])> {
+        let _ = k;
+        None
+    }
     /// Whether sends completed before the select make the poll return at once (see
     /// [`Selector::set_wake_on_sends`]); the default ignores it (a transport that reports every
     /// completion at once).
@@ -153,6 +170,16 @@ impl Transport for Selector {
 
     fn set_wake_on_sends(&mut self, on: bool) {
         Selector::set_wake_on_sends(self, on)
+    }
+
+    fn set_borrowed_receives(&mut self, on: bool) -> bool {
+        Selector::set_borrowed_receives(self, on);
+        true
+    }
+
+    #[inline]
+    fn received_run(&self, k: usize) -> Option<(ChannelId, &[u8])> {
+        Selector::received_run(self, k)
     }
 
     fn io_metrics(&self) -> Option<SelectorMetrics> {

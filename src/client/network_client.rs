@@ -1477,44 +1477,36 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             let node = self.ids[i];
             let mut rest = run.get(off..).unwrap_or_default();
             let mut slow = None;
+            let ordered = self.config.response_order == ResponseOrder::Ordered;
+            let reader = self.correlation_reader;
+            let memo = &mut self.latency_memo;
+            let r = &mut self.requests[i];
+            let m = &mut self.metrics[i];
             while let Some((frame, next)) = split_frame(rest) {
-                let actual = match self.correlation_reader {
+                let actual = match reader {
                     None => kafka_correlation_id(frame),
                     Some(read) => read(frame),
                 };
-                let r = &mut self.requests[i];
                 // A response to a remembered no-response request is dropped by the slow path.
                 let dropped =
                     !r.unanswered.is_empty() && actual.is_some_and(|a| r.unanswered.contains(&a));
-                let pos = if dropped || r.sent == 0 {
-                    None
-                } else {
-                    match self.config.response_order {
-                        ResponseOrder::Ordered => r
-                            .in_flight
-                            .front()
-                            .is_some_and(|e| Some(e.correlation_id) == actual)
-                            .then_some(0),
-                        ResponseOrder::Unordered => r
-                            .in_flight
-                            .iter()
-                            .take(r.sent)
-                            .position(|e| Some(e.correlation_id) == actual),
-                    }
+                let plain = |e: &InFlight| {
+                    Some(e.correlation_id) == actual && !e.internal && e.callback.is_none()
                 };
-                let taken = match pos {
-                    Some(p)
-                        if r.in_flight
-                            .get(p)
-                            .is_some_and(|e| !e.internal && e.callback.is_none()) =>
-                    {
-                        if p == 0 {
-                            r.in_flight.pop_front()
-                        } else {
-                            r.in_flight.remove(p)
-                        }
+                let taken = if dropped || r.sent == 0 {
+                    None
+                } else if ordered {
+                    // The oldest request's answer, as ordered mode requires.
+                    match r.in_flight.front() {
+                        Some(e) if plain(e) => r.in_flight.pop_front(),
+                        _ => None,
                     }
-                    _ => None,
+                } else {
+                    match r.in_flight.iter().take(r.sent).position(plain) {
+                        Some(0) => r.in_flight.pop_front(),
+                        Some(p) => r.in_flight.remove(p),
+                        None => None,
+                    }
                 };
                 let Some(entry) = taken else {
                     slow = Some(Bytes::copy_from_slice(frame));
@@ -1522,15 +1514,14 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                     break;
                 };
                 r.sent -= 1;
-                let latency = match self.latency_memo {
+                let latency = match *memo {
                     (sent, at, l) if sent == entry.created && at == now => l,
                     _ => {
                         let l = now.saturating_duration_since(entry.created);
-                        self.latency_memo = (entry.created, now, l);
+                        *memo = (entry.created, now, l);
                         l
                     }
                 };
-                let m = &mut self.metrics[i];
                 m.bytes_received += frame.len() as u64 + 4;
                 m.responses += 1;
                 m.record_latency(latency);

@@ -23,7 +23,8 @@
 //! - [`client`]: the [`client::NetworkClient`]: per-node connection states, reconnect backoff,
 //!   connection-setup timeouts, in-flight requests with correlation checks, request timeouts;
 //!   `security.protocol`, the `ssl.*` and `sasl.*` settings. Polling is `poll_io(timeout, now)`
-//!   (I/O) then `handle(now)` with the caller's time after the I/O: one clock, the caller's.
+//!   (I/O) then `handle(now)` with the caller's time after the I/O: one clock, the caller's;
+//!   `handle_with` hands completions out with responses borrowed from the read buffer.
 //! - [`failover`]: policies above the client: bootstrap-server selection
 //!   ([`failover::BootstrapFailover`]) and one logical connection over a list of servers
 //!   ([`failover::FailoverTransport`], ActiveMQ's `failover:` URI).

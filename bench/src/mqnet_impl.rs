@@ -655,13 +655,7 @@ pub fn run_closed_loop<L: RequestLayer>(
                     }
                     answered.push(conn);
                 }
-                other => {
-                    log::debug!("mqnet client: request {correlation_id} on {conn}: {other:?}");
-                    rec.errors += 1;
-                    if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
-                        c.pending.remove(pos);
-                    }
-                }
+                other => request_failed(c, &mut rec, conn, correlation_id, other),
             }
         };
         now = layer.poll(Some(timeout), now, &mut on_done, &mut events)?;
@@ -717,6 +711,24 @@ pub fn run_closed_loop<L: RequestLayer>(
     }
     layer.close_all();
     Ok((rec, window))
+}
+
+/// A request of the closed loop that completed without a response: an error, and no longer
+/// pending. Out of line, so that the per-response path stays small.
+#[cold]
+#[inline(never)]
+fn request_failed(
+    c: &mut LoopConn,
+    rec: &mut Recorder,
+    conn: usize,
+    correlation_id: i32,
+    outcome: OutcomeRef<'_>,
+) {
+    log::debug!("mqnet client: request {correlation_id} on {conn}: {outcome:?}");
+    rec.errors += 1;
+    if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
+        c.pending.remove(pos);
+    }
 }
 
 /// Runs the mqnet client of `w` against `addr` on `layer` and summarises it.

@@ -14,4 +14,6 @@ if ! dpkg -s librdkafka-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/nul
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq librdkafka-dev pkg-config
 fi
 
-exec cargo run --release -p mqnet-bench -- "$@"
+# Both binaries: mqnet-bench runs the produce rows in mqnet-bench-rdkafka, built beside it.
+cargo build --release -p mqnet-bench --bins
+exec cargo run --release -p mqnet-bench --bin mqnet-bench -- "$@"

@@ -36,6 +36,9 @@ pub(crate) struct MatrixArgs {
     /// Records of the produce row (run when the librdkafka peer is built in; 0 skips it).
     #[arg(long, value_name = "N", default_value_t = MATRIX_PRODUCE_RECORDS)]
     produce_records: u64,
+    /// Only the produce rows (how `mqnet-bench` runs them in `mqnet-bench-rdkafka`).
+    #[arg(long, hide = true)]
+    produce_only: bool,
 }
 
 /// Records of the default matrix's produce row.
@@ -52,6 +55,7 @@ impl Default for MatrixArgs {
             no_pin: false,
             mqnet_client: MqnetClient::of(ClientLayer::default()),
             produce_records: MATRIX_PRODUCE_RECORDS,
+            produce_only: false,
         }
     }
 }
@@ -85,35 +89,69 @@ pub(crate) fn matrix(a: &MatrixArgs) -> Result<bool, BenchError> {
         row(16 * 1024, 10, 5, None),
         row(100, 1, 1, pin),
     ];
-    let mut ok = run_matrix(&specs, &a.peer.impls(), a.json, a.plot.as_ref());
-    // The produce row, when the librdkafka peer (and its mock cluster) is built in.
-    if produce::RDKAFKA_PEER && a.produce_records >= 2 {
-        let impls = match a.peer {
-            Peer::Tokio => vec![produce::ProduceImpl::Rdkafka],
-            Peer::Mqnet | Peer::Raw => vec![produce::ProduceImpl::Mqnet],
-            Peer::All => vec![produce::ProduceImpl::Rdkafka, produce::ProduceImpl::Mqnet],
+    if a.produce_only {
+        // A child of `mqnet-bench`, which is waiting for it: it never outlives it.
+        sys::die_with_parent();
+    }
+    let mut ok = a.produce_only || run_matrix(&specs, &a.peer.impls(), a.json, a.plot.as_ref());
+    if a.produce_records < 2 {
+        return Ok(ok);
+    }
+    // The produce rows need librdkafka's mock cluster: here, or in `mqnet-bench-rdkafka`.
+    if !crate::rd_peer::AVAILABLE {
+        return Ok(produce_in_companion() && ok);
+    }
+    let impls = match a.peer {
+        Peer::Tokio => vec![produce::ProduceImpl::Rdkafka],
+        Peer::Mqnet | Peer::Raw => vec![produce::ProduceImpl::Mqnet],
+        Peer::All => vec![produce::ProduceImpl::Rdkafka, produce::ProduceImpl::Mqnet],
+    };
+    // At loopback speed, and at a 5 ms broker round trip (a real cluster's latency).
+    for broker_rtt_ms in [0, 5] {
+        let s = produce::Settings {
+            records: a.produce_records,
+            broker_rtt_ms,
+            ..produce::Settings::target()
         };
-        // At loopback speed, and at a 5 ms broker round trip (a real cluster's latency).
-        for broker_rtt_ms in [0, 5] {
-            let s = produce::Settings {
-                records: a.produce_records,
-                broker_rtt_ms,
-                ..produce::Settings::target()
-            };
-            if !a.json {
-                println!();
-            }
-            let pb = progress(impls.len(), a.json);
-            let r = produce::run_row(&s, &impls, "bench", None, a.json, &pb);
-            pb.finish_and_clear();
-            match r {
-                Ok(row_ok) => ok &= row_ok,
-                Err(e) => {
-                    eprintln!("produce: FAILED: {e:#}");
-                    ok = false;
-                }
+        if !a.json {
+            println!();
+        }
+        let pb = progress(impls.len(), a.json);
+        let r = produce::run_row(&s, &impls, "bench", None, a.json, &pb);
+        pb.finish_and_clear();
+        match r {
+            Ok(row_ok) => ok &= row_ok,
+            Err(e) => {
+                eprintln!("produce: FAILED: {e:#}");
+                ok = false;
             }
         }
     }
     Ok(ok)
+}
+
+/// Runs the produce rows in `mqnet-bench-rdkafka` (this command line and `--produce-only`), its
+/// output this process's; whether they ran without errors. Without that binary they are skipped,
+/// with a note.
+fn produce_in_companion() -> bool {
+    let Some(exe) = produce::companion() else {
+        eprintln!("produce rows skipped: {}", produce::NO_PEER);
+        return true;
+    };
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.is_empty() {
+        args.push("matrix".into());
+    }
+    args.push("--produce-only".into());
+    let status = std::process::Command::new(&exe)
+        .args(&args)
+        .env(sys::PARENT_ENV, std::process::id().to_string())
+        .status();
+    match status {
+        Ok(s) => s.success(),
+        Err(e) => {
+            eprintln!("produce: FAILED: starting {}: {e}", exe.display());
+            false
+        }
+    }
 }

@@ -1,38 +1,28 @@
 //! The cluster a run produces to (external, or librdkafka's in-process mock) and one run of one
 //! implementation against it.
 
-#[cfg(feature = "rdkafka-peer")]
 use std::time::Duration;
 
 use super::mqnet_run::run_mqnet;
-#[cfg(feature = "rdkafka-peer")]
-use super::rdkafka_run as rd;
 use super::settings::{ProduceResult, Settings};
 use super::tally::summarize;
 use super::ProduceImpl;
-#[cfg(not(feature = "rdkafka-peer"))]
-use super::NO_PEER;
-#[cfg(feature = "rdkafka-peer")]
 use super::{MOCK_BROKERS, MOCK_REPLICATION};
-use crate::error::BenchError;
-#[cfg(feature = "rdkafka-peer")]
-use crate::error::Context;
+use crate::error::{BenchError, Context};
+use crate::rd_peer as rd;
 
 // ----- orchestration -----------------------------------------------------------------------------
 
 /// The cluster a run produces to.
 pub(super) enum Cluster {
     External(String),
-    #[cfg(feature = "rdkafka-peer")]
     Mock(rd::Mock),
 }
 
 impl Cluster {
-    #[cfg_attr(not(feature = "rdkafka-peer"), allow(unused_variables))]
     pub(super) fn open(bootstrap: Option<&str>, rtt_ms: u64) -> Result<Self, BenchError> {
         match bootstrap {
             Some(b) => Ok(Cluster::External(b.to_string())),
-            #[cfg(feature = "rdkafka-peer")]
             None => {
                 let m = rd::mock(MOCK_BROKERS)?;
                 if rtt_ms > 0 {
@@ -43,15 +33,12 @@ impl Cluster {
                 }
                 Ok(Cluster::Mock(m))
             }
-            #[cfg(not(feature = "rdkafka-peer"))]
-            None => Err(BenchError::usage(NO_PEER)),
         }
     }
 
     pub(super) fn bootstrap(&self) -> String {
         match self {
             Cluster::External(b) => b.clone(),
-            #[cfg(feature = "rdkafka-peer")]
             Cluster::Mock(m) => m.bootstrap_servers(),
         }
     }
@@ -63,16 +50,13 @@ impl Cluster {
     pub(super) fn name(&self) -> String {
         match self {
             Cluster::External(b) => b.clone(),
-            #[cfg(feature = "rdkafka-peer")]
             Cluster::Mock(_) => "mock".into(),
         }
     }
 
-    #[cfg_attr(not(feature = "rdkafka-peer"), allow(unused_variables))]
     pub(super) fn describe(&self, s: &Settings) -> String {
         match self {
             Cluster::External(b) => format!("cluster at {b}, one topic for all implementations"),
-            #[cfg(feature = "rdkafka-peer")]
             Cluster::Mock(_) => format!(
                 "in-process librdkafka mock cluster, {MOCK_BROKERS} brokers, response delay {} ms; \
                  a fresh topic per implementation, {} partitions, replication factor \
@@ -83,7 +67,6 @@ impl Cluster {
     }
 
     /// The topic `imp` produces to (created fresh in the mock).
-    #[cfg_attr(not(feature = "rdkafka-peer"), allow(unused_variables))]
     pub(super) fn topic_for(
         &self,
         base: &str,
@@ -92,7 +75,6 @@ impl Cluster {
     ) -> Result<String, BenchError> {
         match self {
             Cluster::External(_) => Ok(base.to_string()),
-            #[cfg(feature = "rdkafka-peer")]
             Cluster::Mock(m) => {
                 let topic = format!("{base}-{}", imp.name());
                 m.create_topic(&topic, s.partitions, MOCK_REPLICATION)
@@ -113,10 +95,7 @@ pub(super) fn run_impl(
     let bootstrap = cluster.bootstrap();
     let m = match imp {
         ProduceImpl::Mqnet => run_mqnet(s, &bootstrap, &topic)?,
-        #[cfg(feature = "rdkafka-peer")]
         ProduceImpl::Rdkafka => rd::run(s, &bootstrap, &topic)?,
-        #[cfg(not(feature = "rdkafka-peer"))]
-        ProduceImpl::Rdkafka => return Err(BenchError::usage(NO_PEER)),
     };
     if m.rejected > 0 {
         log::warn!("{}: {} records rejected at send", imp.name(), m.rejected);

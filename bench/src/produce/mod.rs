@@ -23,11 +23,9 @@
 
 mod cluster;
 mod mqnet_run;
-mod pace;
-#[cfg(feature = "rdkafka-peer")]
-mod rdkafka_run;
-mod settings;
-mod tally;
+pub(crate) mod pace;
+pub(crate) mod settings;
+pub(crate) mod tally;
 
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
@@ -47,17 +45,12 @@ use crate::sys;
 use cluster::{run_impl, Cluster};
 
 /// Brokers of the in-process mock cluster.
-#[cfg(feature = "rdkafka-peer")]
 pub const MOCK_BROKERS: i32 = 3;
 /// Replication factor of the mock's topics: the mock does not replicate data, so 1 costs least
 /// and changes nothing for `acks=1`.
-#[cfg(feature = "rdkafka-peer")]
 pub const MOCK_REPLICATION: i32 = 1;
 /// How long record 0 (connection, metadata) may take.
-const WARMUP_LIMIT: Duration = Duration::from_secs(30);
-/// librdkafka: `poll` after this many sends (delivery callbacks are served in `poll`).
-#[cfg(feature = "rdkafka-peer")]
-const RDKAFKA_POLL_EVERY: u64 = 1024;
+pub(crate) const WARMUP_LIMIT: Duration = Duration::from_secs(30);
 
 /// `--acks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,25 +131,47 @@ pub enum ProducePeer {
 
 impl ProducePeer {
     /// The implementations to run, in run order.
-    ///
-    /// # Errors
-    /// When the librdkafka peer is asked for by name and this build lacks it.
-    pub fn impls(self) -> Result<Vec<ProduceImpl>, BenchError> {
+    pub fn impls(self) -> Vec<ProduceImpl> {
         match self {
-            ProducePeer::Mqnet => Ok(vec![ProduceImpl::Mqnet]),
-            ProducePeer::Rdkafka if RDKAFKA_PEER => Ok(vec![ProduceImpl::Rdkafka]),
-            ProducePeer::Rdkafka => Err(BenchError::usage(NO_PEER)),
-            ProducePeer::All if RDKAFKA_PEER => Ok(vec![ProduceImpl::Rdkafka, ProduceImpl::Mqnet]),
-            ProducePeer::All => Ok(vec![ProduceImpl::Mqnet]),
+            ProducePeer::Mqnet => vec![ProduceImpl::Mqnet],
+            ProducePeer::Rdkafka => vec![ProduceImpl::Rdkafka],
+            ProducePeer::All => vec![ProduceImpl::Rdkafka, ProduceImpl::Mqnet],
         }
     }
 }
 
-/// Whether this build has the librdkafka peer (and the mock cluster).
-pub const RDKAFKA_PEER: bool = cfg!(feature = "rdkafka-peer");
-pub(super) const NO_PEER: &str = "this mqnet-bench was built without the `rdkafka-peer` feature \
-    (librdkafka peer and mock cluster); rebuild with default features, or pass \
+/// Why a run that needs librdkafka cannot have it.
+pub(crate) const NO_PEER: &str = "the librdkafka peer and its mock cluster are in \
+    `mqnet-bench-rdkafka` (cargo feature `rdkafka-peer`, on by default), which is not built beside \
+    this mqnet-bench; build it (`cargo build --release -p mqnet-bench --bins`), or pass \
     --bootstrap-servers and --peer mqnet";
+
+/// `mqnet-bench-rdkafka`, the binary with the librdkafka peer, when it was built beside this one.
+pub(crate) fn companion() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.with_file_name("mqnet-bench-rdkafka");
+    path.is_file().then_some(path)
+}
+
+/// Runs this command line (the same arguments) in `mqnet-bench-rdkafka` instead: replaces this
+/// process with it, so its PID, output and exit code are this command's.
+///
+/// # Errors
+/// The companion is not built, or it cannot be started.
+fn run_in_companion() -> Result<bool, BenchError> {
+    let exe = companion().ok_or_else(|| BenchError::usage(NO_PEER))?;
+    let e = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new(&exe).args(std::env::args_os().skip(1)),
+    );
+    Err(e).with_context(|| format!("starting {}", exe.display()))
+}
+
+/// Whether this command needs librdkafka: its producer, or its mock cluster.
+fn needs_rdkafka(a: &ProduceArgs, impls: &[ProduceImpl]) -> bool {
+    impls.contains(&ProduceImpl::Rdkafka)
+        || (a.bootstrap_servers.is_none()
+            && a.broker != crate::produce_broker::BrokerKind::Embedded)
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct ProduceArgs {
@@ -336,7 +351,19 @@ pub fn run_row(
 /// Invalid arguments, or no cluster.
 pub fn produce(a: &ProduceArgs) -> Result<bool, BenchError> {
     let s = Settings::from_args(a)?;
-    let impls = a.peer.impls()?;
+    let mut impls = a.peer.impls();
+    if !crate::rd_peer::AVAILABLE && needs_rdkafka(a, &impls) {
+        if companion().is_some() {
+            return run_in_companion();
+        }
+        // Without the companion, `--peer all` is every peer there is.
+        if a.peer == ProducePeer::All {
+            impls.retain(|i| *i == ProduceImpl::Mqnet);
+        }
+        if needs_rdkafka(a, &impls) {
+            return Err(BenchError::usage(NO_PEER));
+        }
+    }
     if a.bootstrap_servers.is_none() && a.broker == crate::produce_broker::BrokerKind::Embedded {
         let embedded = crate::produce_broker::Embedded::start(&a.topic, s.partitions)?;
         let pb = crate::progress(impls.len(), a.json);
@@ -351,9 +378,6 @@ pub fn produce(a: &ProduceArgs) -> Result<bool, BenchError> {
         pb.finish_and_clear();
         embedded.finish(a.json);
         return r;
-    }
-    if a.bootstrap_servers.is_none() && !RDKAFKA_PEER {
-        return Err(BenchError::usage(NO_PEER));
     }
     if a.topic.is_empty() || a.topic.len() > 200 {
         return Err(BenchError::usage("--topic must be 1 to 200 characters"));

@@ -6,20 +6,20 @@ use std::time::{Duration, Instant};
 const CHECK_EVERY: u64 = 32;
 
 /// The schedule of a paced run: record `i` (counting from 1) is due at `start + (i - 1) / rate`.
-pub(super) struct Pacer {
+pub(crate) struct Pacer {
     start: Instant,
     rate: Option<u64>,
 }
 
 impl Pacer {
     /// A schedule from `start` at `rate` records/s (`None`: every record is due at once).
-    pub(super) fn new(start: Instant, rate: Option<u64>) -> Self {
+    pub(crate) fn new(start: Instant, rate: Option<u64>) -> Self {
         Pacer { start, rate }
     }
 
     /// How long to wait before sending record `i`, checked every [`CHECK_EVERY`] records (the
     /// records in between go out back to back): `None` when it is due.
-    pub(super) fn ahead(&self, i: u64, now: Instant) -> Option<Duration> {
+    pub(crate) fn ahead(&self, i: u64, now: Instant) -> Option<Duration> {
         let rate = self.rate?;
         if i % CHECK_EVERY != 0 {
             return None;

@@ -1,5 +1,6 @@
 //! The workload through librdkafka's `BaseProducer` (the `rdkafka` crate), and the in-process
-//! mock cluster.
+//! mock cluster: the `rd_peer` of `mqnet-bench-rdkafka` only (`mqnet-bench` has a stand-in,
+//! `no_rdkafka.rs`, so that it never loads librdkafka).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,11 +14,16 @@ use rdkafka::producer::{
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-use super::pace::Pacer;
-use super::settings::Settings;
-use super::tally::{decimal, Measured, Tally};
-use super::{RDKAFKA_POLL_EVERY, WARMUP_LIMIT};
 use crate::error::{BenchError, Context};
+use crate::produce::pace::Pacer;
+use crate::produce::settings::Settings;
+use crate::produce::tally::{decimal, Measured, Tally};
+use crate::produce::WARMUP_LIMIT;
+
+/// Whether this binary has the librdkafka peer and its mock cluster.
+pub const AVAILABLE: bool = true;
+/// `poll` after this many sends (delivery callbacks are served in `poll`).
+const RDKAFKA_POLL_EVERY: u64 = 1024;
 
 /// The in-process mock cluster.
 pub type Mock = MockCluster<'static, DefaultProducerContext>;
@@ -98,7 +104,7 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
     let producer: BaseProducer<Ctx> = config
         .create_with_context(ctx)
         .context("rdkafka producer")?;
-    let value = super::tally::value_bytes(s.size);
+    let value = crate::produce::tally::value_bytes(s.size);
     let mut key = [0u8; 20];
     let since_base = || Instant::now().saturating_duration_since(base).as_nanos() as usize;
 
@@ -110,7 +116,7 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
         .send(rec)
         .map_err(|(e, _)| BenchError::wrap("rdkafka: record 0".into(), e))?;
     let warm_deadline = Instant::now() + WARMUP_LIMIT;
-    while producer.context().tally().completed() == 0 && Instant::now() < warm_deadline {
+    while completed(&producer.context().tally()) == 0 && Instant::now() < warm_deadline {
         producer.poll(Duration::from_millis(1));
     }
     {
@@ -199,4 +205,9 @@ pub fn run(s: &Settings, bootstrap: &str, topic: &str) -> Result<Measured, Bench
         metrics: None,
         wire_bytes: seen,
     })
+}
+
+/// Records delivered or failed so far.
+fn completed(t: &Tally) -> u64 {
+    t.ok + t.failed
 }

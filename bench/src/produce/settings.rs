@@ -60,7 +60,7 @@ impl Settings {
         }
     }
 
-    pub(super) fn from_args(a: &ProduceArgs) -> Result<Self, BenchError> {
+    pub(crate) fn from_args(a: &ProduceArgs) -> Result<Self, BenchError> {
         if a.records < 2 {
             return Err(BenchError::usage(
                 "--records must be at least 2 (record 0 is the warm-up)",
@@ -149,7 +149,7 @@ impl Settings {
     }
 
     /// The longest a run may take, all told.
-    pub(super) fn budget(&self) -> Duration {
+    pub(crate) fn budget(&self) -> Duration {
         let per_record = 20_000 + self.size as u64 * 20;
         let paced = self.rate.map_or(Duration::ZERO, |r| {
             Duration::from_secs(self.records / r + 1)

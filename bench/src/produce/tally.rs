@@ -11,16 +11,16 @@ use super::ProduceImpl;
 use crate::sys;
 
 /// Delivery results of one run: latencies and counts.
-pub(super) struct Tally {
-    pub(super) hist: Histogram<u64>,
-    pub(super) ok: u64,
-    pub(super) failed: u64,
-    pub(super) first_error: Option<String>,
-    pub(super) last: Option<Instant>,
+pub(crate) struct Tally {
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) last: Option<Instant>,
 }
 
 impl Tally {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Tally {
             hist: Histogram::new_with_bounds(1, 600_000_000_000, 3)
                 .expect("valid histogram bounds"),
@@ -32,7 +32,7 @@ impl Tally {
     }
 
     #[inline]
-    pub(super) fn delivered(&mut self, sent: Instant, now: Instant) {
+    pub(crate) fn delivered(&mut self, sent: Instant, now: Instant) {
         let ns = now.saturating_duration_since(sent).as_nanos();
         self.hist
             .saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
@@ -40,17 +40,12 @@ impl Tally {
         self.last = Some(now);
     }
 
-    pub(super) fn failed(&mut self, now: Instant, e: &dyn std::fmt::Display) {
+    pub(crate) fn failed(&mut self, now: Instant, e: &dyn std::fmt::Display) {
         self.failed += 1;
         if self.first_error.is_none() {
             self.first_error = Some(e.to_string());
         }
         self.last = Some(now);
-    }
-
-    #[cfg(feature = "rdkafka-peer")]
-    pub(super) fn completed(&self) -> u64 {
-        self.ok + self.failed
     }
 }
 
@@ -61,7 +56,7 @@ static VALUE: [u8; 64 * 1024] = [b'v'; 64 * 1024];
 
 /// The value of every record for mqnet: [`VALUE`] when it is large enough, else one shared buffer
 /// (a reference count per record).
-pub(super) fn value_bytes(size: usize) -> Bytes {
+pub(crate) fn value_bytes(size: usize) -> Bytes {
     match VALUE.get(..size) {
         Some(v) => Bytes::from_static(v),
         None => Bytes::from(vec![b'v'; size]),
@@ -69,7 +64,7 @@ pub(super) fn value_bytes(size: usize) -> Bytes {
 }
 
 /// Writes `i` in decimal into the end of `buf`.
-pub(super) fn decimal(mut i: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn decimal(mut i: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut p = buf.len();
     loop {
         p -= 1;
@@ -83,19 +78,19 @@ pub(super) fn decimal(mut i: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// What a run measured, before it becomes a [`ProduceResult`].
-pub(super) struct Measured {
-    pub(super) tally: Tally,
-    pub(super) start: Instant,
+pub(crate) struct Measured {
+    pub(crate) tally: Tally,
+    pub(crate) start: Instant,
     /// Records rejected at send (never handed to the producer).
-    pub(super) rejected: u64,
-    pub(super) first_error: Option<String>,
+    pub(crate) rejected: u64,
+    pub(crate) first_error: Option<String>,
     /// mqnet's producer metrics at the end (`--stats`).
-    pub(super) metrics: Option<std::collections::BTreeMap<String, f64>>,
+    pub(crate) metrics: Option<std::collections::BTreeMap<String, f64>>,
     /// Bytes sent to the brokers (see [`ProduceResult::wire_bytes`]).
-    pub(super) wire_bytes: u64,
+    pub(crate) wire_bytes: u64,
 }
 
-pub(super) fn summarize(
+pub(crate) fn summarize(
     imp: ProduceImpl,
     s: &Settings,
     m: Measured,

@@ -207,9 +207,10 @@ pub trait RequestLayer {
 
     /// Does the IO, waiting at most `timeout` from `now` (the caller's time just before the
     /// call); hands the requests it completed to `done` (node = connection index; the
-    /// correlation id is the request's, from the layer's own in-flight tracking; an outcome
-    /// other than a response is a failed request) with the time read after the IO, at which
-    /// they were settled, then appends what else happened to `events`, and returns that time
+    /// correlation id is the request's, from the layer's own in-flight tracking; the latency runs
+    /// from the `now` the request was sent at to the time read after the IO; an outcome other
+    /// than a response is a failed request) with the time read after the IO, at which they were
+    /// settled, then appends what else happened to `events`, and returns that time
     /// (the caller's next `now`: one clock read per poll). Completions are the NetworkClient's
     /// own borrowed type, so its layer hands responses on where they were received.
     ///
@@ -230,8 +231,8 @@ pub trait RequestLayer {
 #[derive(Debug, Default)]
 struct LayerConn {
     channel: Option<ChannelId>,
-    /// Correlation ids sent and not yet answered, oldest first.
-    in_flight: VecDeque<i32>,
+    /// (correlation id, send time) of the requests sent and not yet answered, oldest first.
+    in_flight: VecDeque<(i32, Instant)>,
 }
 
 /// [`RequestLayer`] straight on the [`Selector`]: one channel per connection, a FIFO of in-flight
@@ -294,7 +295,7 @@ impl RequestLayer for SelectorLayer {
         conn: usize,
         correlation_id: i32,
         frame: Bytes,
-        _now: Instant,
+        now: Instant,
     ) -> Result<(), BenchError> {
         let c = self
             .conns
@@ -304,7 +305,7 @@ impl RequestLayer for SelectorLayer {
             .channel
             .ok_or_else(|| BenchError::run("connection is down"))?;
         self.sel.send_prefixed(channel, frame).context("send")?;
-        c.in_flight.push_back(correlation_id);
+        c.in_flight.push_back((correlation_id, now));
         Ok(())
     }
 
@@ -328,14 +329,17 @@ impl RequestLayer for SelectorLayer {
                 continue;
             };
             // A response nobody asked for gets id -1: the closed loop counts it as an error.
-            let correlation_id = self.conns[conn].in_flight.pop_front().unwrap_or(-1);
+            let (correlation_id, sent) = self.conns[conn]
+                .in_flight
+                .pop_front()
+                .unwrap_or((-1, after));
             done(
                 after,
                 Completion {
                     node: NodeId(i32::try_from(conn).unwrap_or(-1)),
                     correlation_id,
                     tag: 0,
-                    latency: Duration::ZERO,
+                    latency: after.saturating_duration_since(sent),
                     outcome: OutcomeRef::Response(&r.frame),
                 },
             );
@@ -346,7 +350,7 @@ impl RequestLayer for SelectorLayer {
             };
             let c = &mut self.conns[conn];
             c.channel = None;
-            for correlation_id in c.in_flight.drain(..) {
+            for (correlation_id, _) in c.in_flight.drain(..) {
                 events.push(LayerEvent::Failed {
                     conn,
                     correlation_id,
@@ -516,8 +520,10 @@ impl RequestLayer for NetworkClientLayer {
 #[derive(Debug)]
 struct LoopConn {
     seq: CorrelationSeq,
-    /// (correlation id, send time) of every request in flight, oldest first.
-    pending: VecDeque<(i32, Instant)>,
+    /// Correlation ids of the requests in flight, oldest first.
+    pending: VecDeque<i32>,
+    /// Responses of the last poll: each is replaced by a new request after it.
+    answered: usize,
     up: bool,
 }
 
@@ -538,13 +544,11 @@ pub fn run_closed_loop<L: RequestLayer>(
         .map(|i| LoopConn {
             seq: CorrelationSeq::for_conn(i),
             pending: VecDeque::with_capacity(w.inflight),
+            answered: 0,
             up: false,
         })
         .collect();
     let mut events = Vec::with_capacity(1024);
-    // Connections whose response came back in the last poll, one entry per response: each
-    // sends its next request after the poll.
-    let mut answered: Vec<usize> = Vec::with_capacity(1024);
     let prefixed = layer.prefixed();
     let request = move |enc: &mut Encoder, corr: i32| {
         if prefixed {
@@ -611,7 +615,7 @@ pub fn run_closed_loop<L: RequestLayer>(
                 rec.errors += 1;
                 break;
             }
-            c.pending.push_back((corr, now));
+            c.pending.push_back(corr);
         }
     }
 
@@ -642,7 +646,7 @@ pub fn run_closed_loop<L: RequestLayer>(
             };
             match r.outcome {
                 OutcomeRef::Response(frame) => {
-                    let Some((want, sent)) = c.pending.pop_front() else {
+                    let Some(want) = c.pending.pop_front() else {
                         rec.errors += 1;
                         return;
                     };
@@ -651,19 +655,22 @@ pub fn run_closed_loop<L: RequestLayer>(
                     if !ok {
                         rec.errors += 1;
                     } else if at >= window.warm_end {
-                        rec.record(sent, at);
+                        rec.record_latency(r.latency, at);
                     }
-                    answered.push(conn);
+                    c.answered += 1;
                 }
                 other => request_failed(c, &mut rec, conn, correlation_id, other),
             }
         };
         now = layer.poll(Some(timeout), now, &mut on_done, &mut events)?;
-        if now < window.end && rec.measured < count {
-            for &conn in &answered {
-                let Some(c) = conns.get_mut(conn) else {
-                    continue;
-                };
+        let sending = now < window.end && rec.measured < count;
+        for (conn, c) in conns.iter_mut().enumerate() {
+            let answered = std::mem::take(&mut c.answered);
+            if !sending {
+                continue;
+            }
+            // The connection's new requests one after another: they coalesce in its send buffer.
+            for _ in 0..answered {
                 let corr = c.seq.next_id();
                 // Errors are dropped in their own arms, off the path of a written send.
                 let sent = match layer.send_written(conn, corr, w.size, now) {
@@ -672,13 +679,12 @@ pub fn run_closed_loop<L: RequestLayer>(
                     Err(_) => false,
                 };
                 if sent {
-                    c.pending.push_back((corr, now));
+                    c.pending.push_back(corr);
                 } else {
                     rec.errors += 1;
                 }
             }
         }
-        answered.clear();
         for ev in events.drain(..) {
             match ev {
                 LayerEvent::Failed {
@@ -689,7 +695,7 @@ pub fn run_closed_loop<L: RequestLayer>(
                     let Some(c) = conns.get_mut(conn) else {
                         continue;
                     };
-                    if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
+                    if let Some(pos) = c.pending.iter().position(|p| *p == correlation_id) {
                         c.pending.remove(pos);
                     }
                 }
@@ -726,7 +732,7 @@ fn request_failed(
 ) {
     log::debug!("mqnet client: request {correlation_id} on {conn}: {outcome:?}");
     rec.errors += 1;
-    if let Some(pos) = c.pending.iter().position(|p| p.0 == correlation_id) {
+    if let Some(pos) = c.pending.iter().position(|p| *p == correlation_id) {
         c.pending.remove(pos);
     }
 }

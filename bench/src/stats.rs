@@ -62,8 +62,8 @@ impl Window {
 pub struct Recorder {
     /// Latencies in nanoseconds, except the pending run.
     hist: Histogram<u64>,
-    /// The pending run: (send instant, arrival instant, latency in ns), and its length.
-    run: Option<(Instant, Instant, u64)>,
+    /// The pending run: what its responses share, their latency in ns, and its length.
+    run: Option<(RunKey, u64)>,
     run_len: u64,
     /// Responses measured inside the window.
     pub measured: u64,
@@ -71,6 +71,14 @@ pub struct Recorder {
     pub errors: u64,
     /// When the last measured response arrived.
     pub last: Option<Instant>,
+}
+
+/// What the responses of a pending run share: the same send and arrival instants, or the same
+/// latency as their request layer measured it.
+#[derive(Debug, Clone, Copy)]
+enum RunKey {
+    Instants(Instant, Instant),
+    Latency(Duration),
 }
 
 impl Default for Recorder {
@@ -98,22 +106,39 @@ impl Recorder {
     #[inline(always)]
     pub fn record(&mut self, sent: Instant, now: Instant) {
         match self.run {
-            Some((s, n, _)) if s == sent && n == now => self.run_len += 1,
-            _ => {
-                self.flush();
-                let ns = now.saturating_duration_since(sent).as_nanos();
-                let ns = u64::try_from(ns).unwrap_or(u64::MAX).max(1);
-                self.run = Some((sent, now, ns));
-                self.run_len = 1;
-            }
+            Some((RunKey::Instants(s, n), _)) if s == sent && n == now => self.run_len += 1,
+            _ => self.start_run(
+                RunKey::Instants(sent, now),
+                now.saturating_duration_since(sent),
+            ),
         }
         self.measured += 1;
         self.last = Some(now);
     }
 
+    /// Records one response that arrived at `now` with the `latency` its request layer measured
+    /// (from the send to `now`); as [`record`](Self::record) otherwise.
+    #[inline(always)]
+    pub fn record_latency(&mut self, latency: Duration, now: Instant) {
+        match self.run {
+            Some((RunKey::Latency(l), _)) if l == latency => self.run_len += 1,
+            _ => self.start_run(RunKey::Latency(latency), latency),
+        }
+        self.measured += 1;
+        self.last = Some(now);
+    }
+
+    /// Records the pending run and starts a new one of `latency`.
+    fn start_run(&mut self, key: RunKey, latency: Duration) {
+        self.flush();
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.run = Some((key, ns));
+        self.run_len = 1;
+    }
+
     /// Records the pending run into the histogram.
     fn flush(&mut self) {
-        if let Some((_, _, ns)) = self.run.take() {
+        if let Some((_, ns)) = self.run.take() {
             self.hist
                 .saturating_record_n(ns, std::mem::take(&mut self.run_len));
         }
@@ -124,7 +149,7 @@ impl Recorder {
         self.flush();
         // Same bounds on both sides: addition cannot fail.
         let _ = self.hist.add(&other.hist);
-        if let Some((_, _, ns)) = other.run {
+        if let Some((_, ns)) = other.run {
             self.hist.saturating_record_n(ns, other.run_len);
         }
         self.measured += other.measured;

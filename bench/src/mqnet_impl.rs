@@ -3,15 +3,18 @@
 //! - Server: [`mqnet::server::Server`] in direct mode with [`EchoHandler`]: requests read in place,
 //!   responses written straight into the connection's send buffer.
 //! - Client: the closed loop [`run_closed_loop`] over a [`RequestLayer`], of which there are two:
-//!   - [`SelectorLayer`] (the default, `--mqnet-client selector`): the request layer's duties done
-//!     directly on the [`Selector`] — one channel per connection, a FIFO of in-flight correlation
-//!     ids per channel: the transport alone, for comparison.
-//!   - [`NetworkClientLayer`] (`--mqnet-client network-client`): mqnet's `NetworkClient` — one node
-//!     per connection, all at the same address, `max.in.flight` = W with `mqnet.pipeline.unsent`,
-//!     its own correlation checks.
+//!   - [`SelectorLayer`] (`--mqnet-client selector`): the request layer's duties done directly on
+//!     the [`Selector`] — one channel per connection, a FIFO of in-flight correlation ids and send
+//!     times per channel: the transport alone, for comparison.
+//!   - [`NetworkClientLayer`] (`--mqnet-client network-client`, the default): mqnet's
+//!     `NetworkClient` — one node per connection, all at the same address, `max.in.flight` = W
+//!     with `mqnet.pipeline.unsent`, borrowed responses, its own correlation checks.
 //!
-//! The closed loop (pacing, its own correlation and size checks, latency) is the same for both;
-//! making the `NetworkClient` the default is [`ClientLayer::default`].
+//! The closed loop is the same for both: each poll's responses are checked (correlation id
+//! against the loop's own FIFO and in the payload, size) and their latencies recorded as the
+//! layer hands them over; then each connection sends as many new requests as it got responses,
+//! one after another (so they coalesce in its send buffer). Which layer is the default is
+//! [`ClientLayer::default`].
 
 use std::collections::VecDeque;
 use std::io;

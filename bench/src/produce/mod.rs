@@ -153,17 +153,27 @@ pub(crate) fn companion() -> Option<std::path::PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// Runs this command line (the same arguments) in `mqnet-bench-rdkafka` instead: replaces this
-/// process with it, so its PID, output and exit code are this command's.
+/// Runs this command line (the same arguments) in `mqnet-bench-rdkafka` instead: on Unix it
+/// replaces this process, so its PID, output and exit code are this command's.
 ///
 /// # Errors
 /// The companion is not built, or it cannot be started.
 fn run_in_companion() -> Result<bool, BenchError> {
     let exe = companion().ok_or_else(|| BenchError::usage(NO_PEER))?;
-    let e = std::os::unix::process::CommandExt::exec(
-        std::process::Command::new(&exe).args(std::env::args_os().skip(1)),
-    );
-    Err(e).with_context(|| format!("starting {}", exe.display()))
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1));
+    #[cfg(unix)]
+    {
+        let e = std::os::unix::process::CommandExt::exec(&mut cmd);
+        Err(e).with_context(|| format!("starting {}", exe.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd
+            .status()
+            .with_context(|| format!("running {}", exe.display()))?;
+        Ok(status.success())
+    }
 }
 
 /// Whether this command needs librdkafka: its producer, or its mock cluster.

@@ -1,7 +1,8 @@
 //! `mqnet-bench-rdkafka`: the harness with librdkafka's producer and its in-process mock cluster
 //! (cargo feature `rdkafka-peer`). It takes the same command line as `mqnet-bench`, which runs
 //! it for the produce rows that need librdkafka, so that `mqnet-bench` itself never loads
-//! librdkafka (its dynamic linking costs every echo process millions of instructions at start).
+//! librdkafka (relocating it and its libraries at start-up weighs on every echo process it starts;
+//! figures in docs/BENCHMARKS.md).
 
 mod app;
 mod chaos;

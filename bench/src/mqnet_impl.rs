@@ -320,7 +320,8 @@ impl RequestLayer for SelectorLayer {
         events: &mut Vec<LayerEvent>,
     ) -> io::Result<Instant> {
         self.sel.poll(timeout)?;
-        let after = Instant::now();
+        // The Selector read the clock as its I/O finished: both ends of a latency are that time.
+        let after = self.sel.finished_at().unwrap_or_else(Instant::now);
         for &channel in self.sel.connected() {
             if let Some(conn) = self.conn_of(channel) {
                 events.push(LayerEvent::Connected { conn });
@@ -491,7 +492,11 @@ impl RequestLayer for NetworkClientLayer {
         events: &mut Vec<LayerEvent>,
     ) -> io::Result<Instant> {
         self.client.poll_io(timeout, now)?;
-        let after = Instant::now();
+        let after = self
+            .client
+            .transport()
+            .finished_at()
+            .unwrap_or_else(Instant::now);
         self.client.handle_with(after, |c| done(after, c));
         for (conn, &node) in self.nodes.iter().enumerate() {
             let state = self.client.connection_state(node);

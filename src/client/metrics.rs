@@ -45,7 +45,8 @@ pub struct NodeMetrics {
     /// In-band re-authentications that succeeded (KIP-368: the session renewed on the same
     /// connection).
     pub reauthentications: u64,
-    latency_sum: Duration,
+    /// Sum of the latencies recorded, in nanoseconds.
+    latency_sum_ns: u128,
     /// Largest request latency recorded.
     pub latency_max: Duration,
     /// Latency histogram in microseconds.
@@ -131,7 +132,7 @@ impl NodeMetrics {
             connections_closed: 0,
             authentication_failure: None,
             reauthentications: 0,
-            latency_sum: Duration::ZERO,
+            latency_sum_ns: 0,
             latency_max: Duration::ZERO,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2)
                 .unwrap_or_else(|_| Histogram::new(2).expect("2 significant digits are valid")),
@@ -236,13 +237,15 @@ impl NodeMetrics {
             return;
         }
         let latency = self.run_latency;
-        self.latency_sum = self.latency_sum.saturating_add(latency.saturating_mul(n));
-        self.latency_max = self.latency_max.max(latency);
-        let us = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.latency_us.saturating_record_n(us, u64::from(n));
-        let exact_us = latency.as_secs_f64() * 1e6;
+        if latency > self.latency_max {
+            self.latency_max = latency;
+        }
+        // Nanoseconds in a u64 cover 584 years; integer arithmetic keeps the fold cheap.
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.latency_sum_ns += u128::from(ns) * u128::from(n);
+        self.latency_us
+            .saturating_record_n((ns / 1000).max(1), u64::from(n));
+        let exact_us = ns as f64 / 1e3;
         let p = &mut self.pending;
         p.0 += exact_us * f64::from(n);
         p.1 += u64::from(n);
@@ -256,7 +259,8 @@ impl NodeMetrics {
         if self.responses == 0 {
             Duration::ZERO
         } else {
-            self.latency_sum / u32::try_from(self.responses).unwrap_or(u32::MAX)
+            let avg = self.latency_sum_ns / u128::from(self.responses);
+            Duration::from_nanos(u64::try_from(avg).unwrap_or(u64::MAX))
         }
     }
 
@@ -504,6 +508,6 @@ mod tests {
         m.flush_latencies(); // idempotent
         assert_eq!(m.latency_us, expect);
         assert_eq!(m.latency_max, us(900));
-        assert_eq!(m.latency_sum, us(seq.iter().sum()));
+        assert_eq!(m.latency_sum_ns, us(seq.iter().sum()).as_nanos());
     }
 }

@@ -1222,6 +1222,9 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
     }
 
     fn handle_connected(&mut self, now: Instant) {
+        if self.transport.connected().is_empty() {
+            return;
+        }
         let mut chans = std::mem::take(&mut self.scratch_channels);
         chans.clear();
         chans.extend_from_slice(self.transport.connected());

@@ -75,8 +75,31 @@ pub struct Sampled {
     cfg: MetricConfig,
     samples: Vec<Sample>,
     current: usize,
+    /// Events before this instant go into the current sample (`None`: there is no current sample
+    /// yet, or it never completes; the slow path decides).
+    open_until: Option<Instant>,
+    /// The current sample's events since it was last folded into `samples[current]` and the
+    /// totals: recording touches only these fields, [`fold`](Self::fold) moves them over.
+    open: Acc,
+    /// The totals of the folded events.
     total: f64,
     count: u64,
+}
+
+/// Events recorded into the current sample and not yet folded into it.
+#[derive(Debug, Clone, Copy)]
+struct Acc {
+    sum: f64,
+    count: u64,
+    max: f64,
+}
+
+impl Acc {
+    const EMPTY: Acc = Acc {
+        sum: 0.0,
+        count: 0,
+        max: f64::NEG_INFINITY,
+    };
 }
 
 impl Sampled {
@@ -87,6 +110,8 @@ impl Sampled {
             samples: Vec::with_capacity(cfg.num_samples),
             cfg,
             current: 0,
+            open_until: None,
+            open: Acc::EMPTY,
             total: 0.0,
             count: 0,
         }
@@ -112,25 +137,40 @@ impl Sampled {
             return;
         }
         // The usual case, inlined: the current sample is still open at `now`.
-        if let Some(s) = self.samples.get_mut(self.current) {
-            if s.end.is_none_or(|end| now < end) {
-                self.total += sum;
-                self.count += count;
-                s.sum += sum;
-                s.count += count;
-                if max > s.max {
-                    s.max = max;
-                }
-                return;
+        if self.open_until.is_some_and(|end| now < end) {
+            self.open.sum += sum;
+            self.open.count += count;
+            if max > self.open.max {
+                self.open.max = max;
             }
+            return;
         }
         self.record_n_new_sample(now, sum, count, max);
     }
 
-    /// [`record_n`](Self::record_n) when there is no sample yet or the current one is complete.
+    /// Moves the open events into the current sample and the totals.
+    fn fold(&mut self) {
+        let acc = std::mem::replace(&mut self.open, Acc::EMPTY);
+        if acc.count == 0 {
+            return;
+        }
+        self.total += acc.sum;
+        self.count += acc.count;
+        if let Some(s) = self.samples.get_mut(self.current) {
+            s.sum += acc.sum;
+            s.count += acc.count;
+            if acc.max > s.max {
+                s.max = acc.max;
+            }
+        }
+    }
+
+    /// [`record_n`](Self::record_n) when there is no sample yet, the current one is complete,
+    /// or it never completes.
     #[cold]
     #[inline(never)]
     fn record_n_new_sample(&mut self, now: Instant, sum: f64, count: u64, max: f64) {
+        self.fold();
         self.total += sum;
         self.count += count;
         let window = self.cfg.sample_window;
@@ -152,13 +192,26 @@ impl Sampled {
         if max > s.max {
             s.max = max;
         }
+        self.open_until = s.end;
     }
 
-    /// The samples still live at `now` (younger than `num.samples × window`).
-    fn live(&self, now: Instant) -> impl Iterator<Item = &Sample> {
+    /// The samples still live at `now` (younger than `num.samples × window`), the current one
+    /// with its open events.
+    fn live(&self, now: Instant) -> impl Iterator<Item = Sample> + '_ {
         let expire = self.cfg.sample_window * self.cfg.num_samples as u32;
+        let (current, open) = (self.current, self.open);
         self.samples
             .iter()
+            .enumerate()
+            .map(move |(i, s)| {
+                let mut s = *s;
+                if i == current && open.count > 0 {
+                    s.sum += open.sum;
+                    s.count += open.count;
+                    s.max = s.max.max(open.max);
+                }
+                s
+            })
             .filter(move |s| now.saturating_duration_since(s.start) < expire)
     }
 
@@ -223,12 +276,12 @@ impl Sampled {
 
     /// The sum of every value ever recorded (Kafka's `CumulativeSum`).
     pub fn total(&self) -> f64 {
-        self.total
+        self.total + self.open.sum
     }
 
     /// How many events were ever recorded (Kafka's `CumulativeCount`).
     pub fn count(&self) -> u64 {
-        self.count
+        self.count + self.open.count
     }
 }
 
@@ -304,5 +357,96 @@ mod tests {
         s.record(t0, 5.0);
         assert_eq!(s.rate(t0), 0.0);
         assert_eq!(s.rate(t0 + ms(500)), 10.0);
+    }
+
+    /// Kafka's sampling written the plain way (every event into its sample at once), the
+    /// model the folded recording must match.
+    struct Model {
+        cfg: MetricConfig,
+        samples: Vec<(Instant, f64, u64, f64)>,
+        current: usize,
+    }
+
+    impl Model {
+        fn record(&mut self, now: Instant, sum: f64, count: u64, max: f64) {
+            if count == 0 {
+                return;
+            }
+            let w = self.cfg.sample_window;
+            if self.samples.is_empty() {
+                self.samples.push((now, 0.0, 0, f64::NEG_INFINITY));
+            } else if now >= self.samples[self.current].0 + w {
+                self.current = (self.current + 1) % self.cfg.num_samples;
+                let fresh = (now, 0.0, 0, f64::NEG_INFINITY);
+                if self.current == self.samples.len() {
+                    self.samples.push(fresh);
+                } else {
+                    self.samples[self.current] = fresh;
+                }
+            }
+            let s = &mut self.samples[self.current];
+            s.1 += sum;
+            s.2 += count;
+            s.3 = s.3.max(max);
+        }
+
+        fn live(&self, now: Instant) -> Vec<(Instant, f64, u64, f64)> {
+            let expire = self.cfg.sample_window * self.cfg.num_samples as u32;
+            let live = self.samples.iter().copied();
+            live.filter(|s| now.saturating_duration_since(s.0) < expire)
+                .collect()
+        }
+    }
+
+    proptest::proptest! {
+        /// Recording folded lazily gives what recording each event into its sample gives,
+        /// read at any time (values are small integers, so the sums are exact either way).
+        #[test]
+        fn folded_recording_matches_the_plain_model(
+            window_ms in 1u64..50,
+            num in 1usize..4,
+            steps in proptest::collection::vec((0u64..40, 0u64..4, 0u32..100, proptest::bool::ANY), 1..80),
+        ) {
+            let t0 = Instant::now();
+            let cfg = MetricConfig::new(ms(window_ms), num);
+            let mut s = Sampled::new(cfg);
+            let mut m = Model { cfg, samples: Vec::new(), current: 0 };
+            let (mut t, mut total, mut count) = (t0, 0.0, 0u64);
+            for (dt, n, v, read) in steps {
+                t += ms(dt);
+                let v = f64::from(v);
+                s.record_n(t, v * n as f64, n, v);
+                m.record(t, v * n as f64, n, v);
+                total += v * n as f64;
+                count += n;
+                if read {
+                    let at = t + ms(dt / 2);
+                    let live = m.live(at);
+                    let sum: f64 = live.iter().map(|x| x.1).sum();
+                    let events: u64 = live.iter().map(|x| x.2).sum();
+                    let max = live.iter().filter(|x| x.2 > 0).map(|x| x.3).fold(f64::NEG_INFINITY, f64::max);
+                    let avg = s.avg(at);
+                    if events == 0 {
+                        proptest::prop_assert!(avg.is_nan() && s.max(at).is_nan());
+                    } else {
+                        proptest::prop_assert_eq!(avg, sum / events as f64);
+                        proptest::prop_assert_eq!(s.max(at), max);
+                    }
+                    let oldest = live.iter().map(|x| x.0).min().unwrap_or(at);
+                    let mut size = at.saturating_duration_since(oldest);
+                    let full = (size.as_nanos() / cfg.sample_window.as_nanos()) as u64;
+                    if full + 1 < num as u64 {
+                        size += cfg.sample_window * (num as u64 - 1 - full) as u32;
+                    }
+                    proptest::prop_assert_eq!(s.window_size(at), size);
+                    if !size.is_zero() {
+                        proptest::prop_assert_eq!(s.rate(at), sum / size.as_secs_f64());
+                        proptest::prop_assert_eq!(s.event_rate(at), events as f64 / size.as_secs_f64());
+                    }
+                }
+                proptest::prop_assert_eq!(s.total(), total);
+                proptest::prop_assert_eq!(s.count(), count);
+            }
+        }
     }
 }

@@ -1219,17 +1219,17 @@ impl Selector {
         let started = Instant::now();
         self.metrics.polls += 1;
         self.out.clear();
-        if !self.consumed_list.is_empty() {
-            let mut list = std::mem::take(&mut self.consumed_list);
-            for id in list.drain(..) {
-                if let Some(ch) = self.channel_mut(id) {
-                    ch.drop_consumed();
-                }
+        while let Some(id) = self.consumed_list.pop() {
+            if let Some(ch) = self.channel_mut(id) {
+                ch.drop_consumed();
             }
-            self.consumed_list = list;
         }
-        self.out.connected.append(&mut self.carried_connected);
-        self.out.disconnected.append(&mut self.carried_disconnected);
+        if !self.carried_connected.is_empty() {
+            self.out.connected.append(&mut self.carried_connected);
+        }
+        if !self.carried_disconnected.is_empty() {
+            self.out.disconnected.append(&mut self.carried_disconnected);
+        }
 
         // 2. Write staged sends.
         self.flush_write_list(started);
@@ -1310,6 +1310,9 @@ impl Selector {
 
     fn next_deadline(&mut self) -> Option<Instant> {
         let idle = self.idle_deadline();
+        if self.closing.is_empty() && self.accept_retry_at.is_none() {
+            return idle;
+        }
         let closing = self
             .closing
             .iter()

@@ -63,6 +63,17 @@ fn spawn(port: u16, dir: &Path) -> Proc {
     }
 }
 
+/// A broker outlives a closed stdin: a test that fails half-way must not leave its brokers
+/// serving (or stopped). Kills the child this test started, by its PID, and reaps it.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Proc {
     /// Sends an admin command; returns its output up to its `ok` line.
     fn command(&mut self, cmd: &str) -> String {

@@ -81,6 +81,17 @@ fn slave(dir: &Path, master: &Proc) -> Proc {
     spawn(dir, "SLAVE", &["--ha-master", &addr])
 }
 
+/// A broker outlives a closed stdin: a test that fails half-way must not leave its brokers
+/// serving (or stopped). Kills the child this test started, by its PID, and reaps it.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Proc {
     /// Sends an admin command; returns its output up to its `ok` line.
     fn command(&mut self, cmd: &str) -> String {
@@ -110,6 +121,29 @@ impl Proc {
         self.ha()[field].parse().expect(field)
     }
 
+    /// Stops the process (SIGSTOP, by PID) and waits until it is stopped. kill(2) only queues
+    /// the signal: the process stops when one of its threads next runs and takes the others
+    /// into the group stop, so until then (long, on a loaded machine) its threads keep running.
+    fn sigstop(&self) {
+        let pid = self.child.id();
+        let st = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        wait_for("the SIGSTOP to stop every thread", || all_stopped(pid));
+    }
+
+    /// Resumes a process stopped by [`sigstop`](Self::sigstop) (SIGCONT, by PID).
+    fn sigcont(&self) {
+        let pid = self.child.id().to_string();
+        let st = Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
     /// `kill -9` by PID.
     fn kill9(mut self) {
         let pid = self.child.id().to_string();
@@ -120,6 +154,29 @@ impl Proc {
         assert!(st.success());
         let _ = self.child.wait();
     }
+}
+
+/// Whether every thread of process `pid` is stopped (Linux: state `T` in
+/// `/proc/<pid>/task/<tid>/stat`; a thread already dead, `Z` or `X`, cannot run either).
+fn all_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
+    let mut n = 0;
+    for t in tasks {
+        let stat =
+            std::fs::read_to_string(t.expect("task").path().join("stat")).unwrap_or_default();
+        // `tid (comm) state ...`: the state follows the last ')' (comm may hold anything).
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        match state {
+            Some("T" | "Z" | "X") => n += 1,
+            // Running or sleeping; or the thread ended between the listing and the read.
+            Some(_) => return false,
+            None => {}
+        }
+    }
+    n > 0
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -314,30 +371,29 @@ fn sync_master_without_a_slave_refuses_and_times_out() {
     let (code, _) = produce(&mut raw, TOPIC, 0, &numbered_batch(0, 1, -1, -1, -1));
     assert_eq!(code, mqnet::broker::codes::NOT_ENOUGH_REPLICAS);
     assert_eq!(m.ha_i64("log_end"), end_before);
-    // With a slave: accepted once it holds the batch.
+    // With a slave: accepted once it holds the batch. The master counts the slave healthy from
+    // its handshake on, but the slave's start-up (adopting the log id with an fsync, creating the
+    // topic) comes after it; wait until it acknowledged the whole journal, so that the
+    // ha.sync.timeout.ms budget below is for replicating the batch alone.
     let mut s = slave(&sdir, &m);
     wait_healthy(&mut m);
+    wait_for("the slave to acknowledge the master's journal", || {
+        let ha = m.ha();
+        ha["peer_end"].parse::<i64>().unwrap() >= ha["log_end"].parse::<i64>().unwrap()
+    });
     let (code, base) = produce(&mut raw, TOPIC, 0, &numbered_batch(0, 1, -1, -1, -1));
     assert_eq!((code, base), (0, 0));
     assert!(m.ha_i64("log_end") > end_before);
     assert!(m.ha_i64("peer_end") >= m.ha_i64("log_end"));
-    // The slave stops (SIGSTOP): the master still thinks it healthy, appends, and answers
+    // The slave stops (SIGSTOP, and every one of its threads is stopped before the produce goes
+    // out): the master still thinks it healthy, appends, and answers
     // NOT_ENOUGH_REPLICAS_AFTER_APPEND after ha.sync.timeout.ms.
-    let pid = s.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    s.sigstop();
     let t = Instant::now();
     let (code, _) = produce(&mut raw, TOPIC, 0, &numbered_batch(1, 1, -1, -1, -1));
     assert_eq!(code, mqnet::broker::codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND);
     assert!(t.elapsed() >= Duration::from_millis(300));
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    s.sigcont();
     // The slave catches up with the record that timed out: it was appended.
     wait_caught_up(&mut m, &mut s);
     assert_eq!(consume(&s.bootstrap, TOPIC, PARTITIONS, 2).len(), 2);

@@ -121,37 +121,32 @@ impl Proc {
         self.ha()[field].parse().expect(field)
     }
 
-    /// Stops the process (SIGSTOP, by PID) and waits until it is stopped. kill(2) only queues
-    /// the signal: the process stops when one of its threads next runs and takes the others
-    /// into the group stop, so until then (long, on a loaded machine) its threads keep running.
-    fn sigstop(&self) {
-        let pid = self.child.id();
+    /// Sends `signal` (a `kill` option such as `-STOP`) to the process, by PID.
+    fn signal(&self, signal: &str) {
         let st = Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .expect("kill");
-        assert!(st.success());
+        assert!(st.success(), "kill {signal}");
+    }
+
+    /// Stops the process (SIGSTOP) and waits until it is stopped. kill(2) only queues the
+    /// signal: the process stops when one of its threads next runs and takes the others into the
+    /// group stop, so until then (long, on a loaded machine) its threads keep running.
+    fn sigstop(&self) {
+        self.signal("-STOP");
+        let pid = self.child.id();
         wait_for("the SIGSTOP to stop every thread", || all_stopped(pid));
     }
 
-    /// Resumes a process stopped by [`sigstop`](Self::sigstop) (SIGCONT, by PID).
+    /// Resumes a process stopped by [`sigstop`](Self::sigstop) (SIGCONT).
     fn sigcont(&self) {
-        let pid = self.child.id().to_string();
-        let st = Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .expect("kill");
-        assert!(st.success());
+        self.signal("-CONT");
     }
 
     /// `kill -9` by PID.
     fn kill9(mut self) {
-        let pid = self.child.id().to_string();
-        let st = Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .expect("kill");
-        assert!(st.success());
+        self.signal("-9");
         let _ = self.child.wait();
     }
 }

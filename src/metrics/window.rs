@@ -57,6 +57,15 @@ struct Sample {
 }
 
 impl Sample {
+    /// Adds `count` events whose values sum to `sum` and whose largest is `max`.
+    fn add(&mut self, sum: f64, count: u64, max: f64) {
+        self.sum += sum;
+        self.count += count;
+        if max > self.max {
+            self.max = max;
+        }
+    }
+
     fn new(start: Instant, window: Duration) -> Self {
         Sample {
             start,
@@ -157,11 +166,7 @@ impl Sampled {
         self.total += acc.sum;
         self.count += acc.count;
         if let Some(s) = self.samples.get_mut(self.current) {
-            s.sum += acc.sum;
-            s.count += acc.count;
-            if acc.max > s.max {
-                s.max = acc.max;
-            }
+            s.add(acc.sum, acc.count, acc.max);
         }
     }
 
@@ -187,11 +192,7 @@ impl Sampled {
             }
         }
         let s = &mut self.samples[self.current];
-        s.sum += sum;
-        s.count += count;
-        if max > s.max {
-            s.max = max;
-        }
+        s.add(sum, count, max);
         self.open_until = s.end;
     }
 
@@ -205,10 +206,8 @@ impl Sampled {
             .enumerate()
             .map(move |(i, s)| {
                 let mut s = *s;
-                if i == current && open.count > 0 {
-                    s.sum += open.sum;
-                    s.count += open.count;
-                    s.max = s.max.max(open.max);
+                if i == current {
+                    s.add(open.sum, open.count, open.max);
                 }
                 s
             })

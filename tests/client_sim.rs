@@ -238,6 +238,44 @@ fn in_flight_cap_makes_the_sixth_request_wait() {
 }
 
 #[test]
+fn a_request_written_with_a_body_is_one_frame_and_only_sent_when_ready() {
+    let mut c = client(
+        SimNetwork::new().with_latency(ms(5)),
+        ClientConfig::default(),
+    );
+    c.transport_mut().set_behaviour(addr(9013), Behaviour::Echo);
+    let node = NodeId(1);
+    c.add_node(node, "127.0.0.1:9013").unwrap();
+    let body = Bytes::from_static(b"the body");
+    let corr = c.next_correlation_id();
+    let now = c.transport().now();
+    // Not connected yet: refused, nothing recorded.
+    assert!(!c.send_with_body(node, corr, now, |w| w.put_i32(corr), body.clone()));
+    assert_eq!(c.in_flight_count(node), 0);
+    connect(&mut c, node);
+    let now = c.transport().now();
+    assert!(c.send_with_body(node, corr, now, |w| w.put_i32(corr), body.clone()));
+    assert_eq!(c.in_flight_count(node), 1);
+    let mut done = Vec::new();
+    for _ in 0..1_000 {
+        let now = c.transport().now();
+        done.extend(io_round(&mut c, Some(ms(1)), now));
+        if !done.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].correlation_id, corr);
+    let mut want = corr.to_be_bytes().to_vec();
+    want.extend_from_slice(&body);
+    assert!(
+        matches!(&done[0].outcome, Outcome::Response(b) if b[..] == want[..]),
+        "{:?}",
+        done[0].outcome
+    );
+}
+
+#[test]
 fn correlation_mismatch_closes_and_fails_every_in_flight_request() {
     let mut net = SimNetwork::new();
     net.set_behaviour(addr(9004), Behaviour::WrongCorrelation);

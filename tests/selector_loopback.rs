@@ -876,21 +876,37 @@ fn sends_unreported_still_leave_in_order() {
     let (mut sel, ch, mut peer) = connected_to_silent_peer();
     sel.set_report_sends(false);
     sel.set_wake_on_sends(false);
-    // Sizes on both sides of the coalescing threshold; staged by `send` and written in place by
-    // `send_with` in turn, so untracked runs, in-place runs and separate frames interleave.
+    // Sizes on both sides of the coalescing threshold; staged by `send`, written in place by
+    // `send_with`, and half in place, half a body of its own by `send_with_body`, in turn, so
+    // untracked runs, in-place runs and separate frames interleave.
     let frames: Vec<Bytes> = (0..60u32)
         .map(|i| indexed_payload(i, 64 + 17 * i as usize))
         .collect();
-    let stage = |sel: &mut Selector, i: usize, f: &Bytes| {
-        if i % 2 == 0 {
+    let stage = |sel: &mut Selector, i: usize, f: &Bytes| match i % 3 {
+        0 => {
             sel.send(ch, f.clone()).expect("send");
-        } else {
+        }
+        1 => {
             let staged = sel
                 .send_with(ch, |w| {
                     w.put_slice(f);
                     true
                 })
                 .expect("send_with");
+            assert!(staged.is_some());
+        }
+        _ => {
+            let half = f.len() / 2;
+            let staged = sel
+                .send_with_body(
+                    ch,
+                    |w| {
+                        w.put_slice(&f[..half]);
+                        true
+                    },
+                    f.slice(half..),
+                )
+                .expect("send_with_body");
             assert!(staged.is_some());
         }
     };
@@ -935,6 +951,109 @@ fn sends_unreported_still_leave_in_order() {
         );
         at += 4 + len;
     }
+}
+
+#[test]
+fn switching_reports_on_with_unreported_frames_staged_reports_each_frame_once() {
+    use std::io::Read;
+    init_log();
+    let (mut sel, ch, mut peer) = connected_to_silent_peer();
+    sel.set_wake_on_sends(false);
+    let frames: Vec<Bytes> = (0..12u32).map(|i| indexed_payload(i, 40)).collect();
+    let write = |sel: &mut Selector, f: &Bytes| {
+        let staged = sel
+            .send_with(ch, |w| {
+                w.put_slice(f);
+                true
+            })
+            .expect("send_with");
+        assert!(staged.is_some());
+    };
+    // Written in place while reports are off, then on, with nothing written in between; the
+    // last frames carry a body of their own.
+    sel.set_report_sends(false);
+    for f in &frames[..4] {
+        write(&mut sel, f);
+    }
+    sel.set_report_sends(true);
+    for f in &frames[4..8] {
+        write(&mut sel, f);
+    }
+    sel.set_report_sends(false);
+    write(&mut sel, &frames[8]);
+    for f in &frames[9..] {
+        let staged = sel
+            .send_with_body(
+                ch,
+                |w| {
+                    w.put_slice(&f[..10]);
+                    true
+                },
+                f.slice(10..),
+            )
+            .expect("send_with_body");
+        assert!(staged.is_some());
+    }
+    sel.set_report_sends(true);
+    // Every frame is reported once, in order, with the sequence number it was staged with.
+    let mut seqs = Vec::new();
+    poll_until(&mut sel, "every frame reported", |sel| {
+        seqs.extend(sel.completed_sends().iter().map(|s| s.seq));
+        sel.staged_bytes(ch) == 0 && seqs.len() >= frames.len()
+    });
+    assert_eq!(seqs, (0..frames.len() as u64).collect::<Vec<u64>>());
+    let want: usize = frames.iter().map(|f| 4 + f.len()).sum();
+    peer.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut got = vec![0u8; want];
+    peer.read_exact(&mut got).expect("peer reads every frame");
+    let mut at = 0;
+    for (i, f) in frames.iter().enumerate() {
+        let len = u32::from_be_bytes(got[at..at + 4].try_into().expect("4 bytes")) as usize;
+        assert_eq!(len, f.len(), "frame {i} length");
+        assert_eq!(&got[at + 4..at + 4 + len], &f[..], "frame {i}");
+        at += 4 + len;
+    }
+}
+
+#[test]
+fn a_body_frame_over_the_frame_limit_is_refused_and_nothing_is_staged() {
+    init_log();
+    let mut sel = Selector::with_config(SelectorConfig {
+        max_frame_size: 1000,
+        ..Default::default()
+    })
+    .expect("selector");
+    let listener = std::net::TcpListener::bind(localhost()).expect("bind");
+    // Frames may be staged while the channel connects.
+    let ch = sel
+        .connect(
+            listener.local_addr().expect("addr"),
+            &SocketOptions::default(),
+        )
+        .expect("connect");
+    let refused = sel.send_with_body(
+        ch,
+        |w| {
+            w.put_slice(&[1; 600]);
+            true
+        },
+        Bytes::from(vec![2; 401]),
+    );
+    assert!(
+        matches!(refused, Err(SendError::InvalidFrame(_))),
+        "{refused:?}"
+    );
+    assert_eq!((sel.staged_frames(ch), sel.staged_bytes(ch)), (0, 0));
+    let taken = sel.send_with_body(
+        ch,
+        |w| {
+            w.put_slice(&[1; 600]);
+            true
+        },
+        Bytes::from(vec![2; 400]),
+    );
+    assert_eq!(taken.expect("a frame of exactly the limit"), Some(0));
+    assert_eq!((sel.staged_frames(ch), sel.staged_bytes(ch)), (1, 1004));
 }
 
 #[test]

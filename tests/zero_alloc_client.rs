@@ -2,7 +2,8 @@
 //! (a second Selector) → socket → Selector → NetworkClient, in its own test binary with a
 //! counting global allocator. After warm-up, 20,000 round trips allocate exactly as much as 10,000:
 //! nothing — with responses taken as `Bytes` (`handle_into`) and read where they were received
-//! (borrowed responses, `handle_with`).
+//! (borrowed responses, `handle_with`), and with requests sent as a written head and a shared body
+//! (`send_with_body`).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,9 @@ struct Client {
     done: Vec<ClientResponse>,
     /// Borrowed responses, handed out by `handle_with`.
     borrowed: bool,
+    /// Requests go as the correlation id written in place and this shared payload
+    /// (`send_with_body`) instead of the rig's frame.
+    body: Option<Bytes>,
 }
 
 impl LoopClient for Client {
@@ -33,6 +37,13 @@ impl LoopClient for Client {
     }
 
     fn send_frame(&mut self, corr: i32, frame: Bytes, now: Instant) {
+        if let Some(body) = &self.body {
+            let sent =
+                self.client
+                    .send_with_body(NODE, corr, now, |w| w.put_i32(corr), body.clone());
+            assert!(sent, "send_with_body refused request {corr}");
+            return;
+        }
         self.client.send(ClientRequest::new(NODE, corr, frame), now);
     }
 
@@ -65,7 +76,7 @@ impl LoopClient for Client {
     }
 }
 
-fn rig(borrowed: bool) -> ClosedLoop<Client> {
+fn rig(borrowed: bool, body: bool) -> ClosedLoop<Client> {
     let server = EchoSelector::listen();
     let cfg = ClientConfig::default()
         .max_in_flight(IN_FLIGHT)
@@ -79,6 +90,7 @@ fn rig(borrowed: bool) -> ClosedLoop<Client> {
         client,
         done: Vec::with_capacity(1024),
         borrowed,
+        body: body.then(|| Bytes::from(vec![0xAB; PAYLOAD])),
     };
     let mut rig = ClosedLoop::new(client, server, IN_FLIGHT, PAYLOAD);
     rig.pump_until("ready", |c| c.client.ready(NODE, Instant::now()));
@@ -89,18 +101,18 @@ fn rig(borrowed: bool) -> ClosedLoop<Client> {
 fn network_client_round_trips_allocate_nothing_in_steady_state() {
     counting_alloc::assert_counter_counts();
     // One mode after the other: the counter is global to the binary.
-    for borrowed in [false, true] {
-        let mut rig = rig(borrowed);
+    for (borrowed, body) in [(false, false), (true, false), (true, true)] {
+        let mut rig = rig(borrowed, body);
         rig.round_trips(5_000);
         let a10 = counting_alloc::count(|| rig.round_trips(10_000));
         let a20 = counting_alloc::count(|| rig.round_trips(20_000));
         assert_eq!(
             a10, a20,
-            "borrowed {borrowed}: allocations grow with round trips: {a10} for 10,000, {a20} for 20,000"
+            "borrowed {borrowed}, body {body}: allocations grow with round trips: {a10} for 10,000, {a20} for 20,000"
         );
         assert_eq!(
             a20, 0,
-            "borrowed {borrowed}: steady state should allocate nothing"
+            "borrowed {borrowed}, body {body}: steady state should allocate nothing"
         );
         let m = rig.client.client.node_metrics(NODE).expect("node metrics");
         assert!(m.responses >= 35_000);

@@ -36,7 +36,7 @@ use mqnet::server::{DirectHandler, Server, ServerConfig};
 use crate::error::{BenchError, Context};
 use crate::proto::{
     check_response, request_correlation, CorrelationSeq, Encoder, MAX_PAYLOAD, MIN_REQUEST,
-    MIN_RESPONSE,
+    MIN_RESPONSE, VECTORED_PADDING_ABOVE,
 };
 use crate::stats::{Recorder, RunResult, Window, Workload};
 
@@ -402,6 +402,8 @@ impl ClientLayer {
 /// [`RequestLayer`] on mqnet's `NetworkClient`: one node per connection.
 pub struct NetworkClientLayer {
     client: NetworkClient,
+    /// The padding of requests above [`VECTORED_PADDING_ABOVE`], shared by all of them.
+    padding: Bytes,
     nodes: Vec<NodeId>,
     /// Per connection: reported up, reported down.
     up: Vec<bool>,
@@ -427,6 +429,7 @@ impl NetworkClientLayer {
         client.set_borrowed_responses(true);
         Ok(NetworkClientLayer {
             client,
+            padding: Bytes::new(),
             nodes: Vec::new(),
             up: Vec::new(),
             down: Vec::new(),
@@ -479,9 +482,22 @@ impl RequestLayer for NetworkClientLayer {
             .nodes
             .get(conn)
             .ok_or_else(|| BenchError::run("unknown connection"))?;
-        Ok(self.client.send_with(node, correlation_id, now, |w| {
-            put_request(w, size, correlation_id)
-        }))
+        let pad = size.max(MIN_REQUEST) - MIN_REQUEST;
+        if pad <= VECTORED_PADDING_ABOVE {
+            return Ok(self.client.send_with(node, correlation_id, now, |w| {
+                put_request(w, size, correlation_id)
+            }));
+        }
+        if self.padding.len() != pad {
+            self.padding = Bytes::from(vec![0; pad]);
+        }
+        let head = |w: &mut FrameWriter<'_>| {
+            w.put_i32(0);
+            w.put_i32(correlation_id);
+        };
+        Ok(self
+            .client
+            .send_with_body(node, correlation_id, now, head, self.padding.clone()))
     }
 
     fn poll(

@@ -17,6 +17,12 @@ pub const MIN_RESPONSE: usize = 4;
 pub const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
 /// Bytes on the wire per frame besides its payload.
 pub const PREFIX: usize = 4;
+/// Requests with more padding than this are sent as their fixed fields plus one shared padding
+/// buffer, by a vectored write (no copy of the padding per request); smaller ones are written
+/// whole, since one more `iovec` costs more than copying a few hundred bytes. The padding stands
+/// in for a request's bulk — a record batch a producer already holds in memory. The reference
+/// peer `mio-floor` does the same above its `--vectored-above`, default 2048.
+pub const VECTORED_PADDING_ABOVE: usize = 2048;
 
 /// Builds payloads into a shared arena: each payload is split off one large buffer, so building a
 /// frame does not allocate once the arena's earlier frames have been sent and dropped.

@@ -5,11 +5,13 @@
 //!   appended to the connection's one write buffer, one `write` per readable event (and on
 //!   writable events while bytes are left). Malformed requests close their connection.
 //! - Client: C connections × W requests in flight, closed loop; requests appended to one
-//!   contiguous write buffer per connection; every response's size and correlation id checked
+//!   contiguous write buffer per connection (above `VECTORED_PADDING_ABOVE` bytes of padding,
+//!   only their fixed fields, written with one shared padding buffer by a vectored write);
+//!   every response's size and correlation id checked
 //!   against a per-connection FIFO; send→response latency recorded like the other clients.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +19,9 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::proto::{request_correlation, CorrelationSeq, MIN_REQUEST, MIN_RESPONSE, PREFIX};
+use crate::proto::{
+    request_correlation, CorrelationSeq, MIN_REQUEST, MIN_RESPONSE, PREFIX, VECTORED_PADDING_ABOVE,
+};
 use crate::stats::{Recorder, RunResult, Window, Workload};
 
 /// Read buffer of each connection (grown when one frame is larger).
@@ -106,6 +110,49 @@ impl Conn {
             }
         }
         if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a request's fixed fields on the wire: prefix, api_key, api_version, correlation id.
+const HEAD: usize = PREFIX + MIN_REQUEST;
+
+/// Slices one vectored write gathers at most (two per request).
+const WRITE_SLICES: usize = 64;
+
+impl Conn {
+    /// As [`flush`](Conn::flush) for a write buffer of request heads (`HEAD` bytes each), each
+    /// followed on the wire by `pad`: writes them with `writev` until `WouldBlock` or all left.
+    /// `wpos` counts the wire bytes written.
+    fn flush_heads(&mut self, pad: &[u8]) -> io::Result<()> {
+        let frame = HEAD + pad.len();
+        let total = self.wbuf.len() / HEAD * frame;
+        while self.wpos < total {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut n = 0;
+            let mut pos = self.wpos;
+            while pos < total && n + 2 <= WRITE_SLICES {
+                let (k, off) = (pos / frame, pos % frame);
+                if off < HEAD {
+                    slices[n] = IoSlice::new(&self.wbuf[k * HEAD + off..(k + 1) * HEAD]);
+                    n += 1;
+                }
+                slices[n] = IoSlice::new(&pad[off.saturating_sub(HEAD)..]);
+                n += 1;
+                pos = (k + 1) * frame;
+            }
+            match self.stream.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => self.wpos += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.wpos == total {
             self.wbuf.clear();
             self.wpos = 0;
         }
@@ -250,13 +297,16 @@ struct ClientConn {
     up: bool,
 }
 
-/// Appends one echo request (prefix, api_key 0, api_version 0, correlation id, zero padding).
+/// Appends one echo request (prefix, api_key 0, api_version 0, correlation id, zero padding),
+/// without its padding when `vectored` (the padding then leaves from the shared buffer).
 #[inline]
-fn put_request(buf: &mut Vec<u8>, size: usize, corr: i32) {
+fn put_request(buf: &mut Vec<u8>, size: usize, corr: i32, vectored: bool) {
     buf.extend_from_slice(&(size as u32).to_be_bytes());
     buf.extend_from_slice(&[0, 0, 0, 0]);
     buf.extend_from_slice(&corr.to_be_bytes());
-    buf.resize(buf.len() + size - MIN_REQUEST, 0);
+    if !vectored {
+        buf.resize(buf.len() + size - MIN_REQUEST, 0);
+    }
 }
 
 /// Runs the raw client of `w` against `addr` and summarises it.
@@ -266,6 +316,21 @@ fn put_request(buf: &mut Vec<u8>, size: usize, corr: i32) {
 pub fn run_client(addr: SocketAddr, w: &Workload) -> io::Result<RunResult> {
     let size = w.size.max(MIN_REQUEST);
     let resp_size = w.resp_size.max(MIN_RESPONSE);
+    let vectored = size - MIN_REQUEST > VECTORED_PADDING_ABOVE;
+    let pad = if vectored {
+        vec![0u8; size - MIN_REQUEST]
+    } else {
+        Vec::new()
+    };
+    // Bytes per request in the write buffer.
+    let wire = if vectored { HEAD } else { size + PREFIX };
+    let flush = |conn: &mut Conn| {
+        if vectored {
+            conn.flush_heads(&pad)
+        } else {
+            conn.flush()
+        }
+    };
     let mut rec = Recorder::new();
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(w.conns);
@@ -277,7 +342,7 @@ pub fn run_client(addr: SocketAddr, w: &Workload) -> io::Result<RunResult> {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         conns.push(ClientConn {
-            conn: Conn::new(stream, w.inflight * (size + PREFIX) * 2),
+            conn: Conn::new(stream, w.inflight * wire * 2),
             seq: CorrelationSeq::for_conn(i),
             pending: VecDeque::with_capacity(w.inflight),
             up: false,
@@ -316,10 +381,10 @@ pub fn run_client(addr: SocketAddr, w: &Workload) -> io::Result<RunResult> {
     for c in &mut conns {
         for _ in 0..w.inflight {
             let corr = c.seq.next_id();
-            put_request(&mut c.conn.wbuf, size, corr);
+            put_request(&mut c.conn.wbuf, size, corr, vectored);
             c.pending.push_back((corr, window.start));
         }
-        c.conn.flush()?;
+        flush(&mut c.conn)?;
     }
     let mut live = conns.len();
     loop {
@@ -356,14 +421,14 @@ pub fn run_client(addr: SocketAddr, w: &Workload) -> io::Result<RunResult> {
                     }
                     if sending {
                         let corr = seq.next_id();
-                        put_request(out, size, corr);
+                        put_request(out, size, corr, vectored);
                         pending.push_back((corr, now));
                     }
                     Ok(())
                 });
                 open = matches!(read, Ok(true));
             }
-            if open && c.conn.flush().is_err() {
+            if open && flush(&mut c.conn).is_err() {
                 open = false;
             }
             if !open {

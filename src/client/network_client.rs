@@ -768,6 +768,60 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         now: Instant,
         write: impl FnOnce(&mut FrameWriter<'_>),
     ) -> bool {
+        self.send_staged(node, correlation_id, now, |t, ch| {
+            t.send_with(ch, |w| {
+                write(w);
+                true
+            })
+        })
+    }
+
+    /// As [`send_with`](Self::send_with), the frame being what `write` appends followed by
+    /// `body`, which the transport writes from its own buffer (no copy; see
+    /// [`Selector::send_with_body`](crate::net::Selector::send_with_body)): for a request whose
+    /// bulk already sits in a [`Bytes`], such as a record batch.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use std::time::Instant;
+    /// # use bytes::Bytes;
+    /// # use mqnet::client::{NetworkClient, NodeId};
+    /// # let mut client = NetworkClient::new(Default::default()).unwrap();
+    /// let batch = Bytes::from(vec![0u8; 16 * 1024]);
+    /// let corr = client.next_correlation_id();
+    /// let sent = client.send_with_body(NodeId(1), corr, Instant::now(), |w| w.put_i32(corr), batch);
+    /// # let _ = sent;
+    /// ```
+    pub fn send_with_body(
+        &mut self,
+        node: NodeId,
+        correlation_id: i32,
+        now: Instant,
+        write: impl FnOnce(&mut FrameWriter<'_>),
+        body: Bytes,
+    ) -> bool {
+        self.send_staged(node, correlation_id, now, |t, ch| {
+            t.send_with_body(
+                ch,
+                |w| {
+                    write(w);
+                    true
+                },
+                body,
+            )
+        })
+    }
+
+    /// The checks and the in-flight record of [`send_with`](Self::send_with) around `stage`, which
+    /// stages the frame on the node's channel.
+    #[inline]
+    fn send_staged(
+        &mut self,
+        node: NodeId,
+        correlation_id: i32,
+        now: Instant,
+        stage: impl FnOnce(&mut T, ChannelId) -> Result<Option<u64>, SendError>,
+    ) -> bool {
         let Some(i) = self.node_index(node) else {
             return false;
         };
@@ -789,11 +843,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let Some(ch) = self.states.get(i).channel else {
             return false;
         };
-        let staged = self.transport.send_with(ch, |w| {
-            write(w);
-            true
-        });
-        if !matches!(staged, Ok(Some(_))) {
+        if !matches!(stage(&mut self.transport, ch), Ok(Some(_))) {
             return false;
         }
         let timeout = self.config.request_timeout;

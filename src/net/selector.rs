@@ -1167,10 +1167,49 @@ impl Selector {
     ///
     /// # Errors
     /// As [`send`](Selector::send); the staged-bytes bound is checked before `write` runs.
+    #[inline]
     pub fn send_with(
         &mut self,
         id: ChannelId,
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+    ) -> Result<Option<u64>, SendError> {
+        self.stage_written(id, write, Bytes::new())
+    }
+
+    /// As [`send_with`](Selector::send_with), the frame's payload being what `write` appends
+    /// followed by `body`. The body is written from its own buffer by the same vectored write
+    /// (no copy), so a large part that already sits in a [`Bytes`] — a record batch, shared
+    /// padding — costs a reference count, not a copy into the send buffer. Pays off above a few
+    /// hundred bytes; smaller bodies are cheaper copied with
+    /// [`FrameWriter::put_slice`]. Reported sent once the body's last byte has been written.
+    ///
+    /// ```no_run
+    /// # use mqnet::net::{Selector, SelectorConfig, SocketOptions};
+    /// # use bytes::Bytes;
+    /// # let mut sel = Selector::new(SelectorConfig::default()).unwrap();
+    /// # let id = sel.connect("127.0.0.1:9092".parse().unwrap(), &SocketOptions::default()).unwrap();
+    /// let batch = Bytes::from(vec![0u8; 16 * 1024]);
+    /// let seq = sel.send_with_body(id, |w| { w.put_i32(7); true }, batch.clone());
+    /// # let _ = seq;
+    /// ```
+    ///
+    /// # Errors
+    /// As [`send_with`](Selector::send_with); `max_frame_size` bounds the whole payload.
+    pub fn send_with_body(
+        &mut self,
+        id: ChannelId,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+        body: Bytes,
+    ) -> Result<Option<u64>, SendError> {
+        self.stage_written(id, write, body)
+    }
+
+    #[inline]
+    fn stage_written(
+        &mut self,
+        id: ChannelId,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+        body: Bytes,
     ) -> Result<Option<u64>, SendError> {
         let limit = self.config.max_staged_bytes;
         let max_frame_size = self.config.max_frame_size;
@@ -1187,7 +1226,7 @@ impl Selector {
         }
         let seq = ch
             .sends
-            .push_with(max_frame_size, self.report_sends, write)
+            .push_written(max_frame_size, self.report_sends, write, body)
             .map_err(SendError::InvalidFrame)?;
         if seq.is_some() && ch.is_connected() && !ch.write_blocked && !ch.in_write_list {
             ch.in_write_list = true;

@@ -359,6 +359,24 @@ impl SendQueue {
         track: bool,
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
     ) -> Result<Option<u64>, FrameError> {
+        self.push_written(max_frame_size, track, write, Bytes::new())
+    }
+
+    /// As [`push_with`](Self::push_with), the payload being what `write` appends followed by
+    /// `body`, which is written from its own buffer (a vectored write, no copy). A frame with an
+    /// empty `body` is staged as by `push_with`. The frame is reported on its own, as it leaves,
+    /// whatever `track` says.
+    ///
+    /// # Errors
+    /// As [`push_with`](Self::push_with), the bound applying to the whole payload.
+    #[inline]
+    pub(crate) fn push_written(
+        &mut self,
+        max_frame_size: usize,
+        track: bool,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+        body: Bytes,
+    ) -> Result<Option<u64>, FrameError> {
         if self.cstart > 0 && self.cstart >= self.cbuf.len() / 2 && self.cstart >= COALESCE_INITIAL
         {
             // Most of the buffer is written: move the rest to the front so it does not grow.
@@ -377,19 +395,39 @@ impl SendQueue {
             self.cbuf.truncate(at);
             return Ok(None);
         }
+        // The written part: prefix and head.
         let len = self.cbuf.len() - at;
-        match encode_header(len - HEADER_LEN, max_frame_size) {
+        match encode_header(len - HEADER_LEN + body.len(), max_frame_size) {
             Ok(h) => self.cbuf[at..at + HEADER_LEN].copy_from_slice(&h),
             Err(e) => {
                 self.cbuf.truncate(at);
                 return Err(e);
             }
         }
+        if track || !body.is_empty() {
+            // The untracked frames written before this one are entered first: they take their
+            // sequence numbers from `next_seq`.
+            self.seal();
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.staged_bytes += len;
-        if track {
-            self.seal();
+        self.staged_bytes += len + body.len();
+        if !body.is_empty() {
+            // The written part joins the untracked run before it (or starts one) as bytes of no
+            // frame of their own; the frame is reported when the body's last byte has left.
+            self.add_run(len, seq, 0, false);
+            self.nframes += 1;
+            self.frames.push_back(Staged {
+                header: [0; HEADER_LEN],
+                header_len: 0,
+                coalesced: false,
+                tracked: true,
+                len: body.len(),
+                body,
+                seq,
+                frames: 1,
+            });
+        } else if track {
             self.push_coalesced(len, seq, true);
         } else {
             self.nframes += 1;
@@ -735,10 +773,24 @@ mod tests {
     }
 
     /// Stages `p` the way frame `i` of the interleave test is staged: behind a separate prefix,
-    /// already prefixed, or written in place; tracked or not by a pattern that mixes runs.
+    /// already prefixed, written in place, or its first half written in place and the rest a
+    /// body of its own; tracked or not by a pattern that mixes runs.
     fn stage_nth(q: &mut SendQueue, i: usize, p: &[u8]) -> bool {
         let track = (i / 5) % 3 != 0;
-        match i % 3 {
+        match i % 4 {
+            3 => {
+                let (head, body) = p.split_at(p.len() / 2);
+                let staged = q.push_written(
+                    1 << 20,
+                    track,
+                    |w| {
+                        w.put_slice(head);
+                        true
+                    },
+                    Bytes::copy_from_slice(body),
+                );
+                assert!(matches!(staged, Ok(Some(_))));
+            }
             0 => {
                 q.push(
                     Some((p.len() as u32).to_be_bytes()),
@@ -765,7 +817,18 @@ mod tests {
     #[test]
     fn small_and_large_frames_interleave_through_partial_writes() {
         // Sizes around the coalescing threshold, and enough small frames to pass its byte limit.
-        let sizes = [0, 1, 100, COALESCE_MAX - 4, COALESCE_MAX - 3, 4000, 7, 300];
+        // Nine sizes against four ways of staging: every size is staged every way.
+        let sizes = [
+            0,
+            1,
+            100,
+            COALESCE_MAX - 4,
+            COALESCE_MAX - 3,
+            4000,
+            7,
+            300,
+            16_384,
+        ];
         let payloads: Vec<Vec<u8>> = (0..600usize)
             .map(|i| vec![(i % 251) as u8; sizes[i % sizes.len()]])
             .collect();
@@ -968,6 +1031,62 @@ mod tests {
         assert!(!p.blocked);
         assert_eq!(w.out, expected(&[b"hi", b"!"]));
         assert_eq!(done, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_body_frame_is_refused_whole_and_gathered_without_a_copy() {
+        let mut q = SendQueue::default();
+        let body = Bytes::from(vec![7u8; 100]);
+        // `write` declines: nothing staged.
+        assert_eq!(
+            q.push_written(1000, false, |_| false, body.clone()),
+            Ok(None)
+        );
+        // Over the bound only with the body: refused, nothing staged.
+        let over = q.push_written(
+            120,
+            false,
+            |w| {
+                w.put_slice(&[1; 30]);
+                true
+            },
+            body.clone(),
+        );
+        assert_eq!(over, Err(FrameError::TooLarge { len: 130, max: 120 }));
+        assert!(q.is_empty());
+        assert_eq!((q.len(), q.staged_bytes(), q.cbuf.len()), (0, 0, 0));
+        // An untracked in-place frame, then a body frame: the written parts share one slice, the
+        // body is its own, pointing at the caller's buffer.
+        let a = q.push_with(1000, false, |w| {
+            w.put_slice(b"ab");
+            true
+        });
+        let b = q.push_written(
+            1000,
+            false,
+            |w| {
+                w.put_slice(b"head");
+                true
+            },
+            body.clone(),
+        );
+        assert_eq!((a, b), (Ok(Some(0)), Ok(Some(1))));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.staged_bytes(), 6 + 4 + 4 + 100);
+        q.seal();
+        let mut slices = [IoSlice::new(&[]); 4];
+        assert_eq!(q.gather(&mut slices), 2);
+        assert_eq!(&slices[0][..], b"\0\0\0\x02ab\0\0\0\x68head");
+        assert_eq!(slices[1].as_ptr(), body.as_ptr());
+        let mut w = Trickle {
+            out: Vec::new(),
+            cap: 9,
+            calls: 0,
+            block_every: 0,
+        };
+        let mut full = b"head".to_vec();
+        full.extend_from_slice(&body);
+        drain_and_check(&mut q, &mut w, &mut Vec::new(), &[b"ab".to_vec(), full]);
     }
 
     #[test]

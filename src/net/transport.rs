@@ -69,6 +69,31 @@ pub trait Transport {
             .map(Some)
             .map_err(|(e, _)| e)
     }
+    /// Stages one frame whose payload is what `write` appends followed by `body` (see
+    /// [`Selector::send_with_body`]); `None` when `write` returned `false`. The default copies
+    /// both into a buffer of its own and calls [`send`](Transport::send); the Selector writes
+    /// `write`'s part into the channel's send buffer and `body` from its own buffer.
+    ///
+    /// # Errors
+    /// See [`SendError`]; nothing is staged then.
+    fn send_with_body(
+        &mut self,
+        channel: ChannelId,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+        body: Bytes,
+    ) -> Result<Option<u64>, SendError>
+    where
+        Self: Sized,
+    {
+        let mut buf = Vec::new();
+        if !write(&mut FrameWriter::new(&mut buf)) {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&body);
+        self.send(channel, Bytes::from(buf))
+            .map(Some)
+            .map_err(|(e, _)| e)
+    }
     /// Closes a channel immediately; not reported as disconnected.
     fn close(&mut self, channel: ChannelId);
     /// Does the I/O, waiting at most `timeout`.
@@ -138,6 +163,15 @@ impl Transport for Selector {
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
     ) -> Result<Option<u64>, SendError> {
         Selector::send_with(self, channel, write)
+    }
+
+    fn send_with_body(
+        &mut self,
+        channel: ChannelId,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+        body: Bytes,
+    ) -> Result<Option<u64>, SendError> {
+        Selector::send_with_body(self, channel, write, body)
     }
 
     fn close(&mut self, channel: ChannelId) {

@@ -437,6 +437,24 @@ impl NetworkClientLayer {
     }
 }
 
+impl NetworkClientLayer {
+    /// Sends the echo request with `pad` bytes of padding as its fixed fields written in place
+    /// and the shared padding as its body. Kept out of line: the small requests' path stays as
+    /// short as it was.
+    #[inline(never)]
+    fn send_padded(&mut self, node: NodeId, correlation_id: i32, pad: usize, now: Instant) -> bool {
+        if self.padding.len() != pad {
+            self.padding = Bytes::from(vec![0; pad]);
+        }
+        let head = |w: &mut FrameWriter<'_>| {
+            w.put_i32(0);
+            w.put_i32(correlation_id);
+        };
+        self.client
+            .send_with_body(node, correlation_id, now, head, self.padding.clone())
+    }
+}
+
 impl RequestLayer for NetworkClientLayer {
     fn open(&mut self, conn: usize, addr: SocketAddr) -> io::Result<()> {
         let id = i32::try_from(conn).map_err(|_| io::Error::other("too many connections"))?;
@@ -488,16 +506,7 @@ impl RequestLayer for NetworkClientLayer {
                 put_request(w, size, correlation_id)
             }));
         }
-        if self.padding.len() != pad {
-            self.padding = Bytes::from(vec![0; pad]);
-        }
-        let head = |w: &mut FrameWriter<'_>| {
-            w.put_i32(0);
-            w.put_i32(correlation_id);
-        };
-        Ok(self
-            .client
-            .send_with_body(node, correlation_id, now, head, self.padding.clone()))
+        Ok(self.send_padded(node, correlation_id, pad, now))
     }
 
     fn poll(

@@ -768,12 +768,18 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         now: Instant,
         write: impl FnOnce(&mut FrameWriter<'_>),
     ) -> bool {
-        self.send_staged(node, correlation_id, now, |t, ch| {
-            t.send_with(ch, |w| {
-                write(w);
-                true
-            })
-        })
+        let Some((i, ch)) = self.admit_written(node, correlation_id, now) else {
+            return false;
+        };
+        let staged = self.transport.send_with(ch, |w| {
+            write(w);
+            true
+        });
+        if !matches!(staged, Ok(Some(_))) {
+            return false;
+        }
+        self.record_written(i, correlation_id, now);
+        true
     }
 
     /// As [`send_with`](Self::send_with), the frame being what `write` appends followed by
@@ -800,37 +806,40 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         write: impl FnOnce(&mut FrameWriter<'_>),
         body: Bytes,
     ) -> bool {
-        self.send_staged(node, correlation_id, now, |t, ch| {
-            t.send_with_body(
-                ch,
-                |w| {
-                    write(w);
-                    true
-                },
-                body,
-            )
-        })
+        let Some((i, ch)) = self.admit_written(node, correlation_id, now) else {
+            return false;
+        };
+        let staged = self.transport.send_with_body(
+            ch,
+            |w| {
+                write(w);
+                true
+            },
+            body,
+        );
+        if !matches!(staged, Ok(Some(_))) {
+            return false;
+        }
+        self.record_written(i, correlation_id, now);
+        true
     }
 
-    /// The checks and the in-flight record of [`send_with`](Self::send_with) around `stage`, which
-    /// stages the frame on the node's channel.
-    #[inline]
-    fn send_staged(
+    /// Whether a request written in place may be staged on `node` now (see
+    /// [`send_with`](Self::send_with)): the node's index and channel if so.
+    #[inline(always)]
+    fn admit_written(
         &mut self,
         node: NodeId,
         correlation_id: i32,
         now: Instant,
-        stage: impl FnOnce(&mut T, ChannelId) -> Result<Option<u64>, SendError>,
-    ) -> bool {
-        let Some(i) = self.node_index(node) else {
-            return false;
-        };
+    ) -> Option<(usize, ChannelId)> {
+        let i = self.node_index(node)?;
         if self.states.get(i).state != ConnectionState::Ready
             || self.states.reauth_pending(i, now)
             || !self.requests[i].waiting.is_empty()
             || !self.can_stage(i)
         {
-            return false;
+            return None;
         }
         if self.config.response_order == ResponseOrder::Unordered
             && self.requests[i]
@@ -838,14 +847,14 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 .iter()
                 .any(|r| r.correlation_id == correlation_id)
         {
-            return false;
+            return None;
         }
-        let Some(ch) = self.states.get(i).channel else {
-            return false;
-        };
-        if !matches!(stage(&mut self.transport, ch), Ok(Some(_))) {
-            return false;
-        }
+        Some((i, self.states.get(i).channel?))
+    }
+
+    /// Records a request written in place on node `i` as sent and in flight.
+    #[inline(always)]
+    fn record_written(&mut self, i: usize, correlation_id: i32, now: Instant) {
         let timeout = self.config.request_timeout;
         let deadline = match self.deadline_memo {
             (at, t, d) if at == now && t == timeout => d,
@@ -865,7 +874,6 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
             tag: 0,
             callback: None,
         });
-        true
     }
 
     fn complete_local(&mut self, request: ClientRequest, error: LocalError) {

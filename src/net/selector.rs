@@ -1184,9 +1184,9 @@ impl Selector {
     /// [`FrameWriter::put_slice`]. Reported sent once the body's last byte has been written.
     ///
     /// ```no_run
-    /// # use mqnet::net::{Selector, SelectorConfig, SocketOptions};
+    /// # use mqnet::net::{Selector, SocketOptions};
     /// # use bytes::Bytes;
-    /// # let mut sel = Selector::new(SelectorConfig::default()).unwrap();
+    /// # let mut sel = Selector::new().unwrap();
     /// # let id = sel.connect("127.0.0.1:9092".parse().unwrap(), &SocketOptions::default()).unwrap();
     /// let batch = Bytes::from(vec![0u8; 16 * 1024]);
     /// let seq = sel.send_with_body(id, |w| { w.put_i32(7); true }, batch.clone());

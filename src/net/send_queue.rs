@@ -18,10 +18,14 @@ use super::frame::{encode_header, FrameError, HEADER_LEN};
 /// syscall-bound: 32 frames per write.) The array lives on the stack: 8 KiB.
 const MAX_IOVECS: usize = 512;
 
-/// Queues of at most this many frames gather into a [`SMALL_IOVECS`]-slot array instead (two
-/// slices per frame at most: every frame fits).
+/// Queues of at most this many entries gather into a [`SMALL_IOVECS`]-slot array instead (two
+/// slices per entry at most: every entry fits), and of at most [`MEDIUM_ENTRIES`] into a
+/// [`MEDIUM_IOVECS`]-slot one: filling the large array's 512 slots costs more than the rest of a
+/// write of a few frames (a frame with a body of its own takes two entries).
 const SMALL_FRAMES: usize = 8;
 const SMALL_IOVECS: usize = 2 * SMALL_FRAMES;
+const MEDIUM_ENTRIES: usize = 32;
+const MEDIUM_IOVECS: usize = 2 * MEDIUM_ENTRIES;
 
 /// Frames of at most this many bytes on the wire (prefix included) are copied into the channel's
 /// contiguous buffer when staged.
@@ -493,6 +497,8 @@ impl SendQueue {
                     w.write(&self.cbuf[self.cstart..])
                 } else if self.frames.len() <= SMALL_FRAMES {
                     self.write_gathered::<SMALL_IOVECS, W>(w)
+                } else if self.frames.len() <= MEDIUM_ENTRIES {
+                    self.write_gathered::<MEDIUM_IOVECS, W>(w)
                 } else {
                     self.write_gathered::<MAX_IOVECS, W>(w)
                 };

@@ -1173,7 +1173,7 @@ impl Selector {
         id: ChannelId,
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
     ) -> Result<Option<u64>, SendError> {
-        self.stage_written(id, write, Bytes::new())
+        self.stage_written(id, |q, max, track| q.push_with(max, track, write))
     }
 
     /// As [`send_with`](Selector::send_with), the frame's payload being what `write` appends
@@ -1201,15 +1201,16 @@ impl Selector {
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
         body: Bytes,
     ) -> Result<Option<u64>, SendError> {
-        self.stage_written(id, write, body)
+        self.stage_written(id, |q, max, track| q.push_written(max, track, write, body))
     }
 
+    /// The checks of [`send_with`](Selector::send_with) around `push`, which stages the frame on
+    /// the channel's queue given `max_frame_size` and whether sends are reported.
     #[inline]
     fn stage_written(
         &mut self,
         id: ChannelId,
-        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
-        body: Bytes,
+        push: impl FnOnce(&mut SendQueue, usize, bool) -> Result<Option<u64>, FrameError>,
     ) -> Result<Option<u64>, SendError> {
         let limit = self.config.max_staged_bytes;
         let max_frame_size = self.config.max_frame_size;
@@ -1224,9 +1225,7 @@ impl Selector {
             ch.send_refused = true;
             return Err(SendError::QueueFull { staged, limit });
         }
-        let seq = ch
-            .sends
-            .push_written(max_frame_size, self.report_sends, write, body)
+        let seq = push(&mut ch.sends, max_frame_size, self.report_sends)
             .map_err(SendError::InvalidFrame)?;
         if seq.is_some() && ch.is_connected() && !ch.write_blocked && !ch.in_write_list {
             ch.in_write_list = true;

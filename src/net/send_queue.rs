@@ -363,17 +363,34 @@ impl SendQueue {
         track: bool,
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
     ) -> Result<Option<u64>, FrameError> {
-        self.push_written(max_frame_size, track, write, Bytes::new())
+        let Some(len) = self.write_prefixed(max_frame_size, 0, write)? else {
+            return Ok(None);
+        };
+        if track {
+            // The untracked frames written before this one are entered first: they take their
+            // sequence numbers from `next_seq`.
+            self.seal();
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.staged_bytes += len;
+        if track {
+            self.push_coalesced(len, seq, true);
+        } else {
+            self.nframes += 1;
+            self.tail_frames += 1;
+            self.tail_len += len;
+        }
+        Ok(Some(seq))
     }
 
     /// As [`push_with`](Self::push_with), the payload being what `write` appends followed by
     /// `body`, which is written from its own buffer (a vectored write, no copy). A frame with an
-    /// empty `body` is staged as by `push_with`. The frame is reported on its own, as it leaves,
+    /// empty `body` is staged as by `push_with`; any other is reported on its own, as it leaves,
     /// whatever `track` says.
     ///
     /// # Errors
     /// As [`push_with`](Self::push_with), the bound applying to the whole payload.
-    #[inline]
     pub(crate) fn push_written(
         &mut self,
         max_frame_size: usize,
@@ -381,6 +398,47 @@ impl SendQueue {
         write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
         body: Bytes,
     ) -> Result<Option<u64>, FrameError> {
+        if body.is_empty() {
+            return self.push_with(max_frame_size, track, write);
+        }
+        let Some(len) = self.write_prefixed(max_frame_size, body.len(), write)? else {
+            return Ok(None);
+        };
+        self.seal();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.staged_bytes += len + body.len();
+        // The written part joins the untracked run before it (or starts one) as bytes of no frame
+        // of their own; the frame is reported when the body's last byte has left.
+        self.add_run(len, seq, 0, false);
+        self.nframes += 1;
+        self.frames.push_back(Staged {
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            coalesced: false,
+            tracked: true,
+            len: body.len(),
+            body,
+            seq,
+            frames: 1,
+        });
+        Ok(Some(seq))
+    }
+
+    /// Appends a length prefix and what `write` appends to the contiguous buffer, the prefix
+    /// counting `extra` bytes more (a body that follows); returns the bytes appended, or `None`
+    /// when `write` returned `false` (nothing is left appended then).
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the payload exceeds `max_frame_size`; nothing is left
+    /// appended then.
+    #[inline]
+    fn write_prefixed(
+        &mut self,
+        max_frame_size: usize,
+        extra: usize,
+        write: impl FnOnce(&mut FrameWriter<'_>) -> bool,
+    ) -> Result<Option<usize>, FrameError> {
         if self.cstart > 0 && self.cstart >= self.cbuf.len() / 2 && self.cstart >= COALESCE_INITIAL
         {
             // Most of the buffer is written: move the rest to the front so it does not grow.
@@ -399,46 +457,15 @@ impl SendQueue {
             self.cbuf.truncate(at);
             return Ok(None);
         }
-        // The written part: prefix and head.
         let len = self.cbuf.len() - at;
-        match encode_header(len - HEADER_LEN + body.len(), max_frame_size) {
+        match encode_header(len - HEADER_LEN + extra, max_frame_size) {
             Ok(h) => self.cbuf[at..at + HEADER_LEN].copy_from_slice(&h),
             Err(e) => {
                 self.cbuf.truncate(at);
                 return Err(e);
             }
         }
-        if track || !body.is_empty() {
-            // The untracked frames written before this one are entered first: they take their
-            // sequence numbers from `next_seq`.
-            self.seal();
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.staged_bytes += len + body.len();
-        if !body.is_empty() {
-            // The written part joins the untracked run before it (or starts one) as bytes of no
-            // frame of their own; the frame is reported when the body's last byte has left.
-            self.add_run(len, seq, 0, false);
-            self.nframes += 1;
-            self.frames.push_back(Staged {
-                header: [0; HEADER_LEN],
-                header_len: 0,
-                coalesced: false,
-                tracked: true,
-                len: body.len(),
-                body,
-                seq,
-                frames: 1,
-            });
-        } else if track {
-            self.push_coalesced(len, seq, true);
-        } else {
-            self.nframes += 1;
-            self.tail_frames += 1;
-            self.tail_len += len;
-        }
-        Ok(Some(seq))
+        Ok(Some(len))
     }
 
     /// Makes room for `len` more bytes in the contiguous buffer, within [`COALESCE_LIMIT`]; returns

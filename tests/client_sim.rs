@@ -273,6 +273,19 @@ fn a_request_written_with_a_body_is_one_frame_and_only_sent_when_ready() {
         "{:?}",
         done[0].outcome
     );
+    // Counted like a built frame: the payload and its 4-byte prefix, out and back.
+    let m = c.node_metrics(node).expect("node metrics");
+    assert_eq!((m.requests_sent, m.bytes_sent), (1, 4 + 12));
+    assert_eq!((m.responses, m.bytes_received), (1, 4 + 12));
+    // A request written whole with `send_with` is counted the same way.
+    let corr = c.next_correlation_id();
+    let now = c.transport().now();
+    assert!(c.send_with(node, corr, now, |w| {
+        w.put_i32(corr);
+        w.put_slice(b"abc");
+    }));
+    let m = c.node_metrics(node).expect("node metrics");
+    assert_eq!((m.requests_sent, m.bytes_sent), (2, 16 + 4 + 7));
 }
 
 #[test]

@@ -771,14 +771,16 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let Some((i, ch)) = self.admit_written(node, correlation_id, now) else {
             return false;
         };
+        let mut len = 0;
         let staged = self.transport.send_with(ch, |w| {
             write(w);
+            len = w.len();
             true
         });
         if !matches!(staged, Ok(Some(_))) {
             return false;
         }
-        self.record_written(i, correlation_id, now);
+        self.record_written(i, correlation_id, now, len);
         true
     }
 
@@ -809,10 +811,12 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         let Some((i, ch)) = self.admit_written(node, correlation_id, now) else {
             return false;
         };
+        let mut len = body.len();
         let staged = self.transport.send_with_body(
             ch,
             |w| {
                 write(w);
+                len += w.len();
                 true
             },
             body,
@@ -820,7 +824,7 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         if !matches!(staged, Ok(Some(_))) {
             return false;
         }
-        self.record_written(i, correlation_id, now);
+        self.record_written(i, correlation_id, now, len);
         true
     }
 
@@ -852,9 +856,10 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
         Some((i, self.states.get(i).channel?))
     }
 
-    /// Records a request written in place on node `i` as sent and in flight.
+    /// Records a request of `len` payload bytes written in place on node `i` as sent and in
+    /// flight.
     #[inline(always)]
-    fn record_written(&mut self, i: usize, correlation_id: i32, now: Instant) {
+    fn record_written(&mut self, i: usize, correlation_id: i32, now: Instant, len: usize) {
         let timeout = self.config.request_timeout;
         let deadline = match self.deadline_memo {
             (at, t, d) if at == now && t == timeout => d,
@@ -864,7 +869,10 @@ impl<T: Transport, H: Handshake> NetworkClient<T, H> {
                 d
             }
         };
-        self.metrics[i].requests_sent += 1;
+        let m = &mut self.metrics[i];
+        m.requests_sent += 1;
+        // On the wire: the payload and its length prefix, as `stage` counts a built frame.
+        m.bytes_sent += len as u64 + 4;
         self.requests[i].in_flight.push_back(InFlight {
             correlation_id,
             expect_response: true,

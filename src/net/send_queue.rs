@@ -1137,4 +1137,145 @@ mod tests {
         assert_eq!(p.bytes, 2);
         assert_eq!(q.staged_bytes(), 5);
     }
+
+    /// A writer that takes what its script says, call by call (`None`: `WouldBlock`), and blocks
+    /// once the script is used up.
+    struct Scripted {
+        out: Vec<u8>,
+        script: std::vec::IntoIter<Option<usize>>,
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let Some(Some(mut left)) = self.script.next() else {
+                return Err(io::ErrorKind::WouldBlock.into());
+            };
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.out.extend_from_slice(&b[..take]);
+                left -= take;
+                n += take;
+                if left == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// One step of the property test: stage a frame of `size` bytes in one of four ways, tracked
+    /// or not, or run one `write_to` with a script of per-call byte budgets.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Stage {
+            how: u8,
+            size: usize,
+            track: bool,
+            split: usize,
+        },
+        Write(Vec<Option<usize>>),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let size = prop_oneof![
+            3 => 0usize..40,
+            2 => 0usize..(2 * COALESCE_MAX),
+            1 => 0usize..20_000,
+        ];
+        let budget = prop_oneof![
+            1 => Just(None),
+            2 => (1usize..16).prop_map(Some),
+            2 => (1usize..3_000).prop_map(Some),
+            1 => (1usize..100_000).prop_map(Some),
+        ];
+        prop_oneof![
+            3 => (0u8..4, size, any::<bool>(), any::<usize>())
+                .prop_map(|(how, size, track, split)| Op::Stage { how, size, track, split }),
+            1 => proptest::collection::vec(budget, 0..6).prop_map(Op::Write),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Against a plain model (the frames' bytes one after the other): whatever the mix of
+        /// staging ways, tracking and partial writes, the bytes leave in staging order, every
+        /// frame is reported exactly once, in order, never before its last byte left, and a frame
+        /// reported on its own (tracked, or with a body) as soon as it has; the byte and frame
+        /// counts match the model after every call.
+        #[test]
+        fn sends_match_the_plain_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut q = SendQueue::default();
+            let mut w = Scripted { out: Vec::new(), script: Vec::new().into_iter() };
+            let mut wire = Vec::new();
+            // Per frame: where its last byte is on the wire, and whether it is reported as soon as
+            // that byte leaves.
+            let mut frames: Vec<(usize, bool)> = Vec::new();
+            let mut done: Vec<u64> = Vec::new();
+            let check = |q: &SendQueue, w: &Scripted, wire: &[u8], frames: &[(usize, bool)], done: &[u64]| {
+                proptest::prop_assert_eq!(&w.out[..], &wire[..w.out.len()]);
+                proptest::prop_assert_eq!(done, &(0..done.len() as u64).collect::<Vec<_>>()[..]);
+                for &sq in done {
+                    proptest::prop_assert!(frames[sq as usize].0 <= w.out.len(), "frame {} reported early", sq);
+                }
+                for (k, &(end, prompt)) in frames.iter().enumerate().skip(done.len()) {
+                    proptest::prop_assert!(!(prompt && end <= w.out.len()), "frame {} left unreported", k);
+                }
+                proptest::prop_assert_eq!(q.staged_bytes(), wire.len() - w.out.len());
+                proptest::prop_assert_eq!(q.len(), frames.len() - done.len());
+                Ok(())
+            };
+            for op in ops {
+                match op {
+                    Op::Stage { how, size, track, split } => {
+                        let p: Vec<u8> = (0..size).map(|i| (i * 7 + frames.len()) as u8).collect();
+                        let seq = match how {
+                            0 => q.push(Some((size as u32).to_be_bytes()), Bytes::from(p.clone()), track),
+                            1 => {
+                                let mut framed = (size as u32).to_be_bytes().to_vec();
+                                framed.extend_from_slice(&p);
+                                q.push(None, Bytes::from(framed), track)
+                            }
+                            2 => q.push_with(1 << 20, track, |w| { w.put_slice(&p); true })
+                                .expect("within the bound")
+                                .expect("staged"),
+                            _ => {
+                                let (head, body) = p.split_at(split % (size + 1));
+                                q.push_written(1 << 20, track, |w| { w.put_slice(head); true }, Bytes::copy_from_slice(body))
+                                    .expect("within the bound")
+                                    .expect("staged")
+                            }
+                        };
+                        proptest::prop_assert_eq!(seq, frames.len() as u64);
+                        // Reported on its own: tracked, a body of its own, or too large to coalesce.
+                        let body = how == 3 && split % (size + 1) < size;
+                        let alone = track || body || (how < 2 && size + HEADER_LEN > COALESCE_MAX);
+                        wire.extend_from_slice(&(size as u32).to_be_bytes());
+                        wire.extend_from_slice(&p);
+                        frames.push((wire.len(), alone));
+                    }
+                    Op::Write(script) => {
+                        w.script = script.into_iter();
+                        q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n))).expect("no error");
+                    }
+                }
+                check(&q, &w, &wire, &frames, &done)?;
+            }
+            // Drain: everything leaves and is reported.
+            w.script = vec![Some(usize::MAX); 64].into_iter();
+            q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n))).expect("no error");
+            check(&q, &w, &wire, &frames, &done)?;
+            proptest::prop_assert!(q.is_empty());
+            proptest::prop_assert_eq!(&w.out, &wire);
+            proptest::prop_assert_eq!(done.len(), frames.len());
+        }
+    }
 }

@@ -871,7 +871,6 @@ fn completed_sends_wake_the_poll_only_while_asked_to() {
 
 #[test]
 fn sends_unreported_still_leave_in_order() {
-    use std::io::Read;
     init_log();
     let (mut sel, ch, mut peer) = connected_to_silent_peer();
     sel.set_report_sends(false);
@@ -886,29 +885,8 @@ fn sends_unreported_still_leave_in_order() {
         0 => {
             sel.send(ch, f.clone()).expect("send");
         }
-        1 => {
-            let staged = sel
-                .send_with(ch, |w| {
-                    w.put_slice(f);
-                    true
-                })
-                .expect("send_with");
-            assert!(staged.is_some());
-        }
-        _ => {
-            let half = f.len() / 2;
-            let staged = sel
-                .send_with_body(
-                    ch,
-                    |w| {
-                        w.put_slice(&f[..half]);
-                        true
-                    },
-                    f.slice(half..),
-                )
-                .expect("send_with_body");
-            assert!(staged.is_some());
-        }
+        1 => stage_written(sel, ch, f),
+        _ => stage_with_body(sel, ch, f, f.len() / 2),
     };
     let (unreported, reported) = frames.split_at(50);
     for (i, f) in unreported.iter().enumerate() {
@@ -936,6 +914,40 @@ fn sends_unreported_still_leave_in_order() {
     assert_eq!(seqs, (50..60).collect::<Vec<u64>>());
     assert_eq!(sel.metrics().frames_out, 60);
 
+    peer_reads_frames(&mut peer, &frames);
+}
+
+/// Stages `f` on `ch` written in place (`send_with`).
+fn stage_written(sel: &mut Selector, ch: ChannelId, f: &Bytes) {
+    let staged = sel
+        .send_with(ch, |w| {
+            w.put_slice(f);
+            true
+        })
+        .expect("send_with");
+    assert!(staged.is_some());
+}
+
+/// Stages `f` on `ch` as its first `at` bytes written in place and the rest a body of its own
+/// (`send_with_body`).
+fn stage_with_body(sel: &mut Selector, ch: ChannelId, f: &Bytes, at: usize) {
+    let staged = sel
+        .send_with_body(
+            ch,
+            |w| {
+                w.put_slice(&f[..at]);
+                true
+            },
+            f.slice(at..),
+        )
+        .expect("send_with_body");
+    assert!(staged.is_some());
+}
+
+/// Reads from `peer` exactly `frames`, each behind its length prefix, in order (bounded by
+/// `DEADLINE`).
+fn peer_reads_frames(peer: &mut std::net::TcpStream, frames: &[Bytes]) {
+    use std::io::Read;
     let want: usize = frames.iter().map(|f| 4 + f.len()).sum();
     peer.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let mut got = vec![0u8; want];
@@ -955,20 +967,11 @@ fn sends_unreported_still_leave_in_order() {
 
 #[test]
 fn switching_reports_on_with_unreported_frames_staged_reports_each_frame_once() {
-    use std::io::Read;
     init_log();
     let (mut sel, ch, mut peer) = connected_to_silent_peer();
     sel.set_wake_on_sends(false);
     let frames: Vec<Bytes> = (0..12u32).map(|i| indexed_payload(i, 40)).collect();
-    let write = |sel: &mut Selector, f: &Bytes| {
-        let staged = sel
-            .send_with(ch, |w| {
-                w.put_slice(f);
-                true
-            })
-            .expect("send_with");
-        assert!(staged.is_some());
-    };
+    let write = |sel: &mut Selector, f: &Bytes| stage_written(sel, ch, f);
     // Written in place while reports are off, then on, with nothing written in between; the
     // last frames carry a body of their own.
     sel.set_report_sends(false);
@@ -982,17 +985,7 @@ fn switching_reports_on_with_unreported_frames_staged_reports_each_frame_once() 
     sel.set_report_sends(false);
     write(&mut sel, &frames[8]);
     for f in &frames[9..] {
-        let staged = sel
-            .send_with_body(
-                ch,
-                |w| {
-                    w.put_slice(&f[..10]);
-                    true
-                },
-                f.slice(10..),
-            )
-            .expect("send_with_body");
-        assert!(staged.is_some());
+        stage_with_body(&mut sel, ch, f, 10);
     }
     sel.set_report_sends(true);
     // Every frame is reported once, in order, with the sequence number it was staged with.
@@ -1002,17 +995,7 @@ fn switching_reports_on_with_unreported_frames_staged_reports_each_frame_once() 
         sel.staged_bytes(ch) == 0 && seqs.len() >= frames.len()
     });
     assert_eq!(seqs, (0..frames.len() as u64).collect::<Vec<u64>>());
-    let want: usize = frames.iter().map(|f| 4 + f.len()).sum();
-    peer.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    let mut got = vec![0u8; want];
-    peer.read_exact(&mut got).expect("peer reads every frame");
-    let mut at = 0;
-    for (i, f) in frames.iter().enumerate() {
-        let len = u32::from_be_bytes(got[at..at + 4].try_into().expect("4 bytes")) as usize;
-        assert_eq!(len, f.len(), "frame {i} length");
-        assert_eq!(&got[at + 4..at + 4 + len], &f[..], "frame {i}");
-        at += 4 + len;
-    }
+    peer_reads_frames(&mut peer, &frames);
 }
 
 #[test]

@@ -734,22 +734,25 @@ mod tests {
             if self.block_every > 0 && self.calls % self.block_every == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            let mut left = self.cap;
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(left);
-                self.out.extend_from_slice(&b[..take]);
-                left -= take;
-                n += take;
-                if left == 0 {
-                    break;
-                }
-            }
-            Ok(n)
+            Ok(take_up_to(&mut self.out, bufs, self.cap))
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Appends at most `cap` bytes of `bufs` to `out`, in order; returns how many.
+    fn take_up_to(out: &mut Vec<u8>, bufs: &[IoSlice<'_>], cap: usize) -> usize {
+        let mut left = cap;
+        for b in bufs {
+            let take = b.len().min(left);
+            out.extend_from_slice(&b[..take]);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        cap - left
     }
 
     fn expected(frames: &[&[u8]]) -> Vec<u8> {
@@ -1150,20 +1153,10 @@ mod tests {
             self.write_vectored(&[IoSlice::new(buf)])
         }
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            let Some(Some(mut left)) = self.script.next() else {
+            let Some(Some(cap)) = self.script.next() else {
                 return Err(io::ErrorKind::WouldBlock.into());
             };
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(left);
-                self.out.extend_from_slice(&b[..take]);
-                left -= take;
-                n += take;
-                if left == 0 {
-                    break;
-                }
-            }
-            Ok(n)
+            Ok(take_up_to(&mut self.out, bufs, cap))
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())

@@ -61,13 +61,7 @@ pub trait Transport {
     where
         Self: Sized,
     {
-        let mut buf = Vec::new();
-        if !write(&mut FrameWriter::new(&mut buf)) {
-            return Ok(None);
-        }
-        self.send(channel, Bytes::from(buf))
-            .map(Some)
-            .map_err(|(e, _)| e)
+        self.send_with_body(channel, write, Bytes::new())
     }
     /// Stages one frame whose payload is what `write` appends followed by `body` (see
     /// [`Selector::send_with_body`]); `None` when `write` returned `false`. The default copies

@@ -439,8 +439,8 @@ impl NetworkClientLayer {
 
 impl NetworkClientLayer {
     /// Sends the echo request with `pad` bytes of padding as its fixed fields written in place
-    /// and the shared padding as its body. Kept out of line: the small requests' path stays as
-    /// short as it was.
+    /// and the shared padding as its body. Kept out of line, so that the path of small requests
+    /// stays short.
     #[inline(never)]
     fn send_padded(&mut self, node: NodeId, correlation_id: i32, pad: usize, now: Instant) -> bool {
         if self.padding.len() != pad {

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 
 use super::connection_states::ConnectionState;
 use super::node::NodeId;
-use crate::metrics::{MetricConfig, Sampled};
+use crate::metrics::{CounterWindows, Kind, MetricConfig, Sampled};
 use crate::net::SelectorMetrics;
 
 /// Request and connection counters of one node, with a latency histogram (microseconds, 1 µs to
@@ -78,38 +78,28 @@ pub(crate) struct Delta {
 /// A node's windowed stats and the totals at the last observation.
 #[derive(Debug, Clone)]
 struct NodeWindow {
-    requests: Sampled,
-    responses: Sampled,
-    bytes_out: Sampled,
-    bytes_in: Sampled,
+    /// Fed from `requests_sent`, `responses`, `bytes_sent`, `bytes_received`, in that order.
+    counters: CounterWindows<4>,
     latency_us: Sampled,
     last: (u64, u64, u64, u64, u64, u64),
 }
 
+/// The node window's counters, in [`NodeWindow::counters`]' order.
+const NODE_REQUESTS: usize = 0;
+const NODE_RESPONSES: usize = 1;
+const NODE_BYTES_OUT: usize = 2;
+const NODE_BYTES_IN: usize = 3;
+
 impl NodeWindow {
     fn new(cfg: MetricConfig) -> Self {
         NodeWindow {
-            requests: Sampled::new(cfg),
-            responses: Sampled::new(cfg),
-            bytes_out: Sampled::new(cfg),
-            bytes_in: Sampled::new(cfg),
+            counters: CounterWindows::new(
+                cfg,
+                [Kind::Events, Kind::Events, Kind::Amount, Kind::Amount],
+            ),
             latency_us: Sampled::new(cfg),
             last: (0, 0, 0, 0, 0, 0),
         }
-    }
-}
-
-/// Records a counter's growth as events of value 1 (rates of events) at `now`.
-#[inline]
-fn events(s: &mut Sampled, now: Instant, n: u64) {
-    s.record_n(now, n as f64, n, 1.0);
-}
-
-/// Records a byte counter's growth as one event of that many bytes at `now`.
-#[inline]
-fn amount(s: &mut Sampled, now: Instant, n: u64) {
-    if n > 0 {
-        s.record(now, n as f64);
     }
 }
 
@@ -173,10 +163,7 @@ impl NodeMetrics {
             closed: cur.5 - w.last.5,
         };
         w.last = cur;
-        events(&mut w.requests, now, d.requests);
-        events(&mut w.responses, now, d.responses);
-        amount(&mut w.bytes_out, now, d.bytes_out);
-        amount(&mut w.bytes_in, now, d.bytes_in);
+        w.counters.observe(now, [cur.0, cur.1, cur.2, cur.3]);
         d
     }
 
@@ -197,12 +184,12 @@ impl NodeMetrics {
             requests_waiting: waiting,
             request_total: self.requests_sent,
             response_total: self.responses,
-            request_rate: w.requests.event_rate(now),
-            response_rate: w.responses.event_rate(now),
+            request_rate: w.counters.event_rate(NODE_REQUESTS, now),
+            response_rate: w.counters.event_rate(NODE_RESPONSES, now),
             outgoing_byte_total: self.bytes_sent,
             incoming_byte_total: self.bytes_received,
-            outgoing_byte_rate: w.bytes_out.rate(now),
-            incoming_byte_rate: w.bytes_in.rate(now),
+            outgoing_byte_rate: w.counters.rate(NODE_BYTES_OUT, now),
+            incoming_byte_rate: w.counters.rate(NODE_BYTES_IN, now),
             request_latency_avg_ms: w.latency_us.avg(now) / 1000.0,
             request_latency_max_ms: w.latency_us.max(now) / 1000.0,
             request_latency_p50_ms: quantile_ms(&self.latency_us, 0.50),
@@ -339,31 +326,36 @@ pub struct NodeSnapshot {
 /// The client-wide windows, fed once per poll with what the nodes' counters moved.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientWindow {
-    requests: Sampled,
-    responses: Sampled,
-    bytes_out: Sampled,
-    bytes_in: Sampled,
-    created: Sampled,
-    closed: Sampled,
-    /// Nanoseconds spent waiting in the OS selector and doing I/O, per poll.
-    io_wait_ns: Sampled,
-    io_ns: Sampled,
-    /// The transport's `(select_time, io_time)` at the last poll.
-    last_io: Option<(Duration, Duration)>,
+    /// Fed from `totals`, in the order of [`ClientWindow::REQUESTS`] and its neighbours.
+    counters: CounterWindows<8>,
+    /// The client-wide counters: the nodes' deltas summed, then the transport's nanoseconds in
+    /// the OS selector and in I/O since the first observation.
+    totals: [u64; 8],
+    /// The transport's `(select_time, io_time)` in nanoseconds at the first observation.
+    io_base: Option<(u64, u64)>,
 }
 
 impl ClientWindow {
+    const REQUESTS: usize = 0;
+    const RESPONSES: usize = 1;
+    const BYTES_OUT: usize = 2;
+    const BYTES_IN: usize = 3;
+    const CREATED: usize = 4;
+    const CLOSED: usize = 5;
+    const IO_WAIT_NS: usize = 6;
+    const IO_NS: usize = 7;
+
     pub(crate) fn new(cfg: MetricConfig) -> Self {
+        use Kind::{Amount, Events};
         ClientWindow {
-            requests: Sampled::new(cfg),
-            responses: Sampled::new(cfg),
-            bytes_out: Sampled::new(cfg),
-            bytes_in: Sampled::new(cfg),
-            created: Sampled::new(cfg),
-            closed: Sampled::new(cfg),
-            io_wait_ns: Sampled::new(cfg),
-            io_ns: Sampled::new(cfg),
-            last_io: None,
+            counters: CounterWindows::new(
+                cfg,
+                [
+                    Events, Events, Amount, Amount, Events, Events, Amount, Amount,
+                ],
+            ),
+            totals: [0; 8],
+            io_base: None,
         }
     }
 
@@ -381,21 +373,21 @@ impl ClientWindow {
     /// Records one poll's movement at `now`; `io` is the transport's own counters, if any.
     #[inline]
     pub(crate) fn observe(&mut self, now: Instant, d: Delta, io: Option<SelectorMetrics>) {
-        events(&mut self.requests, now, d.requests);
-        events(&mut self.responses, now, d.responses);
-        amount(&mut self.bytes_out, now, d.bytes_out);
-        amount(&mut self.bytes_in, now, d.bytes_in);
-        events(&mut self.created, now, d.created);
-        events(&mut self.closed, now, d.closed);
+        let t = &mut self.totals;
+        t[Self::REQUESTS] += d.requests;
+        t[Self::RESPONSES] += d.responses;
+        t[Self::BYTES_OUT] += d.bytes_out;
+        t[Self::BYTES_IN] += d.bytes_in;
+        t[Self::CREATED] += d.created;
+        t[Self::CLOSED] += d.closed;
         if let Some(io) = io {
-            if let Some((select_time, io_time)) = self.last_io {
-                let wait = io.select_time.saturating_sub(select_time).as_nanos() as u64;
-                let work = io.io_time.saturating_sub(io_time).as_nanos() as u64;
-                amount(&mut self.io_wait_ns, now, wait);
-                amount(&mut self.io_ns, now, work);
-            }
-            self.last_io = Some((io.select_time, io.io_time));
+            let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            let (wait, work) = (ns(io.select_time), ns(io.io_time));
+            let (wait0, work0) = *self.io_base.get_or_insert((wait, work));
+            t[Self::IO_WAIT_NS] = wait.saturating_sub(wait0);
+            t[Self::IO_NS] = work.saturating_sub(work0);
         }
+        self.counters.observe(now, self.totals);
     }
 }
 
@@ -452,7 +444,8 @@ impl ClientMetrics {
         selector: Option<SelectorMetrics>,
     ) -> Self {
         let sum = |f: fn(&NodeSnapshot) -> u64| nodes.iter().map(f).sum::<u64>();
-        let ratio = |s: &Sampled| s.rate(now) / 1e9;
+        let w = &window.counters;
+        let ratio = |i: usize| w.rate(i, now) / 1e9;
         ClientMetrics {
             connection_count: nodes
                 .iter()
@@ -464,19 +457,19 @@ impl ClientMetrics {
                 })
                 .count() as u64,
             connection_creation_total: sum(|n| n.connections_created),
-            connection_creation_rate: window.created.event_rate(now),
+            connection_creation_rate: w.event_rate(ClientWindow::CREATED, now),
             connection_close_total: sum(|n| n.disconnects),
-            connection_close_rate: window.closed.event_rate(now),
+            connection_close_rate: w.event_rate(ClientWindow::CLOSED, now),
             request_total: sum(|n| n.request_total),
-            request_rate: window.requests.event_rate(now),
+            request_rate: w.event_rate(ClientWindow::REQUESTS, now),
             response_total: sum(|n| n.response_total),
-            response_rate: window.responses.event_rate(now),
+            response_rate: w.event_rate(ClientWindow::RESPONSES, now),
             outgoing_byte_total: sum(|n| n.outgoing_byte_total),
-            outgoing_byte_rate: window.bytes_out.rate(now),
+            outgoing_byte_rate: w.rate(ClientWindow::BYTES_OUT, now),
             incoming_byte_total: sum(|n| n.incoming_byte_total),
-            incoming_byte_rate: window.bytes_in.rate(now),
-            io_wait_ratio: selector.map(|_| ratio(&window.io_wait_ns)),
-            io_ratio: selector.map(|_| ratio(&window.io_ns)),
+            incoming_byte_rate: w.rate(ClientWindow::BYTES_IN, now),
+            io_wait_ratio: selector.map(|_| ratio(ClientWindow::IO_WAIT_NS)),
+            io_ratio: selector.map(|_| ratio(ClientWindow::IO_NS)),
             requests_in_flight: nodes.iter().map(|n| n.requests_in_flight).sum(),
             selector,
             nodes,

@@ -18,6 +18,7 @@
 //! Where Kafka offers only avg and max, HDR percentiles (p50, p95, p99) are given as well. The
 //! list of every metric with its Kafka name and meaning is `docs/METRICS.md`.
 
+mod counters;
 #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 mod json;
 #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
@@ -31,6 +32,7 @@ mod window;
 #[cfg(feature = "metrics-facade")]
 mod facade;
 
+pub(crate) use counters::{CounterWindows, Kind};
 pub(crate) use json::JsonWriter;
 #[cfg(feature = "kafka")]
 pub(crate) use latency::IntervalHistogram;

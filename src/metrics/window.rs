@@ -45,6 +45,17 @@ impl MetricConfig {
     }
 }
 
+/// Where a stat's current sample ends ([`Sampled::bound`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// No event yet: the first one starts a sample.
+    NoSample,
+    /// Events from this instant on start the next sample.
+    Until(Instant),
+    /// The sample's end lies past the clock's range: it never completes.
+    Never,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     start: Instant,
@@ -196,11 +207,27 @@ impl Sampled {
         self.open_until = s.end;
     }
 
+    /// Where the current sample ends: the first instant an event no longer goes into it.
+    pub(crate) fn bound(&self) -> Bound {
+        match self.samples.get(self.current) {
+            None => Bound::NoSample,
+            Some(s) => s.end.map_or(Bound::Never, Bound::Until),
+        }
+    }
+
     /// The samples still live at `now` (younger than `num.samples × window`), the current one
     /// with its open events.
     fn live(&self, now: Instant) -> impl Iterator<Item = Sample> + '_ {
+        self.live_with(now, 0.0, 0)
+    }
+
+    /// [`live`](Self::live) with `count` more events summing to `sum` in the current sample
+    /// (events its owner has seen and not recorded yet; their maximum is not kept).
+    fn live_with(&self, now: Instant, sum: f64, count: u64) -> impl Iterator<Item = Sample> + '_ {
         let expire = self.cfg.sample_window * self.cfg.num_samples as u32;
-        let (current, open) = (self.current, self.open);
+        let (current, mut open) = (self.current, self.open);
+        open.sum += sum;
+        open.count += count;
         self.samples
             .iter()
             .enumerate()
@@ -231,20 +258,33 @@ impl Sampled {
     /// The sum of the live samples' values per second (Kafka's `Rate` over `WindowedSum`). 0
     /// when the window is empty (one sample, measured at its very start).
     pub fn rate(&self, now: Instant) -> f64 {
+        self.rate_with(now, 0.0, 0)
+    }
+
+    /// [`rate`](Self::rate) with `count` events summing to `sum` added to the current sample.
+    pub(crate) fn rate_with(&self, now: Instant, sum: f64, count: u64) -> f64 {
         let secs = self.window_size(now).as_secs_f64();
         if secs == 0.0 {
             return 0.0;
         }
-        self.live(now).fold(0.0, |a, s| a + s.sum) / secs
+        self.live_with(now, sum, count).fold(0.0, |a, s| a + s.sum) / secs
     }
 
     /// The number of events per second in the live samples (Kafka's `Rate` over `WindowedCount`).
     pub fn event_rate(&self, now: Instant) -> f64 {
+        self.event_rate_with(now, 0.0, 0)
+    }
+
+    /// [`event_rate`](Self::event_rate) with `count` events summing to `sum` added to the
+    /// current sample.
+    pub(crate) fn event_rate_with(&self, now: Instant, sum: f64, count: u64) -> f64 {
         let secs = self.window_size(now).as_secs_f64();
         if secs == 0.0 {
             return 0.0;
         }
-        self.live(now).fold(0.0, |a, s| a + s.count as f64) / secs
+        self.live_with(now, sum, count)
+            .fold(0.0, |a, s| a + s.count as f64)
+            / secs
     }
 
     /// The average value of the live samples' events (Kafka's `Avg`); NaN without events.

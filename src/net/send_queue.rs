@@ -245,12 +245,14 @@ pub(crate) struct SendQueue {
     /// The bytes of coalesced frames, in staging order; `cbuf[cstart..]` is not yet written.
     cbuf: Vec<u8>,
     cstart: usize,
-    /// Untracked frames written in place since the queue was last sealed: the last `tail_len`
+    /// Frames written in place since the queue was last sealed, all tracked or all untracked
+    /// (`tail_tracked`; a tracked one has its length in `clens` already): the last `tail_len`
     /// bytes of `cbuf`, `tail_frames` frames, not yet entered in `frames`. Staging them costs no
     /// entry lookup per frame; [`seal`](Self::seal) enters them as one run before anything reads
-    /// the queue's entries.
+    /// the queue's entries, and a tail written whole with nothing before it never becomes one.
     tail_frames: u32,
     tail_len: usize,
+    tail_tracked: bool,
 }
 
 impl SendQueue {
@@ -299,8 +301,7 @@ impl SendQueue {
         });
     }
 
-    /// Enters the untracked in-place frames staged since the last call (see `tail_frames`) as one
-    /// run.
+    /// Enters the in-place frames staged since the last call (see `tail_frames`) as one run.
     #[inline]
     fn seal(&mut self) {
         if self.tail_frames == 0 {
@@ -309,7 +310,8 @@ impl SendQueue {
         let (frames, len) = (self.tail_frames, self.tail_len);
         self.tail_frames = 0;
         self.tail_len = 0;
-        self.add_run(len, self.next_seq - u64::from(frames), frames, false);
+        let first = self.next_seq - u64::from(frames);
+        self.add_run(len, first, frames, self.tail_tracked);
     }
 
     /// Stages a frame and returns its sequence number. `track`: whether the frame is reported on
@@ -366,21 +368,21 @@ impl SendQueue {
         let Some(len) = self.write_prefixed(max_frame_size, 0, write)? else {
             return Ok(None);
         };
-        if track {
-            // The untracked frames written before this one are entered first: they take their
-            // sequence numbers from `next_seq`.
+        if self.tail_tracked != track {
+            // The tail holds frames of one kind: the ones before this frame are entered first
+            // (their sequence numbers are counted back from `next_seq`).
             self.seal();
+            self.tail_tracked = track;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.staged_bytes += len;
         if track {
-            self.push_coalesced(len, seq, true);
-        } else {
-            self.nframes += 1;
-            self.tail_frames += 1;
-            self.tail_len += len;
+            self.clens.push(len as u32);
         }
+        self.nframes += 1;
+        self.tail_frames += 1;
+        self.tail_len += len;
         Ok(Some(seq))
     }
 
@@ -506,8 +508,9 @@ impl SendQueue {
         w: &mut W,
         mut done: impl FnMut(u64, u32),
     ) -> io::Result<WriteProgress> {
-        // An unsealed tail with nothing before it (a server's replies of one poll) is written as
-        // it is and, once it all left, reported without ever becoming an entry.
+        // An unsealed tail with nothing before it (a server's replies of one poll, a client's
+        // requests) is written as it is and, once it all left, reported without ever becoming an
+        // entry.
         if !self.frames.is_empty() {
             self.seal();
         }
@@ -548,6 +551,10 @@ impl SendQueue {
                 self.staged_bytes -= n;
                 self.nframes -= frames as usize;
                 self.cstart += n;
+                if self.tail_tracked {
+                    // Nothing is staged before the tail: `clens` holds exactly its lengths.
+                    self.clens.advance(frames as usize);
+                }
                 self.release_drained();
                 done(self.next_seq - u64::from(frames), frames);
                 continue;
@@ -936,32 +943,48 @@ mod tests {
 
     #[test]
     fn an_unsealed_tail_is_written_whole_or_in_parts_and_reported_once() {
-        for (cap, block_every) in [(1 << 20, 0), (7, 3), (50, 2)] {
-            let mut q = SendQueue::default();
-            let mut w = Trickle {
-                out: Vec::new(),
-                cap,
-                calls: 0,
-                block_every,
-            };
-            let mut done = Vec::new();
-            let mut payloads = Vec::new();
-            for round in 0..20u8 {
-                // A burst of in-place frames with nothing staged before it, then writes.
-                for k in 0..(1 + round % 5) {
-                    let p = vec![round.wrapping_mul(31).wrapping_add(k); usize::from(k) * 3];
-                    let staged = q.push_with(1 << 20, false, |w| {
-                        w.put_slice(&p);
-                        true
-                    });
-                    assert!(matches!(staged, Ok(Some(_))));
-                    payloads.push(p);
+        for track in [false, true] {
+            for (cap, block_every) in [(1 << 20, 0), (7, 3), (50, 2)] {
+                let mut q = SendQueue::default();
+                let mut w = Trickle {
+                    out: Vec::new(),
+                    cap,
+                    calls: 0,
+                    block_every,
+                };
+                let mut done = Vec::new();
+                let mut payloads = Vec::new();
+                // Where each frame ends in the written stream.
+                let mut ends = Vec::new();
+                let mut end = 0;
+                for round in 0..20u8 {
+                    // A burst of in-place frames with nothing staged before it, then writes.
+                    for k in 0..(1 + round % 5) {
+                        let p = vec![round.wrapping_mul(31).wrapping_add(k); usize::from(k) * 3];
+                        let staged = q.push_with(1 << 20, track, |w| {
+                            w.put_slice(&p);
+                            true
+                        });
+                        assert!(matches!(staged, Ok(Some(_))));
+                        end += HEADER_LEN + p.len();
+                        ends.push(end);
+                        payloads.push(p);
+                    }
+                    if q.frames.is_empty() {
+                        assert_eq!(q.tail_frames as usize, q.len(), "no entry per frame");
+                    }
+                    q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
+                        .unwrap();
+                    if track {
+                        // A tracked frame is reported as soon as its last byte has left.
+                        let left = ends.iter().filter(|&&e| e <= w.out.len()).count();
+                        assert_eq!(done.len(), left, "track {track}, cap {cap}");
+                    }
                 }
-                q.write_to(&mut w, |s, n| done.extend(s..s + u64::from(n)))
-                    .unwrap();
+                drain_and_check(&mut q, &mut w, &mut done, &payloads);
+                assert!(q.clens.is_empty());
+                assert_eq!((q.cbuf.len(), q.cstart), (0, 0), "drained buffer reset");
             }
-            drain_and_check(&mut q, &mut w, &mut done, &payloads);
-            assert_eq!((q.cbuf.len(), q.cstart), (0, 0), "drained buffer reset");
         }
     }
 

@@ -23,7 +23,7 @@ FLOOR="$PEERS/mio-floor"
 cargo build --release -q -p mqnet-bench --bin mqnet-bench
 BIN=target/release/mqnet-bench
 OUT=$(mktemp)
-trap 'rm -f "$OUT"' EXIT
+trap 'rm -f "$OUT" "$OUT.client"' EXIT
 
 wait_port() {
   for _ in $(seq 1 100); do
@@ -46,8 +46,11 @@ pair() {
   taskset -c 0 "${server[@]//PORT/$PORT}" >/dev/null 2>&1 &
   local spid=$!
   local rps=""
+  local log="$OUT.client"
   if wait_port "$PORT"; then
-    rps=$(taskset -c 1 "${client[@]//PORT/$PORT}" 2>/dev/null | grep -o '"rps":[0-9.]*' | head -1 | cut -d: -f2)
+    rps=$(taskset -c 1 "${client[@]//PORT/$PORT}" 2>"$log" | grep -o '"rps":[0-9.]*' | head -1 | cut -d: -f2)
+  else
+    echo "nothing listens on $PORT" >"$log"
   fi
   kill -INT "$spid" 2>/dev/null || true
   sleep 0.2
@@ -57,7 +60,8 @@ pair() {
   if [ -n "$rps" ] && [ "$rps" -gt 0 ]; then
     echo "$row $label $round $rps" >>"$OUT"
   else
-    echo "round $round, $row, $label on port $PORT: no figure (left out)" >&2
+    echo "round $round, $row, $label on port $PORT: no figure (left out); the client said:" >&2
+    tail -n 3 "$log" >&2
   fi
   return 0
 }

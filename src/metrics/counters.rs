@@ -9,8 +9,10 @@
 //! - growth seen before the fold happened at times before every sampled stat's current sample
 //!   ends, so it belongs to those current samples; it is recorded there at the time of the last
 //!   observation that saw it;
-//! - a stat without a sample is folded on the very observation that sees its first growth, so its
-//!   first sample starts at that observation's time, as it would with eager recording;
+//! - a stat without a sample, or whose current sample had completed when the group last folded,
+//!   is folded on the very observation that sees its next growth, so the sample that growth
+//!   starts begins at that observation's time, as it would with eager recording (and a stat that
+//!   stays idle after its sample completed does not make every later observation fold);
 //! - reading a rate adds the growth not yet folded to the current sample.
 //!
 //! Rules: counters only grow; the stats are read only as rates ([`rate`](CounterWindows::rate)
@@ -41,10 +43,11 @@ pub(crate) struct CounterWindows<const N: usize> {
     /// The counters at the last observation, and its time.
     seen: [u64; N],
     seen_at: Option<Instant>,
-    /// Observations before this instant need no fold unless an unsampled stat grows (`None`:
-    /// every observation folds; no sampled stat has a sample that completes).
+    /// Observations before this instant need no fold unless a stat in `unsampled` grows (`None`:
+    /// no time forces a fold; no stat outside `unsampled` has a sample that completes).
     fold_before: Option<Instant>,
-    /// Which stats have no sample yet (bit `i` for stat `i`).
+    /// The stats whose next growth starts a sample (bit `i` for stat `i`): none yet, or the
+    /// current one had completed at the last fold.
     unsampled: u32,
 }
 
@@ -71,7 +74,7 @@ impl<const N: usize> CounterWindows<N> {
     /// Observes the counters at `now` (not earlier than the last observation). Allocates nothing.
     #[inline]
     pub(crate) fn observe(&mut self, now: Instant, counters: [u64; N]) {
-        if self.fold_before.is_some_and(|t| now < t) && !self.unsampled_grew(&counters) {
+        if self.fold_before.is_none_or(|t| now < t) && !self.unsampled_grew(&counters) {
             self.seen = counters;
             self.seen_at = Some(now);
             return;
@@ -79,7 +82,7 @@ impl<const N: usize> CounterWindows<N> {
         self.fold(now, counters);
     }
 
-    /// Whether a stat without a sample has grown since the last observation.
+    /// Whether a stat whose next growth starts a sample has grown since the last observation.
     #[inline]
     fn unsampled_grew(&self, counters: &[u64; N]) -> bool {
         let mut set = self.unsampled;
@@ -108,20 +111,18 @@ impl<const N: usize> CounterWindows<N> {
             let newer = counter.saturating_sub(self.seen[i]);
             self.record(i, now, newer);
             match self.stats[i].bound() {
-                Bound::NoSample => unsampled |= 1 << i,
-                Bound::Until(end) => {
+                Bound::Until(end) if now < end => {
                     fold_before = Some(fold_before.map_or(end, |t| t.min(end)));
                 }
+                // No sample, or it has completed: the next growth starts one.
+                Bound::NoSample | Bound::Until(_) => unsampled |= 1 << i,
                 Bound::Never => {}
             }
         }
         self.folded = counters;
         self.seen = counters;
         self.seen_at = Some(now);
-        // With every sample never completing (or none at all) nothing but first growth forces a
-        // fold: stand in with `now` plus a window, renewed by the fold it triggers.
-        self.fold_before =
-            fold_before.or_else(|| now.checked_add(self.stats[0].config().sample_window));
+        self.fold_before = fold_before;
         self.unsampled = unsampled;
     }
 
@@ -203,6 +204,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_stat_idle_after_its_sample_completed_does_not_make_observations_fold() {
+        let t0 = Instant::now();
+        let kinds = [Kind::Events, Kind::Events];
+        let mut w = CounterWindows::new(MetricConfig::new(ms(1000), 2), kinds);
+        w.observe(t0, [1, 1]);
+        // Past both samples' end: the first counter's growth starts a new sample; the second's
+        // sample has completed and it stays idle from now on.
+        w.observe(t0 + ms(1500), [2, 1]);
+        assert_eq!(w.folded, [2, 1]);
+        w.observe(t0 + ms(1600), [3, 1]);
+        assert_eq!(
+            w.folded,
+            [2, 1],
+            "inside the first counter's new sample: no fold"
+        );
+        assert_eq!(w.event_rate(0, t0 + ms(1600)), 3.0 / 1.6);
+        // The idle one's next growth starts its sample at once, at this observation's time.
+        w.observe(t0 + ms(1700), [4, 2]);
+        assert_eq!(w.folded, [4, 2]);
+        // At 2.6 s only that sample is live (0.9 s old, padded by one window).
+        assert_eq!(w.event_rate(1, t0 + ms(2600)), 1.0 / 1.9);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! A client observes its counters once per poll. Recording every counter's growth into its
 //! [`Sampled`] stat each poll costs a time comparison and a few float operations per stat;
 //! [`CounterWindows`] instead remembers the counters and folds their growth into the samples
-//! only when a sample may complete (the earliest sample end over the group has come) or a stat
-//! without a sample gets its first event. The result is exact:
+//! only when a sample may complete (the earliest open sample end over the group has come) or a
+//! stat whose next growth starts a sample grows. The result is exact:
 //!
 //! - growth seen before the fold happened at times before every sampled stat's current sample
 //!   ends, so it belongs to those current samples; it is recorded there at the time of the last

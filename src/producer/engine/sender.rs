@@ -159,19 +159,22 @@ impl<T: Transport> Engine<T> {
             self.report.stats.batch_sent(now, sent);
         }
         self.report.stats.request_sent(now, records);
-        // Write the request straight into the send buffer.
-        type Part<'a> = (i32, &'a [u8]);
-        type Parts<'a> = Vec<Part<'a>>;
-        let mut grouped: Vec<(&str, Parts<'_>)> = Vec::new();
-        for (tp, b) in &taken {
-            let bytes: &[u8] = b.frozen.as_deref().unwrap_or(&[]);
-            match grouped.iter_mut().find(|(n, _)| *n == tp.topic.as_str()) {
-                Some((_, v)) => v.push((tp.partition, bytes)),
-                None => grouped.push((tp.topic.as_str(), vec![(tp.partition, bytes)])),
-            }
+        // Write the request straight into the send buffer, topic by topic: `taken` holds each
+        // topic's partitions one after the other (it was filled topic by topic above), so the
+        // request needs no grouping of its own.
+        let runs = |from: usize| {
+            let topic = taken[from].0.topic.as_str();
+            taken[from..]
+                .iter()
+                .take_while(|(tp, _)| tp.topic == topic)
+                .count()
+        };
+        let mut topic_count = 0;
+        let mut k = 0;
+        while k < taken.len() {
+            k += runs(k);
+            topic_count += 1;
         }
-        let topics: Vec<(&str, &[Part<'_>])> =
-            grouped.iter().map(|(n, v)| (*n, v.as_slice())).collect();
         let corr = self.client.next_correlation_id();
         self.send_buf.reserve(size);
         let header = protocol::ProduceHeader {
@@ -188,7 +191,18 @@ impl<T: Transport> Engine<T> {
                 .as_millis()
                 .min(i32::MAX as u128) as i32,
         };
-        protocol::write_produce_request_unprefixed(&mut self.send_buf, &header, &topics);
+        let buf = &mut self.send_buf;
+        let mut req = protocol::ProduceRequestWriter::begin(buf, false, &header, topic_count);
+        let mut k = 0;
+        while k < taken.len() {
+            let run = runs(k);
+            req.topic(buf, &taken[k].0.topic, run);
+            for (tp, b) in &taken[k..k + run] {
+                req.partition(buf, tp.partition, b.frozen.as_deref().unwrap_or(&[]));
+            }
+            k += run;
+        }
+        req.finish(buf);
         let frame = self.send_buf.split().freeze();
         self.acc
             .request_bytes
@@ -198,8 +212,6 @@ impl<T: Transport> Engine<T> {
             ClientRequest::new(node, corr, frame).expect_response(expect),
             now,
         );
-        drop(topics);
-        drop(grouped);
         self.produce_in_flight.insert(
             corr,
             InFlightProduce {

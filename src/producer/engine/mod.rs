@@ -108,6 +108,8 @@ pub(crate) struct Engine<T: Transport = Selector> {
     rng: SplitMix64,
     responses: Vec<ClientResponse>,
     send_buf: BytesMut,
+    /// The leaders with a sendable batch, gathered on each send pass (kept for its capacity).
+    sendable_nodes: Vec<i32>,
     /// `compression.type`'s compressor, its buffers reused batch after batch.
     compressor: protocol::Compressor,
     disconnected_rx: bool,
@@ -231,6 +233,7 @@ impl<T: Transport> Engine<T> {
             rng,
             responses: Vec::new(),
             send_buf: BytesMut::with_capacity(cfg.batch_size * 4),
+            sendable_nodes: Vec::new(),
             disconnected_rx: false,
             strays: Vec::new(),
             report,

@@ -42,7 +42,8 @@ impl<T: Transport> Engine<T> {
         }
         let limit = self.partition_limit;
         // Which leaders have a sendable batch?
-        let mut nodes: Vec<i32> = Vec::new();
+        let mut nodes = std::mem::take(&mut self.sendable_nodes);
+        nodes.clear();
         for t in self.topics.values() {
             for p in &t.partitions {
                 let Some(leader) = p.leader else {
@@ -57,7 +58,7 @@ impl<T: Transport> Engine<T> {
         // batch per partition in a Produce request); the connection's own limit
         // (`max.in.flight.requests.per.connection`) bounds how many requests are in flight.
         let rounds = self.cfg.client.max_in_flight_requests_per_connection;
-        for leader in nodes {
+        for &leader in &nodes {
             let node = NodeId(leader);
             for _ in 0..rounds {
                 if !self.client.ready(node, now) || !self.send_to(node, now) {
@@ -65,6 +66,7 @@ impl<T: Transport> Engine<T> {
                 }
             }
         }
+        self.sendable_nodes = nodes;
     }
 
     /// Sends one Produce request to `node` with the front batch of every partition it leads that

@@ -224,6 +224,17 @@ fn a_broker_down_and_up_while_producing_loses_and_duplicates_nothing() {
             let _ = last.wait_timeout(Duration::from_millis(100));
         }
         if round == 10 {
+            // Quiesce first: the mock keeps no idempotent producer state (it neither dedupes nor
+            // orders by sequence), so a request it appended whose answer the outage cut off would
+            // come back as a duplicate on retry, which a real broker would drop. With nothing in
+            // flight at the cut, every record produced during and after the outage still goes
+            // through failed connections, retries and the broker's return.
+            for (i, f) in futures.iter().enumerate() {
+                assert!(
+                    f.wait_timeout(WAIT).is_some(),
+                    "record {i} not answered before the outage"
+                );
+            }
             c.broker_down(1).unwrap();
             down_at = Some(Instant::now());
         }
